@@ -1,0 +1,895 @@
+/*
+ * api/server.c: the h2o evloop server behind every Shoal daemon (server.h).
+ *
+ * Why our own router: h2o's path configuration matches prefixes only, and we
+ * need method + `{param}` patterns with 404/405 in the contract's JSON shape.
+ * So one h2o handler is registered at "/" and everything after that is ours.
+ *
+ * Deferred replies: a worker must never touch h2o memory, and the client may
+ * disconnect while the worker runs (h2o then disposes the request's pool).
+ * `struct api_pending` is a small heap object with two references, one held
+ * by the request (dropped by a dispose hook in the request's pool) and one by
+ * the worker (dropped when its response message is handled on the loop).
+ * Both drops happen on the loop thread, so the count needs no atomics.
+ *
+ * Shutdown follows h2o 2.2.5's own main.c (see ../shared/STYLE.md): stop
+ * accepting, request shutdown, drain until connections reach zero or a
+ * deadline passes; h2o_context_dispose asserts if anything is still linked,
+ * so past the deadline we skip disposing.
+ */
+#include "api/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <h2o.h>
+
+#include "api/log.h"
+
+#define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
+#define SERVER_DRAIN_MS 3000
+#define SERVER_MAX_PARAMS 8
+#define SERVER_MAX_SEGMENTS 16
+
+struct route {
+    char *method; /* NULL = any */
+    char *pattern;
+    char *segs[SERVER_MAX_SEGMENTS];
+    size_t nsegs;
+    api_handler_fn fn;
+    void *ud;
+};
+
+struct api_server {
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_evloop_t *loop;
+    h2o_socket_t *listener;
+    h2o_multithread_queue_t *queue;
+    h2o_multithread_receiver_t receiver;
+    size_t num_conns;
+    volatile sig_atomic_t stop;
+    size_t max_body;
+    int cors;
+    uint16_t port;
+    char url[64];
+    struct route *routes;
+    size_t nroutes;
+    api_handler_fn fallback;
+    void *fallback_ud;
+    /* counters for /metrics; loop thread only */
+    uint64_t requests;
+    uint64_t responses_by_class[6]; /* 1xx..5xx at [1..5] */
+};
+
+struct api_req {
+    h2o_req_t *req;
+    struct api_server *server;
+    const char *param_names[SERVER_MAX_PARAMS];
+    h2o_iovec_t param_values[SERVER_MAX_PARAMS];
+    size_t nparams;
+    int deferred;
+};
+
+struct api_pending {
+    struct api_server *server;
+    h2o_req_t *req; /* NULL once the request is gone */
+    struct api_resp *resp;
+    int refs;
+    int finished;
+};
+
+struct posted {
+    h2o_multithread_message_t super; /* must stay first */
+    int is_pending;
+    api_post_fn fn;
+    void *arg;
+};
+
+struct pending_link {
+    struct api_pending *p;
+};
+
+/* ------------------------------------------------------------------ */
+/* responses                                                          */
+
+struct api_resp *api_resp_new(int status)
+{
+    struct api_resp *resp = calloc(1, sizeof(*resp));
+    if (resp != NULL)
+        resp->status = status;
+    return resp;
+}
+
+void api_resp_free(struct api_resp *resp)
+{
+    if (resp == NULL)
+        return;
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        free(resp->header_names[i]);
+        free(resp->header_values[i]);
+    }
+    free(resp->content_type);
+    free(resp->body);
+    free(resp);
+}
+
+int api_resp_set_body(struct api_resp *resp, const char *content_type, const void *body, size_t len)
+{
+    char *ct = strdup(content_type), *b = malloc(len + 1);
+
+    if (ct == NULL || b == NULL) {
+        free(ct);
+        free(b);
+        return API_ENOMEM;
+    }
+    if (len > 0)
+        memcpy(b, body, len);
+    b[len] = '\0';
+    free(resp->content_type);
+    free(resp->body);
+    resp->content_type = ct;
+    resp->body = b;
+    resp->body_len = len;
+    return API_OK;
+}
+
+int api_resp_set_json(struct api_resp *resp, int status, json_t *doc)
+{
+    char *text;
+    int rc;
+
+    if (doc == NULL)
+        return API_ENOMEM;
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (text == NULL)
+        return API_ENOMEM;
+    resp->status = status;
+    rc = api_resp_set_body(resp, "application/json", text, strlen(text));
+    free(text);
+    return rc;
+}
+
+json_t *api_error_json(const struct api_err *err)
+{
+    return json_pack("{s:{s:s,s:s}}", "error", "code", api_err_json_code(err->code), "message",
+                     err->msg[0] ? err->msg : api_err_json_code(err->code));
+}
+
+int api_resp_set_error(struct api_resp *resp, const struct api_err *err)
+{
+    return api_resp_set_json(resp, api_err_http_status(err->code), api_error_json(err));
+}
+
+struct api_resp *api_resp_error(const struct api_err *err)
+{
+    struct api_resp *resp = api_resp_new(500);
+    if (resp != NULL && api_resp_set_error(resp, err) != API_OK) {
+        api_resp_free(resp);
+        return NULL;
+    }
+    return resp;
+}
+
+void api_resp_add_header(struct api_resp *resp, const char *name, const char *value)
+{
+    if (resp->nheaders >= API_RESP_MAX_HEADERS)
+        return;
+    char *n = strdup(name), *v = strdup(value);
+    if (n == NULL || v == NULL) {
+        free(n);
+        free(v);
+        return;
+    }
+    resp->header_names[resp->nheaders] = n;
+    resp->header_values[resp->nheaders] = v;
+    resp->nheaders++;
+}
+
+/* ------------------------------------------------------------------ */
+/* sending                                                            */
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 508: return "Loop Detected";
+    default: return "Status";
+    }
+}
+
+static void add_cors(h2o_req_t *req)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-origin"), 0, NULL,
+                          H2O_STRLIT("*"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-expose-headers"), 0, NULL,
+                          H2O_STRLIT("shoal-txid, fly-replay, fly-replay-src"));
+}
+
+/* Sends RESP on REQ (loop thread). Copies everything into the pool. */
+static void send_resp(struct api_server *s, h2o_req_t *req, const struct api_resp *resp)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    h2o_iovec_t body = h2o_iovec_init("", 0);
+    int status = resp->status;
+
+    if (status < 100 || status > 599)
+        status = 500;
+    s->responses_by_class[status / 100]++;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    if (resp->content_type != NULL) {
+        h2o_iovec_t ct = h2o_strdup(&req->pool, resp->content_type, SIZE_MAX);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct.base, ct.len);
+    }
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        h2o_iovec_t n = h2o_strdup(&req->pool, resp->header_names[i], SIZE_MAX);
+        h2o_iovec_t v = h2o_strdup(&req->pool, resp->header_values[i], SIZE_MAX);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+    }
+    if (s->cors)
+        add_cors(req);
+    if (resp->body_len > 0) {
+        body.base = h2o_mem_alloc_pool(&req->pool, resp->body_len);
+        memcpy(body.base, resp->body, resp->body_len);
+        body.len = resp->body_len;
+    }
+    req->res.content_length = body.len;
+    h2o_start_response(req, &generator);
+    h2o_send(req, &body, body.len ? 1 : 0, H2O_SEND_STATE_FINAL);
+}
+
+void api_reply_resp(struct api_req *r, struct api_resp *resp)
+{
+    if (resp == NULL) {
+        static const struct api_resp oom = {.status = 500};
+        send_resp(r->server, r->req, &oom);
+        return;
+    }
+    send_resp(r->server, r->req, resp);
+    api_resp_free(resp);
+}
+
+void api_reply_text(struct api_req *r, int status, const char *content_type, const char *body, size_t len)
+{
+    struct api_resp *resp = api_resp_new(status);
+    if (resp != NULL && api_resp_set_body(resp, content_type, body, len) != API_OK) {
+        api_resp_free(resp);
+        resp = NULL;
+    }
+    api_reply_resp(r, resp);
+}
+
+void api_reply_empty(struct api_req *r, int status)
+{
+    api_reply_resp(r, api_resp_new(status));
+}
+
+void api_reply_json(struct api_req *r, int status, json_t *doc)
+{
+    struct api_resp *resp = api_resp_new(status);
+    if (resp == NULL) {
+        json_decref(doc);
+    } else if (api_resp_set_json(resp, status, doc) != API_OK) {
+        api_resp_free(resp);
+        resp = NULL;
+    }
+    api_reply_resp(r, resp);
+}
+
+void api_reply_error(struct api_req *r, const struct api_err *err)
+{
+    api_reply_resp(r, api_resp_error(err));
+}
+
+int api_reply_errorf(struct api_req *r, int code, const char *fmt, ...)
+{
+    struct api_err err;
+    va_list ap;
+
+    err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
+    va_end(ap);
+    api_reply_error(r, &err);
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* deferred replies                                                   */
+
+static void pending_release(struct api_pending *p)
+{
+    if (--p->refs == 0) {
+        api_resp_free(p->resp);
+        free(p);
+    }
+}
+
+static void on_req_pool_dispose(void *arg)
+{
+    struct pending_link *link = arg;
+    link->p->req = NULL;
+    pending_release(link->p);
+}
+
+struct api_pending *api_req_defer(struct api_req *r)
+{
+    struct api_pending *p = calloc(1, sizeof(*p));
+    struct pending_link *link;
+
+    if (p == NULL)
+        h2o_fatal("out of memory");
+    p->server = r->server;
+    p->req = r->req;
+    p->refs = 2;
+    link = h2o_mem_alloc_shared(&r->req->pool, sizeof(*link), on_req_pool_dispose);
+    link->p = p;
+    r->deferred = 1;
+    return p;
+}
+
+void api_pending_finish(struct api_pending *p, struct api_resp *resp)
+{
+    struct posted *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        h2o_fatal("out of memory");
+    p->resp = resp;
+    m->is_pending = 1;
+    m->arg = p;
+    h2o_multithread_send_message(&p->server->receiver, &m->super);
+}
+
+void api_server_post(struct api_server *s, api_post_fn fn, void *arg)
+{
+    struct posted *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        h2o_fatal("out of memory");
+    m->is_pending = 0;
+    m->fn = fn;
+    m->arg = arg;
+    h2o_multithread_send_message(&s->receiver, &m->super);
+}
+
+/* Both kinds of cross-thread message (posted functions and finished
+ * deferred replies) arrive as `struct posted`, told apart by is_pending. */
+static void on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages);
+
+/* ------------------------------------------------------------------ */
+/* routing                                                            */
+
+static size_t split_segments(char *path, char **segs, size_t max)
+{
+    size_t n = 0;
+    char *p = path;
+
+    if (*p == '/')
+        p++;
+    while (n < max) {
+        segs[n++] = p;
+        char *slash = strchr(p, '/');
+        if (slash == NULL)
+            break;
+        *slash = '\0';
+        p = slash + 1;
+    }
+    return n;
+}
+
+int api_server_route(struct api_server *s, const char *method, const char *pattern, api_handler_fn fn, void *ud)
+{
+    struct route *nr = realloc(s->routes, (s->nroutes + 1) * sizeof(*nr));
+    struct route *r;
+
+    if (nr == NULL)
+        return API_ENOMEM;
+    s->routes = nr;
+    r = &s->routes[s->nroutes];
+    memset(r, 0, sizeof(*r));
+    r->method = method ? strdup(method) : NULL;
+    r->pattern = strdup(pattern);
+    if (r->pattern == NULL || (method != NULL && r->method == NULL)) {
+        free(r->method);
+        free(r->pattern);
+        return API_ENOMEM;
+    }
+    r->nsegs = split_segments(r->pattern, r->segs, SERVER_MAX_SEGMENTS);
+    r->fn = fn;
+    r->ud = ud;
+    s->nroutes++;
+    return API_OK;
+}
+
+void api_server_fallback(struct api_server *s, api_handler_fn fn, void *ud)
+{
+    s->fallback = fn;
+    s->fallback_ud = ud;
+}
+
+/* Matches PATH (raw, no query) against R, capturing params into AR.
+ * Returns 1 on match. */
+static int route_match(const struct route *r, h2o_iovec_t path, struct api_req *ar)
+{
+    size_t seg = 0, pos = 0;
+
+    if (path.len == 0 || path.base[0] != '/')
+        return 0;
+    pos = 1;
+    ar->nparams = 0;
+    for (;;) {
+        size_t end = pos;
+        while (end < path.len && path.base[end] != '/')
+            end++;
+        if (seg >= r->nsegs)
+            return 0;
+        const char *pat = r->segs[seg];
+        size_t plen = strlen(pat);
+        if (plen >= 2 && pat[0] == '{' && pat[plen - 1] == '}') {
+            if (ar->nparams >= SERVER_MAX_PARAMS)
+                return 0;
+            ar->param_names[ar->nparams] = pat;
+            ar->param_values[ar->nparams] = h2o_iovec_init(path.base + pos, end - pos);
+            ar->nparams++;
+        } else if (plen != end - pos || memcmp(pat, path.base + pos, plen) != 0) {
+            return 0;
+        }
+        seg++;
+        if (end >= path.len)
+            break;
+        pos = end + 1;
+    }
+    return seg == r->nsegs;
+}
+
+static h2o_iovec_t req_path_only(const h2o_req_t *req)
+{
+    h2o_iovec_t p = req->path;
+    if (req->query_at != SIZE_MAX)
+        p.len = req->query_at;
+    return p;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct api_server *s = *(struct api_server **)(self + 1);
+    struct api_req *ar = h2o_mem_alloc_pool(&req->pool, sizeof(*ar));
+    h2o_iovec_t path = req_path_only(req);
+    int method_mismatch = 0;
+
+    memset(ar, 0, sizeof(*ar));
+    ar->req = req;
+    ar->server = s;
+    s->requests++;
+
+    if (s->cors && h2o_memis(req->method.base, req->method.len, H2O_STRLIT("OPTIONS"))) {
+        struct api_resp *resp = api_resp_new(204);
+        if (resp != NULL) {
+            api_resp_add_header(resp, "access-control-allow-methods", "GET, POST, OPTIONS");
+            api_resp_add_header(resp, "access-control-allow-headers",
+                                "authorization, content-type, shoal-min-txid, shoal-consistency, shoal-tenant");
+            api_resp_add_header(resp, "access-control-max-age", "86400");
+        }
+        api_reply_resp(ar, resp);
+        return 0;
+    }
+    if (req->entity.base != NULL && req->entity.len > s->max_body) {
+        api_reply_errorf(ar, API_ETOOLARGE, "request body of %zu bytes is over the limit of %zu bytes", req->entity.len,
+                         s->max_body);
+        return 0;
+    }
+    for (size_t i = 0; i < s->nroutes; i++) {
+        struct route *r = &s->routes[i];
+        if (!route_match(r, path, ar))
+            continue;
+        if (r->method != NULL && !h2o_memis(req->method.base, req->method.len, r->method, strlen(r->method)) &&
+            !(strcmp(r->method, "GET") == 0 && h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))) {
+            method_mismatch = 1;
+            continue;
+        }
+        r->fn(ar, r->ud);
+        return 0;
+    }
+    ar->nparams = 0;
+    if (method_mismatch) {
+        api_reply_errorf(ar, API_EMETHOD, "method %.*s is not allowed on %.*s", (int)req->method.len,
+                         req->method.base, (int)(path.len > 200 ? 200 : path.len), path.base);
+        return 0;
+    }
+    if (s->fallback != NULL) {
+        s->fallback(ar, s->fallback_ud);
+        return 0;
+    }
+    api_reply_errorf(ar, API_ENOTFOUND, "no such endpoint: %.*s", (int)(path.len > 200 ? 200 : path.len), path.base);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* accessors                                                          */
+
+const char *api_req_method(const struct api_req *r, size_t *len)
+{
+    *len = r->req->method.len;
+    return r->req->method.base;
+}
+
+const char *api_req_path(const struct api_req *r, size_t *len)
+{
+    h2o_iovec_t p = req_path_only(r->req);
+    *len = p.len;
+    return p.base;
+}
+
+const char *api_req_param(const struct api_req *r, const char *name, size_t *len)
+{
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < r->nparams; i++) {
+        const char *pn = r->param_names[i];
+        if (strlen(pn) == nlen + 2 && memcmp(pn + 1, name, nlen) == 0) {
+            *len = r->param_values[i].len;
+            return r->param_values[i].base;
+        }
+    }
+    *len = 0;
+    return NULL;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int api_req_query(const struct api_req *r, const char *name, char *out, size_t cap)
+{
+    const h2o_req_t *req = r->req;
+    size_t nlen = strlen(name);
+
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        const char *ke = eq ? eq : pe;
+        if ((size_t)(ke - q) == nlen && memcmp(q, name, nlen) == 0) {
+            size_t o = 0;
+            for (const char *v = eq ? eq + 1 : pe; v < pe; v++) {
+                int c = (unsigned char)*v;
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    int hi, lo;
+                    if (pe - v < 3 || (hi = hexval(v[1])) < 0 || (lo = hexval(v[2])) < 0)
+                        return -1;
+                    c = hi * 16 + lo;
+                    v += 2;
+                }
+                if (o + 1 >= cap)
+                    return -1;
+                out[o++] = (char)c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        q = pe + 1;
+    }
+    return 0;
+}
+
+const char *api_req_header(const struct api_req *r, const char *name, size_t *len)
+{
+    ssize_t i = h2o_find_header_by_str(&r->req->headers, name, strlen(name), -1);
+    if (i == -1) {
+        if (len != NULL)
+            *len = 0;
+        return NULL;
+    }
+    if (len != NULL)
+        *len = r->req->headers.entries[i].value.len;
+    return r->req->headers.entries[i].value.base;
+}
+
+const void *api_req_body(const struct api_req *r, size_t *len)
+{
+    if (r->req->entity.base == NULL) {
+        *len = 0;
+        return "";
+    }
+    *len = r->req->entity.len;
+    return r->req->entity.base;
+}
+
+int api_req_json_object(const struct api_req *r, json_t **out, struct api_err *err)
+{
+    size_t len;
+    const char *body = api_req_body(r, &len);
+    json_error_t jerr;
+    json_t *doc;
+
+    if (len == 0)
+        return api_err_set(err, API_EBADJSON, "request body is empty; a JSON object is required");
+    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL)
+        return api_err_set(err, API_EBADJSON, "request body is not valid JSON: %s at line %d column %d", jerr.text,
+                           jerr.line, jerr.column);
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return api_err_set(err, API_EBADJSON, "request body must be a JSON object");
+    }
+    *out = doc;
+    return API_OK;
+}
+
+void api_req_peer(const struct api_req *r, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = r->req->conn->callbacks->get_peername(r->req->conn, (struct sockaddr *)&ss);
+
+    snprintf(out, cap, "unknown");
+    if (len == 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)cap);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)cap);
+}
+
+struct api_server *api_req_server(const struct api_req *r)
+{
+    return r->server;
+}
+
+/* ------------------------------------------------------------------ */
+/* messages from other threads                                        */
+
+static void on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    (void)receiver;
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *m = H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&m->link);
+        struct posted *posted = (struct posted *)m;
+        if (posted->is_pending) {
+            struct api_pending *p = posted->arg;
+            free(posted);
+            if (p->req != NULL && !p->finished) {
+                p->finished = 1;
+                struct api_resp *resp = p->resp;
+                p->resp = NULL;
+                if (resp == NULL) {
+                    static const struct api_resp oom = {.status = 500};
+                    send_resp(p->server, p->req, &oom);
+                } else {
+                    send_resp(p->server, p->req, resp);
+                    api_resp_free(resp);
+                }
+            }
+            pending_release(p);
+        } else {
+            posted->fn(posted->arg);
+            free(posted);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* lifecycle                                                          */
+
+static void on_conn_close(void *data)
+{
+    struct api_server *s = data;
+    --s->num_conns;
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    struct api_server *s = listener->data;
+    h2o_socket_t *sock;
+
+    if (err != NULL)
+        return;
+    if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
+        return;
+    ++s->num_conns;
+    sock->on_close.cb = on_conn_close;
+    sock->on_close.data = s;
+    h2o_accept(&s->accept_ctx, sock);
+}
+
+static int parse_listen(const char *listen, struct sockaddr_in *addr, struct api_err *err)
+{
+    char host[64];
+    const char *colon = strrchr(listen, ':');
+    char *end;
+    long port;
+
+    if (colon == NULL || (size_t)(colon - listen) >= sizeof(host))
+        return api_err_set(err, API_EINVAL, "listen address '%s' is not HOST:PORT", listen);
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535 || end == colon + 1)
+        return api_err_set(err, API_EINVAL, "listen address '%s' has a bad port", listen);
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons((uint16_t)port);
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &addr->sin_addr) != 1)
+        return api_err_set(err, API_EINVAL, "listen address '%s': '%s' is not an IPv4 address", listen, host);
+    return API_OK;
+}
+
+int api_server_new(const struct api_server_config *cfg, struct api_server **out, struct api_err *err)
+{
+    struct api_server *s;
+    struct sockaddr_in addr;
+    socklen_t alen = sizeof(addr);
+    h2o_hostconf_t *host;
+    h2o_pathconf_t *path;
+    h2o_handler_t *handler;
+    int fd, on = 1, rc;
+
+    if ((rc = parse_listen(cfg->listen ? cfg->listen : "127.0.0.1:0", &addr, err)) != API_OK)
+        return rc;
+    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+        return api_err_set(err, API_EIO, "socket: %s", strerror(errno));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, SOMAXCONN) != 0 ||
+        getsockname(fd, (struct sockaddr *)&addr, &alen) != 0) {
+        rc = api_err_set(err, API_EIO, "listen on %s: %s", cfg->listen, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    if ((s = calloc(1, sizeof(*s))) == NULL) {
+        close(fd);
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    }
+    s->max_body = cfg->max_body ? cfg->max_body : SERVER_DEFAULT_MAX_BODY;
+    s->cors = cfg->cors;
+    s->port = ntohs(addr.sin_port);
+    {
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof(ip));
+        snprintf(s->url, sizeof(s->url), "http://%s:%u", ip, s->port);
+    }
+
+    h2o_config_init(&s->config);
+    /* h2o buffers the whole body before the handler and defaults to 1 GiB. */
+    s->config.max_request_entity_size = s->max_body;
+    host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    path = h2o_config_register_path(host, "/", 0);
+    handler = h2o_create_handler(path, sizeof(*handler) + sizeof(struct api_server *));
+    *(struct api_server **)(handler + 1) = s;
+    handler->on_req = on_req;
+
+    s->loop = h2o_evloop_create();
+    h2o_context_init(&s->ctx, s->loop, &s->config);
+    s->accept_ctx.ctx = &s->ctx;
+    s->accept_ctx.hosts = s->config.hosts;
+    s->queue = h2o_multithread_create_queue(s->loop);
+    h2o_multithread_register_receiver(s->queue, &s->receiver, on_messages);
+
+    s->listener = h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    s->listener->data = s;
+    h2o_socket_read_start(s->listener, on_accept);
+    *out = s;
+    return API_OK;
+}
+
+uint16_t api_server_port(const struct api_server *s)
+{
+    return s->port;
+}
+
+const char *api_server_url(const struct api_server *s)
+{
+    return s->url;
+}
+
+void api_server_stop(struct api_server *s)
+{
+    s->stop = 1;
+}
+
+int api_server_run(struct api_server *s)
+{
+    while (!s->stop) {
+        if (h2o_evloop_run(s->loop, 100) != 0 && errno != EINTR) {
+            log_error("event loop failed: %s", strerror(errno));
+            break;
+        }
+    }
+    h2o_socket_read_stop(s->listener);
+    h2o_socket_close(s->listener);
+    s->listener = NULL;
+    if (s->num_conns != 0) {
+        uint64_t deadline = h2o_now(s->loop) + SERVER_DRAIN_MS;
+        h2o_context_request_shutdown(&s->ctx);
+        while ((s->num_conns != 0 || h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout)) &&
+               h2o_now(s->loop) < deadline)
+            h2o_evloop_run(s->loop, 50);
+    }
+    return 0;
+}
+
+void api_server_free(struct api_server *s)
+{
+    if (s == NULL)
+        return;
+    /* Deliver what workers already sent, so nothing is leaked. */
+    h2o_evloop_run(s->loop, 0);
+    if (s->num_conns == 0 && !h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout)) {
+        h2o_multithread_unregister_receiver(s->queue, &s->receiver);
+        h2o_multithread_destroy_queue(s->queue);
+        h2o_context_dispose(&s->ctx);
+        h2o_evloop_destroy(s->loop);
+        h2o_config_dispose(&s->config);
+    } else {
+        /* h2o 2.2.5 asserts when disposing a context with live connections:
+         * leave the loop to process exit. */
+        log_warn("%zu connection(s) still open at shutdown; exiting without disposing the HTTP context",
+                 s->num_conns);
+    }
+    for (size_t i = 0; i < s->nroutes; i++) {
+        free(s->routes[i].method);
+        free(s->routes[i].pattern);
+    }
+    free(s->routes);
+    free(s);
+}
+
+void api_server_metrics(const struct api_server *s, const char *prefix, char *buf, size_t cap, size_t *len)
+{
+    int n = snprintf(buf + *len, *len < cap ? cap - *len : 0,
+                     "# TYPE %s_http_requests_total counter\n%s_http_requests_total %llu\n"
+                     "# TYPE %s_http_responses_total counter\n",
+                     prefix, prefix, (unsigned long long)s->requests, prefix);
+    if (n > 0)
+        *len += (size_t)n;
+    for (int c = 1; c <= 5; c++) {
+        if (*len >= cap)
+            break;
+        n = snprintf(buf + *len, cap - *len, "%s_http_responses_total{class=\"%dxx\"} %llu\n", prefix, c,
+                     (unsigned long long)s->responses_by_class[c]);
+        if (n > 0)
+            *len += (size_t)n;
+    }
+    if (*len > cap)
+        *len = cap;
+}

@@ -66,7 +66,7 @@ int api_token_load_public(const char *path, unsigned char pk[API_TOKEN_PUBLIC_BY
 int api_token_load_admin(const char *path, char **out, struct api_err *err);
 
 /* Extracts the token from an "Authorization: Bearer <t>" value; returns 0 and
- * sets *TOK/*TOK_LEN (borrowed from VALUE), or -1 if it is not a bearer value. */
+ * sets *TOK and *TOK_LEN (borrowed from VALUE), or -1 if it is not a bearer value. */
 int api_bearer_token(const char *value, size_t len, const char **tok, size_t *tok_len);
 
 #endif

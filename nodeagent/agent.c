@@ -1,0 +1,884 @@
+/*
+ * nodeagent/agent.c: shoal-agent's core (see agent.h).
+ *
+ * Desired state flows down: the orchestrator writes tenant records to etcd;
+ * the cluster view's watch marks the changed tenants dirty and wakes the
+ * controller, which converges each one (create the file, acquire or release
+ * the tenant's lease key). Nothing runs per tenant on a timer; the only
+ * periodic work is the one session keep-alive.
+ *
+ * Requests: a tenant whose lease this agent holds is served here, on the
+ * tenant's worker thread. Any other tenant is forwarded to its primary, or
+ * answered with `fly-replay: instance=<node>` when the caller (the router)
+ * sent `shoal-accept-replay: 1`.
+ */
+#include "nodeagent/agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "api/cluster.h"
+#include "api/dataplane.h"
+#include "api/etcd.h"
+#include "api/http.h"
+#include "api/log.h"
+#include "api/map.h"
+#include "api/names.h"
+#include "api/server.h"
+#include "api/token.h"
+#include "api/workq.h"
+#include "nodeagent/hrana.h"
+#include "nodeagent/session.h"
+#include "nodeagent/store.h"
+
+struct local_tenant {
+    int file_ready;
+    int holding;   /* this agent holds the tenant's lease key */
+    int64_t epoch; /* mod_revision of our key when we acquired it */
+};
+
+struct route_ctx {
+    struct agent *a;
+    int version;
+};
+
+struct agent {
+    struct agent_config cfg;
+    char url[API_URL_MAX];
+    unsigned char pk[API_TOKEN_PUBLIC_BYTES];
+    int lock_fd;
+    struct api_etcd *etcd;
+    struct agent_store *store;
+    struct agent_session *session;
+    struct api_cluster *view;
+    struct api_workq *workers;
+    struct api_server *server;
+    struct route_ctx v2, v3;
+
+    pthread_t controller;
+    int controller_started;
+    pthread_mutex_t mu; /* guards local, dirty, dirty_all, stopping */
+    pthread_cond_t cv;
+    struct api_map *local; /* tenant -> struct local_tenant* */
+    struct api_map *dirty; /* tenant -> (void *)1 */
+    int dirty_all;
+    int stopping;
+
+    atomic_ullong pipelines, forwarded, replays_sent, lease_acquisitions;
+};
+
+static __thread struct api_http_client *tl_http;
+
+void agent_config_init(struct agent_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = "127.0.0.1:7401";
+    cfg->etcd = "http://127.0.0.1:2379";
+    cfg->verify_key = "run/secrets/cluster.pub";
+    cfg->lease_ttl_s = 10;
+    cfg->workers = 8;
+    cfg->max_open = 1000;
+    cfg->cache_kib = 256;
+    cfg->max_body = (size_t)8 << 20;
+    cfg->stmt_timeout_ms = 5000;
+}
+
+static void worker_exit(void)
+{
+    agent_store_thread_exit();
+    api_http_client_free(tl_http);
+    tl_http = NULL;
+}
+
+static uint64_t tenant_key(const char *id)
+{
+    return api_hash_str(id, strlen(id));
+}
+
+/* ------------------------------------------------------------------ */
+/* controller: converge on the desired state                           */
+
+static void mark_dirty_locked(struct agent *a, const char *id)
+{
+    int oom;
+    if (api_map_get(a->dirty, id) == NULL)
+        api_map_put(a->dirty, id, (void *)1, &oom);
+}
+
+static void on_view_change(void *ud, enum api_cluster_change kind, const char *id, int deleted)
+{
+    struct agent *a = ud;
+    (void)deleted;
+    if (kind == API_CLUSTER_NODE)
+        return;
+    pthread_mutex_lock(&a->mu);
+    if (kind == API_CLUSTER_ALL)
+        a->dirty_all = 1;
+    else
+        mark_dirty_locked(a, id);
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+struct remove_job {
+    struct agent *a;
+    char id[API_NAME_MAX];
+};
+
+static void remove_files_job(void *arg)
+{
+    struct remove_job *j = arg;
+    struct api_err err;
+    if (agent_store_remove(j->a->store, j->id, &err) != API_OK)
+        log_warn("removing tenant files failed tenant=%s: %s", j->id, err.msg);
+    else
+        log_info("tenant files removed tenant=%s", j->id);
+    free(j);
+}
+
+static int assigned_here(const struct api_cluster_tenant *t, const char *node)
+{
+    for (size_t i = 0; i < t->nnodes; i++)
+        if (strcmp(t->nodes[i], node) == 0)
+            return 1;
+    return 0;
+}
+
+/* Brings tenant ID on this node in line with its record. Controller thread. */
+static void converge(struct agent *a, const char *id)
+{
+    struct api_cluster_tenant t;
+    struct local_tenant *lt;
+    struct api_err err;
+    int known = api_cluster_tenant(a->view, id, &t);
+    int assigned = known && assigned_here(&t, a->cfg.node);
+
+    pthread_mutex_lock(&a->mu);
+    lt = api_map_get(a->local, id);
+    pthread_mutex_unlock(&a->mu);
+
+    if (!assigned) {
+        if (lt == NULL)
+            return;
+        if (lt->holding && agent_session_release(a->session, id, &err) != API_OK)
+            log_warn("%s", err.msg);
+        pthread_mutex_lock(&a->mu);
+        free(api_map_del(a->local, id));
+        pthread_mutex_unlock(&a->mu);
+        struct remove_job *j = calloc(1, sizeof(*j));
+        if (j != NULL) {
+            j->a = a;
+            snprintf(j->id, sizeof(j->id), "%s", id);
+            /* On the tenant's worker, after any request already queued. */
+            api_workq_submit(a->workers, tenant_key(id), remove_files_job, j);
+        }
+        log_info("tenant unassigned tenant=%s", id);
+        return;
+    }
+    if (lt == NULL) {
+        int oom;
+        if ((lt = calloc(1, sizeof(*lt))) == NULL)
+            return;
+        pthread_mutex_lock(&a->mu);
+        api_map_put(a->local, id, lt, &oom);
+        pthread_mutex_unlock(&a->mu);
+        if (oom) {
+            free(lt);
+            return;
+        }
+    }
+    if (!lt->file_ready) {
+        if (agent_store_create(a->store, id, &err) != API_OK) {
+            log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
+            return;
+        }
+        pthread_mutex_lock(&a->mu);
+        lt->file_ready = 1;
+        pthread_mutex_unlock(&a->mu);
+        log_info("tenant database ready tenant=%s role=%s", id,
+                 strcmp(t.primary, a->cfg.node) == 0 ? "primary" : "replica");
+    }
+    if (strcmp(t.primary, a->cfg.node) != 0) {
+        if (lt->holding) {
+            if (agent_session_release(a->session, id, &err) != API_OK)
+                log_warn("%s", err.msg);
+            pthread_mutex_lock(&a->mu);
+            lt->holding = 0;
+            pthread_mutex_unlock(&a->mu);
+            log_info("lease released tenant=%s (no longer the desired primary)", id);
+        }
+        return;
+    }
+    /* We are the desired primary. Did we lose a key we held? The view is
+     * behind our own txn until it reaches our epoch: only trust it past that. */
+    if (lt->holding && api_cluster_revision(a->view) >= lt->epoch &&
+        (!t.leased || strcmp(t.holder, a->cfg.node) != 0 || t.epoch != lt->epoch)) {
+        pthread_mutex_lock(&a->mu);
+        lt->holding = 0;
+        pthread_mutex_unlock(&a->mu);
+        log_warn("lease lost tenant=%s epoch=%lld", id, (long long)lt->epoch);
+    }
+    if (lt->holding)
+        return;
+    if (t.leased && strcmp(t.holder, a->cfg.node) != 0) {
+        log_debug("lease held elsewhere tenant=%s holder=%s", id, t.holder);
+        return; /* its deletion will mark the tenant dirty again */
+    }
+    char holder[API_NAME_MAX];
+    int64_t epoch;
+    if (agent_session_acquire(a->session, id, &epoch, holder, &err) != API_OK) {
+        log_warn("%s", err.msg);
+        return;
+    }
+    pthread_mutex_lock(&a->mu);
+    lt->holding = 1;
+    lt->epoch = epoch;
+    pthread_mutex_unlock(&a->mu);
+    atomic_fetch_add(&a->lease_acquisitions, 1);
+    log_info("lease acquired tenant=%s epoch=%lld", id, (long long)epoch);
+}
+
+struct id_list {
+    char (*ids)[API_NAME_MAX];
+    size_t n, cap;
+};
+
+static void id_list_add(struct id_list *l, const char *id)
+{
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        void *ni = realloc(l->ids, ncap * sizeof(*l->ids));
+        if (ni == NULL)
+            return;
+        l->ids = ni;
+        l->cap = ncap;
+    }
+    snprintf(l->ids[l->n++], API_NAME_MAX, "%s", id);
+}
+
+static void collect_key(void *ud, const char *key, void *value)
+{
+    (void)value;
+    id_list_add(ud, key);
+}
+
+static void mark_all_local_lost(struct agent *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->dirty_all = 1;
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void collect_holding(void *ud, const char *key, void *value)
+{
+    (void)key;
+    ((struct local_tenant *)value)->holding = 0;
+    (void)ud;
+}
+
+static void *controller_main(void *arg)
+{
+    struct agent *a = arg;
+    int64_t interval = a->cfg.lease_ttl_s * 1000 / 3;
+    int64_t next_keepalive = api_now_ms() + interval;
+    struct api_err err;
+
+    pthread_mutex_lock(&a->mu);
+    while (!a->stopping) {
+        while (!a->stopping && api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
+            struct timespec ts;
+            int64_t left = next_keepalive - api_now_ms();
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += left / 1000;
+            ts.tv_nsec += (left % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+        }
+        if (a->stopping)
+            break;
+        struct id_list todo = {0};
+        int all = a->dirty_all;
+        a->dirty_all = 0;
+        api_map_foreach(a->dirty, collect_key, &todo);
+        api_map_free(a->dirty, NULL);
+        a->dirty = api_map_new();
+        if (all)
+            api_map_foreach(a->local, collect_key, &todo);
+        pthread_mutex_unlock(&a->mu);
+
+        if (api_now_ms() >= next_keepalive) {
+            int rc = agent_session_keepalive(a->session, &err);
+            next_keepalive = api_now_ms() + interval;
+            if (rc == API_EUNAVAILABLE) {
+                log_warn("%s; granting a new session", err.msg);
+                pthread_mutex_lock(&a->mu);
+                api_map_foreach(a->local, collect_holding, NULL);
+                pthread_mutex_unlock(&a->mu);
+                if (agent_session_regrant(a->session, &err) != API_OK) {
+                    log_error("%s", err.msg);
+                    next_keepalive = api_now_ms() + 500;
+                } else {
+                    mark_all_local_lost(a);
+                    all = 1;
+                }
+            } else if (rc != API_OK) {
+                log_warn("%s", err.msg);
+                next_keepalive = api_now_ms() + 500; /* retry sooner while etcd is away */
+            }
+        }
+        if (all) {
+            struct api_cluster_tenant *page;
+            int more;
+            size_t n = api_cluster_tenant_page(a->view, NULL, 1u << 30, NULL, &page, &more);
+            for (size_t i = 0; i < n; i++)
+                if (assigned_here(&page[i], a->cfg.node))
+                    id_list_add(&todo, page[i].id);
+            free(page);
+        }
+        for (size_t i = 0; i < todo.n; i++)
+            converge(a, todo.ids[i]);
+        free(todo.ids);
+        pthread_mutex_lock(&a->mu);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* data plane                                                          */
+
+struct pipeline_job {
+    struct agent *a;
+    struct api_pending *pending;
+    char tenant[API_NAME_MAX];
+    int version;
+    int read_only;
+    char *body;
+    size_t body_len;
+};
+
+static void finish_error(struct api_pending *p, const struct api_err *err)
+{
+    api_pending_finish(p, api_dp_error_resp(err));
+}
+
+static void exec_pragma(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        log_warn("%s failed: %s", sql, msg ? msg : "?");
+        sqlite3_free(msg);
+    }
+}
+
+static void pipeline_job(void *arg)
+{
+    struct pipeline_job *j = arg;
+    struct agent *a = j->a;
+    struct agent_hrana_limits limits = {.stmt_timeout_ms = a->cfg.stmt_timeout_ms, .max_response_bytes = 16u << 20};
+    struct agent_hrana_outcome outcome;
+    struct agent_hrana_stream *hs = NULL;
+    json_t *doc = NULL, *results = NULL, *requests, *baton;
+    json_error_t jerr;
+    struct api_err err;
+    sqlite3 *db;
+
+    api_err_clear(&err);
+    doc = json_loadb(j->body, j->body_len, 0, &jerr);
+    if (doc == NULL || !json_is_object(doc)) {
+        api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s",
+                    doc == NULL ? jerr.text : "wrong type");
+        goto fail;
+    }
+    requests = json_object_get(doc, "requests");
+    baton = json_object_get(doc, "baton");
+    if (!json_is_array(requests)) {
+        api_err_set(&err, API_EINVAL, "pipeline body needs a \"requests\" array");
+        goto fail;
+    }
+    if (baton != NULL && !json_is_null(baton)) {
+        api_err_set(&err, API_EINVAL, "Received an invalid baton: interactive streams are not supported by this "
+                                      "server yet (send requests without a baton and end them with close)");
+        goto fail;
+    }
+    if (agent_store_conn(a->store, j->tenant, &db, &err) != API_OK)
+        goto fail;
+    if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
+        api_err_set(&err, API_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (j->read_only)
+        exec_pragma(db, "PRAGMA query_only=1");
+    memset(&outcome, 0, sizeof(outcome));
+    int rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
+    /* Without a baton the stream ends with this request: never leave a
+     * transaction open on the shared connection. */
+    if (!sqlite3_get_autocommit(db))
+        exec_pragma(db, "ROLLBACK");
+    if (j->read_only)
+        exec_pragma(db, "PRAGMA query_only=0");
+    agent_hrana_stream_free(hs);
+    if (rc != API_OK)
+        goto fail;
+    atomic_fetch_add(&a->pipelines, 1);
+    {
+        struct api_resp *resp = api_resp_new(200);
+        json_t *out = json_pack("{s:n,s:n,s:o}", "baton", "base_url", "results", results);
+        if (resp != NULL && api_resp_set_json(resp, 200, out) == API_OK) {
+            api_pending_finish(j->pending, resp);
+        } else {
+            api_resp_free(resp);
+            api_err_set(&err, API_ENOMEM, "out of memory");
+            finish_error(j->pending, &err);
+        }
+    }
+    json_decref(doc);
+    free(j->body);
+    free(j);
+    return;
+fail:
+    finish_error(j->pending, &err);
+    json_decref(doc);
+    free(j->body);
+    free(j);
+}
+
+struct forward_job {
+    struct agent *a;
+    struct api_pending *pending;
+    char *url;
+    char *headers[12];
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+    char method[8];
+};
+
+static const char *const forwarded_headers[] = {"authorization", "content-type", "shoal-min-txid",
+                                                "shoal-consistency", "shoal-client-region", "shoal-tenant",
+                                                "cookie", NULL};
+static const char *const relayed_headers[] = {"shoal-txid", "set-cookie", "fly-replay", NULL};
+
+static void forward_job(void *arg)
+{
+    struct forward_job *j = arg;
+    struct api_http_resp up;
+    struct api_err err;
+    const char *hdrs[16];
+    size_t n = 0;
+
+    for (size_t i = 0; i < j->nheaders; i++)
+        hdrs[n++] = j->headers[i];
+    hdrs[n] = NULL;
+    if (tl_http == NULL)
+        tl_http = api_http_client_new();
+    struct api_http_req rq = {.method = j->method, .url = j->url, .headers = hdrs, .body = j->body,
+                              .body_len = j->body_len, .timeout_ms = 30000};
+    if (tl_http == NULL || api_http_do(tl_http, &rq, &up, &err) != API_OK) {
+        if (tl_http == NULL)
+            api_err_set(&err, API_ENOMEM, "out of memory");
+        api_err_set(&err, API_EUPSTREAM, "forwarding to the primary failed: %s", err.msg);
+        finish_error(j->pending, &err);
+    } else {
+        struct api_resp *resp = api_resp_new((int)up.status);
+        const char *ct = api_http_resp_header(&up, "content-type");
+        if (resp != NULL) {
+            api_resp_set_body(resp, ct ? ct : "application/octet-stream", up.body, up.body_len);
+            for (size_t i = 0; i < up.nheaders; i++)
+                for (const char *const *h = relayed_headers; *h; h++)
+                    if (strcmp(up.headers[i].name, *h) == 0)
+                        api_resp_add_header(resp, up.headers[i].name, up.headers[i].value);
+        }
+        api_pending_finish(j->pending, resp);
+        api_http_resp_fini(&up);
+        atomic_fetch_add(&j->a->forwarded, 1);
+    }
+    for (size_t i = 0; i < j->nheaders; i++)
+        free(j->headers[i]);
+    free(j->url);
+    free(j->body);
+    free(j);
+}
+
+static void forward(struct agent *a, struct api_req *r, const char *tenant, const char *primary_url)
+{
+    struct forward_job *j = calloc(1, sizeof(*j));
+    size_t plen, mlen, blen, len;
+    const char *path = api_req_path(r, &plen), *method = api_req_method(r, &mlen), *body = api_req_body(r, &blen);
+    char hdr[2048];
+
+    if (j == NULL) {
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
+    j->a = a;
+    snprintf(j->method, sizeof(j->method), "%.*s", (int)(mlen < 7 ? mlen : 7), method);
+    if (asprintf(&j->url, "%s%.*s", primary_url, (int)plen, path) < 0)
+        j->url = NULL;
+    j->body = malloc(blen + 1);
+    if (j->url == NULL || j->body == NULL) {
+        free(j->url);
+        free(j->body);
+        free(j);
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(j->body, body, blen);
+    j->body_len = blen;
+    for (const char *const *h = forwarded_headers; *h; h++) {
+        const char *v = api_req_header(r, *h, &len);
+        if (v != NULL) {
+            snprintf(hdr, sizeof(hdr), "%s: %.*s", *h, (int)len, v);
+            j->headers[j->nheaders++] = strdup(hdr);
+        }
+    }
+    snprintf(hdr, sizeof(hdr), "shoal-forwarded-by: %s", a->cfg.node);
+    j->headers[j->nheaders++] = strdup(hdr);
+    j->pending = api_req_defer(r);
+    api_workq_submit(a->workers, tenant_key(tenant), forward_job, j);
+}
+
+static int header_is(struct api_req *r, const char *name, const char *want)
+{
+    size_t len;
+    const char *v = api_req_header(r, name, &len);
+    return v != NULL && len == strlen(want) && strncasecmp(v, want, len) == 0;
+}
+
+static void reply_dp_error(struct api_req *r, const struct api_err *err)
+{
+    api_reply_resp(r, api_dp_error_resp(err));
+}
+
+static void on_pipeline(struct api_req *r, void *ud)
+{
+    struct route_ctx *rc = ud;
+    struct agent *a = rc->a;
+    struct api_dp_auth auth;
+    struct api_cluster_tenant t;
+    struct api_err err;
+    struct local_tenant *lt;
+    int serve_here = 0;
+
+    if (api_dp_authorize(r, a->pk, a->cfg.tenant_domain, &auth, &err) != API_OK) {
+        reply_dp_error(r, &err);
+        return;
+    }
+    if (!api_cluster_tenant(a->view, auth.tenant, &t)) {
+        api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", auth.tenant);
+        reply_dp_error(r, &err);
+        return;
+    }
+    pthread_mutex_lock(&a->mu);
+    lt = api_map_get(a->local, auth.tenant);
+    serve_here = lt != NULL && lt->holding;
+    pthread_mutex_unlock(&a->mu);
+
+    if (serve_here) {
+        struct pipeline_job *j = calloc(1, sizeof(*j));
+        size_t blen;
+        const char *body = api_req_body(r, &blen);
+        if (j == NULL || (j->body = malloc(blen + 1)) == NULL) {
+            free(j);
+            api_reply_errorf(r, API_ENOMEM, "out of memory");
+            return;
+        }
+        memcpy(j->body, body, blen);
+        j->body_len = blen;
+        j->a = a;
+        j->version = rc->version;
+        /* ro tokens read only; and a primary that could have lost its
+         * session stops writing but keeps serving reads. */
+        j->read_only = auth.claims.access == API_ACCESS_RO || !agent_session_writable(a->session);
+        snprintf(j->tenant, sizeof(j->tenant), "%s", auth.tenant);
+        j->pending = api_req_defer(r);
+        api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
+        return;
+    }
+    if (!t.leased || strcmp(t.holder, a->cfg.node) == 0) {
+        api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", auth.tenant);
+        reply_dp_error(r, &err);
+        return;
+    }
+    if (header_is(r, "shoal-accept-replay", "1")) {
+        struct api_resp *resp = api_resp_new(200);
+        char v[128];
+        snprintf(v, sizeof(v), "instance=%s", t.holder);
+        if (resp != NULL) {
+            api_resp_add_header(resp, "fly-replay", v);
+            api_resp_set_body(resp, "application/json", "{}", 2);
+        }
+        atomic_fetch_add(&a->replays_sent, 1);
+        api_reply_resp(r, resp);
+        return;
+    }
+    if (api_req_header(r, "shoal-forwarded-by", NULL) != NULL) {
+        api_err_set(&err, API_EREPLAYLOOP, "tenant '%s': request was already forwarded once and node '%s' is not "
+                                           "its primary either", auth.tenant, a->cfg.node);
+        reply_dp_error(r, &err);
+        return;
+    }
+    forward(a, r, auth.tenant, t.holder_url);
+}
+
+static void on_version_probe(struct api_req *r, void *ud)
+{
+    size_t len;
+    const char *v = api_req_param(r, "tenant", &len);
+    struct api_err err;
+    (void)ud;
+    if (v != NULL && api_tenant_id_check(v, len, &err) != API_OK) {
+        reply_dp_error(r, &err);
+        return;
+    }
+    static const char msg[] = "Hello, this is HTTP API v2 (Hrana over HTTP)";
+    api_reply_text(r, 200, "text/plain", msg, sizeof(msg) - 1);
+}
+
+static void on_protobuf_probe(struct api_req *r, void *ud)
+{
+    (void)ud;
+    api_reply_errorf(r, API_ENOTFOUND, "the protobuf encoding is not served; use JSON");
+}
+
+static void on_tenant_status(struct api_req *r, void *ud)
+{
+    struct agent *a = ud;
+    struct api_dp_auth auth;
+    struct api_cluster_tenant t;
+    struct api_err err;
+    struct local_tenant *lt;
+    int holding = 0, assigned, file_ready = 0;
+    int64_t epoch = 0;
+    char path[4096];
+    struct stat st;
+
+    if (api_dp_authorize(r, a->pk, NULL, &auth, &err) != API_OK) {
+        api_reply_error(r, &err);
+        return;
+    }
+    assigned = api_cluster_tenant(a->view, auth.tenant, &t) && assigned_here(&t, a->cfg.node);
+    pthread_mutex_lock(&a->mu);
+    if ((lt = api_map_get(a->local, auth.tenant)) != NULL) {
+        holding = lt->holding;
+        epoch = lt->epoch;
+        file_ready = lt->file_ready;
+    }
+    pthread_mutex_unlock(&a->mu);
+    agent_store_path(a->store, auth.tenant, path, sizeof(path));
+    json_int_t bytes = stat(path, &st) == 0 ? (json_int_t)st.st_size : 0;
+    const char *role = holding ? "primary" : assigned ? "replica" : "none";
+    const char *state = !file_ready ? "missing" : holding ? "serving" : "empty";
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:n,s:n}", "tenant", auth.tenant, "node", a->cfg.node,
+                             "region", a->cfg.region, "role", role, "state", state, "epoch", (json_int_t)epoch,
+                             "bytes", bytes, "txid", "checksum"));
+}
+
+static void count_holding(void *ud, const char *key, void *value)
+{
+    (void)key;
+    if (((struct local_tenant *)value)->holding)
+        (*(size_t *)ud)++;
+}
+
+static void on_healthz(struct api_req *r, void *ud)
+{
+    struct agent *a = ud;
+    size_t tenants, primaries = 0;
+    int ok = agent_session_writable(a->session);
+
+    pthread_mutex_lock(&a->mu);
+    tenants = api_map_len(a->local);
+    api_map_foreach(a->local, count_holding, &primaries);
+    pthread_mutex_unlock(&a->mu);
+    api_reply_json(r, ok ? 200 : 503,
+                   json_pack("{s:s,s:s,s:s,s:s,s:I,s:I}", "status", ok ? "ok" : "degraded", "node", a->cfg.node,
+                             "region", a->cfg.region, "session", ok ? "ok" : "lost", "tenants",
+                             (json_int_t)tenants, "primaries", (json_int_t)primaries));
+}
+
+static void on_metrics(struct api_req *r, void *ud)
+{
+    struct agent *a = ud;
+    char buf[4096];
+    size_t len = 0, tenants, primaries = 0;
+
+    pthread_mutex_lock(&a->mu);
+    tenants = api_map_len(a->local);
+    api_map_foreach(a->local, count_holding, &primaries);
+    pthread_mutex_unlock(&a->mu);
+    api_server_metrics(a->server, "shoal_agent", buf, sizeof(buf), &len);
+    int n = snprintf(buf + len, sizeof(buf) - len,
+                     "# TYPE shoal_agent_tenants gauge\nshoal_agent_tenants %zu\n"
+                     "# TYPE shoal_agent_primaries gauge\nshoal_agent_primaries %zu\n"
+                     "# TYPE shoal_agent_pipelines_total counter\nshoal_agent_pipelines_total %llu\n"
+                     "# TYPE shoal_agent_forwarded_total counter\nshoal_agent_forwarded_total %llu\n"
+                     "# TYPE shoal_agent_replays_sent_total counter\nshoal_agent_replays_sent_total %llu\n"
+                     "# TYPE shoal_agent_lease_acquisitions_total counter\n"
+                     "shoal_agent_lease_acquisitions_total %llu\n"
+                     "# TYPE shoal_agent_session_writable gauge\nshoal_agent_session_writable %d\n",
+                     tenants, primaries, (unsigned long long)atomic_load(&a->pipelines),
+                     (unsigned long long)atomic_load(&a->forwarded), (unsigned long long)atomic_load(&a->replays_sent),
+                     (unsigned long long)atomic_load(&a->lease_acquisitions), agent_session_writable(a->session));
+    if (n > 0 && (size_t)n < sizeof(buf) - len)
+        len += (size_t)n;
+    api_reply_text(r, 200, "text/plain; version=0.0.4", buf, len);
+}
+
+/* ------------------------------------------------------------------ */
+/* lifecycle                                                           */
+
+static int lock_data_dir(struct agent *a, struct api_err *err)
+{
+    char path[4096];
+    if (mkdir(a->cfg.data_dir, 0755) != 0 && errno != EEXIST)
+        return api_err_set(err, API_EIO, "cannot create data directory '%s': %s", a->cfg.data_dir, strerror(errno));
+    snprintf(path, sizeof(path), "%s/LOCK", a->cfg.data_dir);
+    a->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (a->lock_fd < 0)
+        return api_err_set(err, API_EIO, "cannot open '%s': %s", path, strerror(errno));
+    if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return api_err_set(err, API_ECONFLICT, "data directory '%s' is in use by another shoal-agent",
+                           a->cfg.data_dir);
+    return API_OK;
+}
+
+static int add_routes(struct agent *a, struct api_err *err)
+{
+    static const char *const prefixes[] = {"/t/{tenant}", ""};
+    char p[128];
+    int rc = 0;
+
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof(p), "%s/v2/pipeline", prefixes[i]);
+        rc |= api_server_route(a->server, "POST", p, on_pipeline, &a->v2);
+        snprintf(p, sizeof(p), "%s/v3/pipeline", prefixes[i]);
+        rc |= api_server_route(a->server, "POST", p, on_pipeline, &a->v3);
+        snprintf(p, sizeof(p), "%s/v2", prefixes[i]);
+        rc |= api_server_route(a->server, "GET", p, on_version_probe, a);
+        snprintf(p, sizeof(p), "%s/v3", prefixes[i]);
+        rc |= api_server_route(a->server, "GET", p, on_version_probe, a);
+        snprintf(p, sizeof(p), "%s/v3-protobuf", prefixes[i]);
+        rc |= api_server_route(a->server, NULL, p, on_protobuf_probe, a);
+    }
+    rc |= api_server_route(a->server, "GET", "/internal/tenants/{tenant}", on_tenant_status, a);
+    rc |= api_server_route(a->server, "GET", "/healthz", on_healthz, a);
+    rc |= api_server_route(a->server, "GET", "/metrics", on_metrics, a);
+    return rc ? api_err_set(err, API_ENOMEM, "registering routes: out of memory") : API_OK;
+}
+
+int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err *err)
+{
+    struct agent *a = calloc(1, sizeof(*a));
+    struct api_server_config scfg = {.listen = cfg->listen, .max_body = cfg->max_body, .cors = 1};
+    struct agent_store_config stcfg = {.data_dir = cfg->data_dir, .cache_kib = cfg->cache_kib};
+    int rc;
+
+    if (a == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    a->cfg = *cfg;
+    a->lock_fd = -1;
+    a->v2.a = a->v3.a = a;
+    a->v2.version = 2;
+    a->v3.version = 3;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    a->local = api_map_new();
+    a->dirty = api_map_new();
+    stcfg.max_open_per_thread = (cfg->max_open + cfg->workers - 1) / (cfg->workers ? cfg->workers : 1);
+
+    if ((rc = lock_data_dir(a, err)) != API_OK ||
+        (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
+        (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
+        (rc = api_server_new(&scfg, &a->server, err)) != API_OK || (rc = add_routes(a, err)) != API_OK ||
+        (rc = api_etcd_new(cfg->etcd, &a->etcd, err)) != API_OK)
+        goto fail;
+    snprintf(a->url, sizeof(a->url), "%s", cfg->advertise_url ? cfg->advertise_url : api_server_url(a->server));
+    {
+        struct api_cluster_node n;
+        memset(&n, 0, sizeof(n));
+        snprintf(n.node, sizeof(n.node), "%s", cfg->node);
+        snprintf(n.region, sizeof(n.region), "%s", cfg->region);
+        snprintf(n.url, sizeof(n.url), "%s", a->url);
+        n.started_at = api_unix_now();
+        json_t *nj = api_cluster_node_json(&n);
+        char *text = nj ? json_dumps(nj, JSON_COMPACT) : NULL;
+        json_decref(nj);
+        if (text == NULL) {
+            rc = api_err_set(err, API_ENOMEM, "out of memory");
+            goto fail;
+        }
+        rc = agent_session_new(a->etcd, cfg->node, a->url, text, cfg->lease_ttl_s, &a->session, err);
+        free(text);
+        if (rc != API_OK)
+            goto fail;
+    }
+    if ((rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
+        (rc = api_cluster_open(a->etcd, on_view_change, a, &a->view, err)) != API_OK)
+        goto fail;
+    a->dirty_all = 1; /* converge everything assigned here once at start */
+    if (pthread_create(&a->controller, NULL, controller_main, a) != 0) {
+        rc = api_err_set(err, API_EINTERNAL, "cannot start the controller thread");
+        goto fail;
+    }
+    a->controller_started = 1;
+    log_info("listening on %s node=%s region=%s data=%s", api_server_url(a->server), cfg->node, cfg->region,
+             cfg->data_dir);
+    *out = a;
+    return API_OK;
+fail:
+    agent_free(a);
+    return rc;
+}
+
+int agent_run(struct agent *a)
+{
+    return api_server_run(a->server);
+}
+
+void agent_stop(struct agent *a)
+{
+    api_server_stop(a->server);
+}
+
+void agent_free(struct agent *a)
+{
+    if (a == NULL)
+        return;
+    if (a->controller_started) {
+        pthread_mutex_lock(&a->mu);
+        a->stopping = 1;
+        pthread_cond_signal(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        pthread_join(a->controller, NULL);
+    }
+    api_cluster_close(a->view);
+    api_workq_free(a->workers); /* finishes queued work; its replies reach the loop below */
+    /* Revoking the session drops every tenant key this node holds in one
+     * etcd revision, so successors can take over at once. */
+    agent_session_free(a->session, 1);
+    api_server_free(a->server);
+    agent_store_free(a->store);
+    api_etcd_free(a->etcd);
+    api_map_free(a->local, free);
+    api_map_free(a->dirty, NULL);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->cv);
+    if (a->lock_fd >= 0)
+        close(a->lock_fd);
+    free(a);
+}

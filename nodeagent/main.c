@@ -1,1 +1,104 @@
-int main(void) { return 1; } /* placeholder until written this session */
+/* shoal-agent: flags → agent_config → agent_run. See nodeagent/agent.h. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/flags.h"
+#include "api/http.h"
+#include "api/log.h"
+#include "api/names.h"
+#include "api/token.h"
+#include "nodeagent/agent.h"
+
+static struct agent *g_agent;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_agent != NULL)
+        agent_stop(g_agent);
+}
+
+int main(int argc, char **argv)
+{
+    struct agent_config cfg;
+    const char *log_level = "info";
+    char data_dir[512];
+    int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000;
+    struct api_err err;
+    int rc;
+
+    agent_config_init(&cfg);
+    struct api_flag flags[] = {
+        {"node", API_FLAG_STRING, &cfg.node, 1, "this node's name (a DNS label)", 0},
+        {"region", API_FLAG_STRING, &cfg.region, 1, "this node's region code (e.g. ams)", 0},
+        {"listen", API_FLAG_STRING, &cfg.listen, 0, "HOST:PORT to serve on (default 127.0.0.1:7401)", 0},
+        {"advertise-url", API_FLAG_STRING, &cfg.advertise_url, 0, "URL others use to reach this agent", 0},
+        {"data", API_FLAG_STRING, &cfg.data_dir, 0, "data directory (default ./data/NODE)", 0},
+        {"etcd", API_FLAG_STRING, &cfg.etcd, 0, "etcd endpoints, comma-separated", 0},
+        {"lease-ttl", API_FLAG_INT, &cfg.lease_ttl_s, 0, "session lease TTL in seconds (default 10)", 0},
+        {"verify-key", API_FLAG_STRING, &cfg.verify_key, 0, "cluster public key file (default run/secrets/cluster.pub)", 0},
+        {"tenant-domain", API_FLAG_STRING, &cfg.tenant_domain, 0, "serve <tenant>.<domain> Host names", 0},
+        {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 8)", 0},
+        {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases at most (default 1000)", 0},
+        {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
+        {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
+        {"stmt-timeout-ms", API_FLAG_INT, &stmt_timeout_ms, 0, "per-statement time limit (default 5000)", 0},
+        {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
+        {NULL, 0, NULL, 0, NULL, 0},
+    };
+    if ((rc = api_flags_parse(argc, argv, "shoal-agent", "Hosts tenant SQLite databases and serves them over Hrana.",
+                              flags)) >= 0)
+        return rc;
+    enum log_level lvl;
+    if (log_parse_level(log_level, &lvl) != 0) {
+        fprintf(stderr, "shoal-agent: --log-level must be debug, info, warn or error\n");
+        return 2;
+    }
+    log_threshold = lvl;
+    if (api_node_name_check(cfg.node, strlen(cfg.node), &err) != API_OK ||
+        api_region_check(cfg.region, strlen(cfg.region), &err) != API_OK) {
+        fprintf(stderr, "shoal-agent: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || max_open < 1 ||
+        cache_kib < 16 || stmt_timeout_ms < 0) {
+        fprintf(stderr, "shoal-agent: a numeric flag is out of range (see --help)\n");
+        return 2;
+    }
+    cfg.workers = (size_t)workers;
+    cfg.max_open = (size_t)max_open;
+    cfg.cache_kib = (int)cache_kib;
+    cfg.stmt_timeout_ms = stmt_timeout_ms;
+    if (cfg.data_dir == NULL) {
+        snprintf(data_dir, sizeof(data_dir), "./data/%s", cfg.node);
+        cfg.data_dir = data_dir;
+    }
+    {
+        char comp[80];
+        snprintf(comp, sizeof(comp), "agent %s", cfg.node);
+        log_set_component(comp);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
+        fprintf(stderr, "shoal-agent: %s\n", err.msg);
+        return 1;
+    }
+    if (agent_new(&cfg, &g_agent, &err) != API_OK) {
+        log_error("cannot start: %s", err.msg);
+        api_http_global_cleanup();
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    agent_run(g_agent);
+    log_info("stopping");
+    agent_free(g_agent);
+    g_agent = NULL;
+    api_http_global_cleanup();
+    return 0;
+}

@@ -1,0 +1,247 @@
+/* nodeagent/store.c: tenant files and per-thread connection caches (store.h). */
+#include "nodeagent/store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/log.h"
+#include "api/map.h"
+#include "api/names.h"
+#include "api/workq.h"
+
+struct agent_store {
+    char *data_dir;
+    size_t max_open;
+    int cache_kib;
+};
+
+struct cached {
+    struct cached *prev, *next; /* LRU: head = most recent */
+    sqlite3 *db;
+    char tenant[64];
+};
+
+struct conn_cache {
+    struct api_map *by_tenant;
+    struct cached *head, *tail;
+    size_t n;
+};
+
+static __thread struct conn_cache *tl_cache;
+
+int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err)
+{
+    struct agent_store *st = calloc(1, sizeof(*st));
+    char path[4096];
+
+    if (st == NULL || (st->data_dir = strdup(cfg->data_dir)) == NULL) {
+        free(st);
+        return api_err_set(err, API_ENOMEM, "store: out of memory");
+    }
+    st->max_open = cfg->max_open_per_thread ? cfg->max_open_per_thread : 64;
+    st->cache_kib = cfg->cache_kib > 0 ? cfg->cache_kib : 256;
+    snprintf(path, sizeof(path), "%s/tenants", st->data_dir);
+    if ((mkdir(st->data_dir, 0755) != 0 && errno != EEXIST) || (mkdir(path, 0755) != 0 && errno != EEXIST)) {
+        int rc = api_err_set(err, API_EIO, "cannot create data directory '%s': %s", path, strerror(errno));
+        agent_store_free(st);
+        return rc;
+    }
+    *out = st;
+    return API_OK;
+}
+
+void agent_store_free(struct agent_store *st)
+{
+    if (st == NULL)
+        return;
+    free(st->data_dir);
+    free(st);
+}
+
+static unsigned shard_of(const char *tenant)
+{
+    return (unsigned)(api_hash_str(tenant, strlen(tenant)) & 0xff);
+}
+
+void agent_store_path(const struct agent_store *st, const char *tenant, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/tenants/%02x/%s.db", st->data_dir, shard_of(tenant), tenant);
+}
+
+int agent_store_exists(const struct agent_store *st, const char *tenant)
+{
+    char path[4096];
+    agent_store_path(st, tenant, path, sizeof(path));
+    return access(path, F_OK) == 0;
+}
+
+static int open_db(const struct agent_store *st, const char *path, int create, sqlite3 **out, struct api_err *err)
+{
+    sqlite3 *db = NULL;
+    char pragmas[256];
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+
+    if (rc != SQLITE_OK) {
+        int code = (rc == SQLITE_CANTOPEN && !create) ? API_ENOTENANT : API_EIO;
+        api_err_set(err, code, "open '%s': %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return code;
+    }
+    /* WAL with synchronous=FULL: an acknowledged commit is on disk. Auto
+     * checkpoints stay on until replication takes over checkpointing. */
+    snprintf(pragmas, sizeof(pragmas),
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000;"
+             "PRAGMA foreign_keys=ON;",
+             st->cache_kib);
+    char *msg = NULL;
+    if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
+        api_err_set(err, API_EIO, "configure '%s': %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        sqlite3_close(db);
+        return API_EIO;
+    }
+    *out = db;
+    return API_OK;
+}
+
+int agent_store_create(struct agent_store *st, const char *tenant, struct api_err *err)
+{
+    char path[4096], dir[4096];
+    sqlite3 *db;
+    int rc;
+
+    if ((rc = api_tenant_id_check(tenant, strlen(tenant), err)) != API_OK)
+        return rc;
+    snprintf(dir, sizeof(dir), "%s/tenants/%02x", st->data_dir, shard_of(tenant));
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot create '%s': %s", tenant, dir, strerror(errno));
+    agent_store_path(st, tenant, path, sizeof(path));
+    if ((rc = open_db(st, path, 1, &db, err)) != API_OK)
+        return api_err_wrap(err, "tenant '%s'", tenant);
+    sqlite3_close(db);
+    return API_OK;
+}
+
+static void cache_unlink(struct conn_cache *c, struct cached *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void cache_push_front(struct conn_cache *c, struct cached *e)
+{
+    e->next = c->head;
+    e->prev = NULL;
+    if (c->head)
+        c->head->prev = e;
+    c->head = e;
+    if (c->tail == NULL)
+        c->tail = e;
+}
+
+static void cache_drop(struct conn_cache *c, struct cached *e)
+{
+    cache_unlink(c, e);
+    api_map_del(c->by_tenant, e->tenant);
+    sqlite3_close_v2(e->db);
+    free(e);
+    c->n--;
+}
+
+void agent_store_evict(const char *tenant)
+{
+    struct cached *e;
+    if (tl_cache == NULL || (e = api_map_get(tl_cache->by_tenant, tenant)) == NULL)
+        return;
+    cache_drop(tl_cache, e);
+}
+
+int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char path[4096], p[4200];
+    int rc;
+
+    if ((rc = api_tenant_id_check(tenant, strlen(tenant), err)) != API_OK)
+        return rc;
+    agent_store_evict(tenant);
+    agent_store_path(st, tenant, path, sizeof(path));
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        snprintf(p, sizeof(p), "%s%s", path, suffixes[i]);
+        if (unlink(p) != 0 && errno != ENOENT)
+            return api_err_set(err, API_EIO, "tenant '%s': cannot remove '%s': %s", tenant, p, strerror(errno));
+    }
+    return API_OK;
+}
+
+int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err)
+{
+    struct cached *e;
+    char path[4096];
+    int rc, oom;
+
+    if (tl_cache == NULL) {
+        if ((tl_cache = calloc(1, sizeof(*tl_cache))) == NULL ||
+            (tl_cache->by_tenant = api_map_new()) == NULL) {
+            free(tl_cache);
+            tl_cache = NULL;
+            return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
+        }
+    }
+    if ((e = api_map_get(tl_cache->by_tenant, tenant)) != NULL) {
+        cache_unlink(tl_cache, e);
+        cache_push_front(tl_cache, e);
+        *out = e->db;
+        return API_OK;
+    }
+    agent_store_path(st, tenant, path, sizeof(path));
+    if (access(path, F_OK) != 0)
+        return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
+    if ((rc = open_db(st, path, 0, &e->db, err)) != API_OK) {
+        free(e);
+        return api_err_wrap(err, "tenant '%s'", tenant);
+    }
+    snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
+    api_map_put(tl_cache->by_tenant, e->tenant, e, &oom);
+    if (oom) {
+        sqlite3_close_v2(e->db);
+        free(e);
+        return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
+    }
+    cache_push_front(tl_cache, e);
+    tl_cache->n++;
+    while (tl_cache->n > st->max_open && tl_cache->tail != NULL && tl_cache->tail != e)
+        cache_drop(tl_cache, tl_cache->tail);
+    *out = e->db;
+    return API_OK;
+}
+
+void agent_store_thread_exit(void)
+{
+    if (tl_cache == NULL)
+        return;
+    while (tl_cache->head != NULL)
+        cache_drop(tl_cache, tl_cache->head);
+    api_map_free(tl_cache->by_tenant, NULL);
+    free(tl_cache);
+    tl_cache = NULL;
+}
+
+size_t agent_store_thread_open(void)
+{
+    return tl_cache ? tl_cache->n : 0;
+}

@@ -1,1 +1,74 @@
-int main(void) { return 1; } /* placeholder until written this session */
+/* shoal-orchestrator: flags → orch_config → orch_run. See orchestrator/orch.h. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/flags.h"
+#include "api/http.h"
+#include "api/log.h"
+#include "api/token.h"
+#include "orchestrator/orch.h"
+
+static struct orch *g_orch;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_orch != NULL)
+        orch_stop(g_orch);
+}
+
+int main(int argc, char **argv)
+{
+    struct orch_config cfg;
+    const char *log_level = "info";
+    int64_t workers = 16;
+    struct api_err err;
+    int rc;
+
+    orch_config_init(&cfg);
+    struct api_flag flags[] = {
+        {"listen", API_FLAG_STRING, &cfg.listen, 0, "HOST:PORT for the admin API (default 127.0.0.1:7400)", 0},
+        {"etcd", API_FLAG_STRING, &cfg.etcd, 0, "etcd endpoints, comma-separated", 0},
+        {"regions", API_FLAG_STRING, &cfg.regions_path, 0, "regions and latency matrix (default ops/regions.json)", 0},
+        {"signing-key", API_FLAG_STRING, &cfg.signing_key, 0, "cluster signing key file (default run/secrets/cluster.key)", 0},
+        {"admin-token-file", API_FLAG_STRING, &cfg.admin_token_file, 0, "admin token file (default run/secrets/admin.token)", 0},
+        {"create-wait-ms", API_FLAG_INT, &cfg.create_wait_ms, 0, "wait this long for a new tenant's primary (default 5000)", 0},
+        {"workers", API_FLAG_INT, &workers, 0, "worker threads (default 16)", 0},
+        {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
+        {NULL, 0, NULL, 0, NULL, 0},
+    };
+    if ((rc = api_flags_parse(argc, argv, "shoal-orchestrator", "Admin API and control loops of a Shoal cluster.",
+                              flags)) >= 0)
+        return rc;
+    enum log_level lvl;
+    if (log_parse_level(log_level, &lvl) != 0 || workers < 1 || workers > 256 || cfg.create_wait_ms < 0) {
+        fprintf(stderr, "shoal-orchestrator: bad flag value (see --help)\n");
+        return 2;
+    }
+    log_threshold = lvl;
+    cfg.workers = (size_t)workers;
+    log_set_component("orchestrator");
+    signal(SIGPIPE, SIG_IGN);
+    if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
+        fprintf(stderr, "shoal-orchestrator: %s\n", err.msg);
+        return 1;
+    }
+    if (orch_new(&cfg, &g_orch, &err) != API_OK) {
+        log_error("cannot start: %s", err.msg);
+        api_http_global_cleanup();
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    orch_run(g_orch);
+    log_info("stopping");
+    orch_free(g_orch);
+    g_orch = NULL;
+    api_http_global_cleanup();
+    return 0;
+}

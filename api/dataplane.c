@@ -1,0 +1,100 @@
+/* api/dataplane.c: tenant resolution and token checks (see dataplane.h). */
+#include "api/dataplane.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/names.h"
+
+/* Copies a tenant candidate after validating it. */
+static int take_tenant(struct api_dp_auth *out, const char *s, size_t len, struct api_err *err)
+{
+    int rc = api_tenant_id_check(s, len, err);
+    if (rc != API_OK)
+        return rc;
+    memcpy(out->tenant, s, len);
+    out->tenant[len] = '\0';
+    return API_OK;
+}
+
+int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tenant_domain,
+                     struct api_dp_auth *out, struct api_err *err)
+{
+    size_t plen, len;
+    const char *path = api_req_path(r, &plen), *v, *tok;
+    size_t tok_len;
+    int have_tenant = 0, rc;
+
+    memset(out, 0, sizeof(*out));
+    out->rest = path;
+    out->rest_len = plen;
+
+    /* 1. /t/<tenant>/... */
+    if ((v = api_req_param(r, "tenant", &len)) != NULL) {
+        if ((rc = take_tenant(out, v, len, err)) != API_OK)
+            return rc;
+        have_tenant = 1;
+        const char *after = v + len;
+        out->rest = after;
+        out->rest_len = (size_t)(path + plen - after);
+    }
+    /* 2. Host: <tenant>.<domain> */
+    if (!have_tenant && tenant_domain != NULL && tenant_domain[0] != '\0' &&
+        (v = api_req_header(r, ":authority", &len)) == NULL)
+        v = api_req_header(r, "host", &len);
+    if (!have_tenant && tenant_domain != NULL && tenant_domain[0] != '\0' && v != NULL) {
+        size_t dlen = strlen(tenant_domain), hlen = len;
+        const char *colon = memchr(v, ':', len);
+        if (colon != NULL)
+            hlen = (size_t)(colon - v);
+        if (hlen > dlen + 1 && v[hlen - dlen - 1] == '.' && strncasecmp(v + hlen - dlen, tenant_domain, dlen) == 0) {
+            if ((rc = take_tenant(out, v, hlen - dlen - 1, err)) != API_OK)
+                return rc;
+            have_tenant = 1;
+        }
+    }
+    /* 3. shoal-tenant header */
+    if (!have_tenant && (v = api_req_header(r, "shoal-tenant", &len)) != NULL) {
+        if ((rc = take_tenant(out, v, len, err)) != API_OK)
+            return rc;
+        have_tenant = 1;
+    }
+
+    /* The token: required for everything on the data plane. */
+    v = api_req_header(r, "authorization", &len);
+    if (v == NULL)
+        return api_err_set(err, API_EUNAUTHORIZED, "missing Authorization: Bearer <token>");
+    if (api_bearer_token(v, len, &tok, &tok_len) != 0)
+        return api_err_set(err, API_EUNAUTHORIZED, "the Authorization header is not a Bearer token");
+    if ((rc = api_token_verify(pk, tok, tok_len, (int64_t)time(NULL), &out->claims, err)) != API_OK)
+        return rc;
+
+    /* 4. the token's tenant claim */
+    if (!have_tenant) {
+        snprintf(out->tenant, sizeof(out->tenant), "%s", out->claims.tenant);
+        have_tenant = 1;
+    }
+    if (strcmp(out->tenant, out->claims.tenant) != 0)
+        return api_err_set(err, API_EFORBIDDEN, "the token is for tenant '%s', not '%s'", out->claims.tenant,
+                           out->tenant);
+    return API_OK;
+}
+
+struct api_resp *api_dp_error_resp(const struct api_err *err)
+{
+    struct api_resp *resp = api_resp_new(api_err_http_status(err->code));
+    const char *msg = err->msg[0] ? err->msg : api_err_json_code(err->code);
+    json_t *doc = json_pack("{s:{s:s,s:s},s:s,s:s}", "error", "code", api_err_json_code(err->code), "message", msg,
+                            "message", msg, "code", api_err_json_code(err->code));
+
+    if (resp == NULL) {
+        json_decref(doc);
+        return NULL;
+    }
+    if (api_resp_set_json(resp, api_err_http_status(err->code), doc) != API_OK) {
+        api_resp_free(resp);
+        return NULL;
+    }
+    return resp;
+}

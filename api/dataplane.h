@@ -1,0 +1,41 @@
+/*
+ * api/dataplane.h: what agents and routers share on the data plane:
+ * choosing the tenant of a request and checking its token.
+ *
+ * The tenant is chosen, in order (CONTRACT.md): the path prefix
+ * /t/<tenant>/; the Host header <tenant>.<domain> when a tenant domain is
+ * configured; the `shoal-tenant` header; the tenant claim of the token.
+ * Tokens are verified locally with the cluster's public key.
+ *
+ * Loop-thread only (reads the request).
+ */
+#ifndef SHOAL_API_DATAPLANE_H
+#define SHOAL_API_DATAPLANE_H
+
+#include <stddef.h>
+
+#include "api/err.h"
+#include "api/server.h"
+#include "api/token.h"
+
+struct api_dp_auth {
+    char tenant[API_TENANT_ID_MAX + 1];
+    struct api_token_claims claims;
+    const char *rest;     /* the path after /t/<tenant> (e.g. "/v2/pipeline"), borrowed */
+    size_t rest_len;
+};
+
+/* Resolves the tenant and verifies the bearer token of R. TENANT_DOMAIN may
+ * be NULL. Errors: 400 invalid_tenant_id, 401 (missing/invalid token),
+ * 403 (token for another tenant), 400 when no tenant can be determined. */
+int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tenant_domain,
+                     struct api_dp_auth *out, struct api_err *err);
+
+
+
+/* The data-plane error body: the contract's {"error":{"code","message"}}
+ * plus Hrana's top-level "message" and "code", so @libsql/client reports the
+ * message and code instead of a bare "HTTP 4xx". Never NULL except on OOM. */
+struct api_resp *api_dp_error_resp(const struct api_err *err);
+
+#endif

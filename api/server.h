@@ -1,0 +1,140 @@
+/*
+ * api/server.h: Shoal's HTTP server framework on libh2o's evloop (2.2.5).
+ *
+ * One `struct api_server` runs one event loop on the thread that calls
+ * api_server_run. It routes by method and path pattern (`/v1/tenants/{id}`:
+ * `{name}` captures one raw, undecoded path segment, so "%2e%2e" stays
+ * visible to validation), replies with JSON in the contract's error shape
+ * ({"error":{"code","message"}}), enforces a body limit (413), answers CORS
+ * preflights when asked to, and counts requests for /metrics.
+ *
+ * Handlers run on the loop thread and must not block. Work that blocks
+ * (SQLite, outgoing HTTP, etcd) is deferred: the handler copies what it needs
+ * out of the request, calls api_req_defer, and hands the returned
+ * `struct api_pending` to a worker, which later calls api_pending_finish from
+ * any thread with a heap-built `struct api_resp`. If the client went away in
+ * the meantime the response is dropped safely.
+ *
+ * <h2o.h> stays inside api/: nothing here exposes h2o types.
+ */
+#ifndef SHOAL_API_SERVER_H
+#define SHOAL_API_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "api/err.h"
+
+struct api_server;
+struct api_req;
+struct api_pending;
+
+#define API_RESP_MAX_HEADERS 16
+
+/* A response built off the loop thread (or on it). Heap-owned; every string
+ * is malloc'd and freed by api_resp_free. */
+struct api_resp {
+    int status;
+    char *content_type;
+    char *header_names[API_RESP_MAX_HEADERS];
+    char *header_values[API_RESP_MAX_HEADERS];
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+};
+
+struct api_server_config {
+    const char *listen;   /* "127.0.0.1:7401"; port 0 picks a free one */
+    size_t max_body;      /* request bodies above this get 413; 0 means 8 MiB */
+    int cors;             /* answer OPTIONS preflights and add allow-origin: * */
+};
+
+typedef void (*api_handler_fn)(struct api_req *r, void *ud);
+typedef void (*api_post_fn)(void *arg);
+
+/* Binds the listener now (so the port is known before the loop runs).
+ * The server belongs to the thread that will call api_server_run. */
+int api_server_new(const struct api_server_config *cfg, struct api_server **out, struct api_err *err);
+/* Frees a server whose loop is not running (after api_server_run returned). */
+void api_server_free(struct api_server *s);
+
+/* Routes METHOD ("GET", ...; NULL = any method) and PATTERN to FN. Routes are
+ * matched in registration order; a path that matches a pattern with another
+ * method gets 405, no match 404 (or the fallback). PATTERN is copied. */
+int api_server_route(struct api_server *s, const char *method, const char *pattern, api_handler_fn fn, void *ud);
+/* Handler for paths no route matches (default: 404 JSON). */
+void api_server_fallback(struct api_server *s, api_handler_fn fn, void *ud);
+
+/* The bound port, and "http://127.0.0.1:PORT" (borrowed). */
+uint16_t api_server_port(const struct api_server *s);
+const char *api_server_url(const struct api_server *s);
+
+/* Runs the loop until api_server_stop, then stops accepting and drains open
+ * connections (bounded by a deadline). Returns 0. */
+int api_server_run(struct api_server *s);
+/* Asks the loop to stop. Async-signal-safe and thread-safe. */
+void api_server_stop(struct api_server *s);
+/* Runs FN(ARG) on the loop thread soon. Thread-safe. */
+void api_server_post(struct api_server *s, api_post_fn fn, void *arg);
+
+/* Prometheus lines for the server's own counters, appended to BUF of CAP
+ * bytes at *LEN (truncates safely). PREFIX names the daemon ("shoal_agent"). */
+void api_server_metrics(const struct api_server *s, const char *prefix, char *buf, size_t cap, size_t *len);
+
+/* --- request accessors: loop thread only, valid until the reply --- */
+const char *api_req_method(const struct api_req *r, size_t *len);
+/* The raw path without the query string. */
+const char *api_req_path(const struct api_req *r, size_t *len);
+/* A captured `{name}` segment, or NULL. */
+const char *api_req_param(const struct api_req *r, const char *name, size_t *len);
+/* A query parameter, percent-decoded into OUT (NUL-terminated). Returns 1 if
+ * present, 0 if absent, -1 if too long or badly encoded. */
+int api_req_query(const struct api_req *r, const char *name, char *out, size_t cap);
+/* The first header NAME (lower-case), or NULL. */
+const char *api_req_header(const struct api_req *r, const char *name, size_t *len);
+const void *api_req_body(const struct api_req *r, size_t *len);
+/* Parses the body as a JSON object. API_EBADJSON (with jansson's position) otherwise. */
+int api_req_json_object(const struct api_req *r, json_t **out, struct api_err *err);
+/* The peer's IPv4/IPv6 address as text into OUT. */
+void api_req_peer(const struct api_req *r, char *out, size_t cap);
+struct api_server *api_req_server(const struct api_req *r);
+
+/* --- replies (loop thread) --- */
+/* Sends RESP (taken: freed here). */
+void api_reply_resp(struct api_req *r, struct api_resp *resp);
+/* Sends DOC (reference stolen) as application/json with STATUS. */
+void api_reply_json(struct api_req *r, int status, json_t *doc);
+/* Sends the contract error shape for ERR (status from the error table). */
+void api_reply_error(struct api_req *r, const struct api_err *err);
+int api_reply_errorf(struct api_req *r, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void api_reply_text(struct api_req *r, int status, const char *content_type, const char *body, size_t len);
+/* 204 with no body. */
+void api_reply_empty(struct api_req *r, int status);
+
+/* --- deferred replies --- */
+/* Marks R as answered later; the returned handle must be finished exactly
+ * once with api_pending_finish (from any thread). */
+struct api_pending *api_req_defer(struct api_req *r);
+/* Sends RESP (taken) for the deferred request, or drops it if the client is gone. Thread-safe. */
+void api_pending_finish(struct api_pending *p, struct api_resp *resp);
+
+/* --- responses --- */
+struct api_resp *api_resp_new(int status);
+void api_resp_free(struct api_resp *resp);
+/* Sets content type and body (copied). Returns API_ENOMEM on failure. */
+int api_resp_set_body(struct api_resp *resp, const char *content_type, const void *body, size_t len);
+/* Serialises DOC (reference stolen) as the JSON body. */
+int api_resp_set_json(struct api_resp *resp, int status, json_t *doc);
+/* The contract error shape for ERR. */
+int api_resp_set_error(struct api_resp *resp, const struct api_err *err);
+/* Adds a header (both copied); silently ignores more than API_RESP_MAX_HEADERS. */
+void api_resp_add_header(struct api_resp *resp, const char *name, const char *value);
+/* A new response carrying ERR; never NULL except on OOM. */
+struct api_resp *api_resp_error(const struct api_err *err);
+
+/* {"error":{"code","message"}} as a new JSON object. */
+json_t *api_error_json(const struct api_err *err);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * nodeagent/store.h: tenant database files on disk and the SQLite
+ * connections to them.
+ *
+ * Layout: <data>/tenants/<xx>/<id>.db, where <xx> is two hex digits of a hash
+ * of the ID, so no directory holds more than 1/256 of the tenants. IDs are
+ * validated before they reach a path.
+ *
+ * Connections: each worker thread keeps its own cache of open connections
+ * (LRU, capped), because a tenant's work always runs on the same worker
+ * (api/workq.h keys by tenant). No locks, and nothing per tenant on a timer:
+ * a connection closes when it falls off its thread's LRU.
+ */
+#ifndef SHOAL_NODEAGENT_STORE_H
+#define SHOAL_NODEAGENT_STORE_H
+
+#include <stddef.h>
+
+#include <sqlite3.h>
+
+#include "api/err.h"
+
+struct agent_store;
+
+struct agent_store_config {
+    const char *data_dir;
+    size_t max_open_per_thread; /* LRU cap per worker thread */
+    int cache_kib;              /* SQLite page cache per open tenant */
+};
+
+int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err);
+void agent_store_free(struct agent_store *st);
+
+/* The database path of TENANT into OUT. */
+void agent_store_path(const struct agent_store *st, const char *tenant, char *out, size_t cap);
+/* 1 if the tenant's file exists. Any thread. */
+int agent_store_exists(const struct agent_store *st, const char *tenant);
+/* Creates the tenant's file (WAL mode) if missing. Idempotent; any thread. */
+int agent_store_create(struct agent_store *st, const char *tenant, struct api_err *err);
+/* Removes the tenant's files. Call on the tenant's worker (it evicts the
+ * cached connection of the calling thread first). */
+int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err);
+
+/* The calling worker thread's connection to TENANT (borrowed: valid until
+ * this thread's next store call). API_ENOTENANT if the file does not exist. */
+int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
+/* Closes the calling thread's cached connection to TENANT, if any. */
+void agent_store_evict(const char *tenant);
+/* Closes every connection cached by the calling thread (workq on_exit hook). */
+void agent_store_thread_exit(void);
+/* Connections open in the calling thread's cache (for tests/metrics). */
+size_t agent_store_thread_open(void);
+
+#endif

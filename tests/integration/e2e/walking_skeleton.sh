@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The walking skeleton, end to end with real etcd and daemons: create a tenant
+# in iad, see its primary lease and replicas, get a token, run SQL through the
+# router, directly on the primary and on a replica (forwarded), and check that
+# hostile input gets the right status and a JSON error.
+# usage: walking_skeleton.sh BUILD_DIR SOURCE_DIR
+BUILD=$1 SRC=$2
+. "$SRC/tests/integration/lib/cluster.sh"
+
+start_cluster 5
+
+# --- create ---------------------------------------------------------------
+r=$(admin POST /v1/tenants '{"id":"acme","region":"iad"}')
+is "create returns 201" 201 "$(status_of "$r")"
+b=$(body_of "$r")
+is "tenant id echoed" acme "$(jq -r .id <<<"$b")"
+is "primary placed in iad (n2)" n2 "$(jq -r .primary.node <<<"$b")"
+is "primary region iad" iad "$(jq -r .primary.region <<<"$b")"
+like "primary epoch is a positive revision" '^[1-9][0-9]*$' "$(jq -r .primary.epoch <<<"$b")"
+is "three instances (primary + 2 replicas)" 3 "$(jq '.instances | length' <<<"$b")"
+is "replicas on the other two nodes" "n1,n3" "$(jq -r '[.instances[] | select(.role=="replica") | .node] | sort | join(",")' <<<"$b")"
+is "defaults: auto placement, async durability, 2 replicas" "auto async 2" "$(jq -r '"\(.placement) \(.durability) \(.replicas)"' <<<"$b")"
+epoch=$(jq -r .primary.epoch <<<"$b")
+
+# The lease key lives in etcd, attached to n2's session lease, with the epoch as mod_revision.
+key64=$(printf '/shoal/leases/acme' | base64 -w0)
+kv=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$key64\"}")
+is "lease key mod_revision equals the epoch" "$epoch" "$(jq -r '.kvs[0].mod_revision' <<<"$kv")"
+is "lease key names n2 as holder" n2 "$(jq -r '.kvs[0].value' <<<"$kv" | base64 -d | jq -r .holder)"
+like "lease key is attached to a session lease" '^[1-9][0-9]*$' "$(jq -r '.kvs[0].lease' <<<"$kv")"
+
+r=$(admin POST /v1/tenants '{"id":"acme","region":"iad"}')
+is "second create is 409" 409 "$(status_of "$r")"
+is "409 code tenant_exists" tenant_exists "$(body_of "$r" | jq -r .error.code)"
+
+# --- show -------------------------------------------------------------------
+r=$(admin GET /v1/tenants/acme)
+is "show returns 200" 200 "$(status_of "$r")"
+b=$(body_of "$r")
+is "show: primary serving" serving "$(jq -r '.instances[] | select(.role=="primary") | .state' <<<"$b")"
+is "show: replicas say they are empty until replication lands" "empty,empty" \
+   "$(jq -r '[.instances[] | select(.role=="replica") | .state] | join(",")' <<<"$b")"
+r=$(admin GET /v1/tenants)
+is "list has the tenant" acme "$(body_of "$r" | jq -r '.tenants[0].id')"
+is "list: no next cursor" null "$(body_of "$r" | jq -r '.next_cursor')"
+
+# --- tokens and SQL -------------------------------------------------------------
+r=$(admin POST /v1/tenants/acme/tokens '{"access":"rw","ttl_s":600}')
+is "token issued" 201 "$(status_of "$r")"
+TOKEN=$(body_of "$r" | jq -r .token)
+like "token is a JWT" '^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$' "$TOKEN"
+SELECT='{"requests":[{"type":"execute","stmt":{"sql":"select 40+2"}},{"type":"close"}]}'
+
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$TOKEN" "$SELECT")
+is "router: pipeline 200" 200 "$(status_of "$r")"
+is "router: select 40+2 is 42" '{"type":"integer","value":"42"}' "$(body_of "$r" | jq -c '.results[0].response.result.rows[0][0]')"
+is "router: close acknowledged, baton null" 'close null' "$(body_of "$r" | jq -r '"\(.results[1].response.type) \(.baton)"')"
+
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" "$SELECT")
+is "primary agent answers directly" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+r=$(pipeline "$AGENT_URL_n1/t/acme/v3/pipeline" "$TOKEN" "$SELECT")
+is "replica agent forwards to the primary (v3)" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+
+status=$(curl -sS -o /dev/null -D "$T_DIR/h" -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" \
+    -H 'shoal-accept-replay: 1' --data-binary "$SELECT" "$AGENT_URL_n3/t/acme/v2/pipeline")
+is "replica with shoal-accept-replay answers fly-replay" "instance=n2" \
+   "$(tr -d '\r' <"$T_DIR/h" | sed -n 's/^fly-replay: //Ip')"
+
+WRITE='{"requests":[{"type":"execute","stmt":{"sql":"create table t(id integer primary key, name text)"}},
+ {"type":"execute","stmt":{"sql":"insert into t(name) values (?), (?)","args":[{"type":"text","value":"ann"},{"type":"text","value":"bob"}]}},
+ {"type":"close"}]}'
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$TOKEN" "$WRITE")
+is "write through the router: 2 rows affected" 2 "$(body_of "$r" | jq -r '.results[1].response.result.affected_row_count')"
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$TOKEN" '{"requests":[{"type":"execute","stmt":{"sql":"select name from t order by id"}},{"type":"close"}]}')
+is "read back through the router" "ann,bob" "$(body_of "$r" | jq -r '[.results[0].response.result.rows[][0].value] | join(",")')"
+
+r=$(admin POST /v1/tenants/acme/tokens '{"access":"ro"}')
+RO=$(body_of "$r" | jq -r .token)
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$RO" '{"requests":[{"type":"execute","stmt":{"sql":"insert into t(name) values (1)"}},{"type":"close"}]}')
+like "ro token cannot write (in-band error)" 'READONLY|readonly' "$(body_of "$r" | jq -r '.results[0].error.code + " " + .results[0].error.message')"
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$RO" "$SELECT")
+is "ro token can read" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+
+# shoalctl, as the README shows it
+out=$(SHOAL_URL=$ORCH_URL SHOAL_TOKEN=$ADMIN_TOKEN SHOAL_ROUTER=$ROUTER_URL "$BUILD/orchestrator/shoalctl" sql acme "select 40+2")
+like "shoalctl sql prints 42" '(^|[[:space:]])42([[:space:]]|$)' "$out"
+
+# --- hostile input: admin API ---------------------------------------------------
+for bad in '../x' '' 'ACME' 'a.b' '-abc' 'abc-' 'ünï' "$(printf 'x%.0s' $(seq 300))" 'a/b' 'a b'; do
+    body=$(jq -cn --arg id "$bad" '{id:$id}')
+    r=$(admin POST /v1/tenants "$body")
+    is "create rejects id '${bad:0:20}' with 400 invalid_tenant_id" "400 invalid_tenant_id" \
+       "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+done
+r=$(admin GET '/v1/tenants/..%2fx')
+is "show rejects an encoded path in the id" "400 invalid_tenant_id" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '{"id":"x",')
+is "broken JSON is 400 invalid_json" "400 invalid_json" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '[1,2]')
+is "a JSON array is 400 invalid_json" "400 invalid_json" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '{"id":"ok1","replicas":"two"}')
+is "a mistyped field is 400" "400 invalid_request" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '{"id":"ok1","regoin":"ams"}')
+is "a misspelt field is 400, not ignored" "400 invalid_request" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '{"id":"ok1","region":"xyz"}')
+is "an unknown region is 400" "400 invalid_request" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants '{"id":"ok1","replicas":5}')
+is "more replicas than nodes is 503 no_capacity" "503 no_capacity" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin GET /v1/tenants/nosuch)
+is "unknown tenant is 404 tenant_not_found" "404 tenant_not_found" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin DELETE /v1/tenants)
+is "wrong method is 405 with JSON" "405 method_not_allowed" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+s=$(curl -sS -o "$T_DIR/b" -w '%{http_code}' "$ORCH_URL/v1/tenants")
+is "missing admin token is 401 JSON" "401 unauthorized" "$s $(jq -r .error.code <"$T_DIR/b")"
+s=$(curl -sS -o "$T_DIR/b" -w '%{http_code}' -H 'Authorization: Bearer nope' "$ORCH_URL/v1/tenants")
+is "wrong admin token is 401 JSON" "401 unauthorized" "$s $(jq -r .error.code <"$T_DIR/b")"
+head -c 2000000 /dev/zero | tr '\0' 'a' >"$T_DIR/big"
+s=$(curl -sS -o "$T_DIR/b" -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_TOKEN" --data-binary @"$T_DIR/big" "$ORCH_URL/v1/tenants")
+is "an oversized body is 413" 413 "$s"
+
+# --- hostile input: data plane ----------------------------------------------------
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "" "$SELECT")
+is "router: no token is 401 JSON" "401 unauthorized" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "" "$SELECT")
+is "agent: no token is 401 with Hrana-style message" "401 true" "$(status_of "$r") $(body_of "$r" | jq -r '.message | length > 0')"
+r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "${TOKEN}x" "$SELECT")
+is "tampered token is 401" 401 "$(status_of "$r")"
+admin POST /v1/tenants '{"id":"other","region":"sin"}' >/dev/null
+OTHER=$(admin POST /v1/tenants/other/tokens '{}' | cut -d' ' -f2- | jq -r .token)
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$OTHER" "$SELECT")
+is "a token for another tenant is 403" "403 forbidden" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(pipeline "$AGENT_URL_n2/t/..%2fx/v2/pipeline" "$TOKEN" "$SELECT")
+is "agent: bad tenant in the path is 400" "400 invalid_tenant_id" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" '{"requests":')
+is "agent: broken pipeline JSON is 400" 400 "$(status_of "$r")"
+r=$(pipeline "$AGENT_URL_n2/v2/pipeline" "$TOKEN" "$SELECT")
+is "agent: tenant from the token claim when the path has none" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+
+# --- delete -----------------------------------------------------------------------
+r=$(admin DELETE /v1/tenants/acme)
+is "delete is 204" 204 "$(status_of "$r")"
+r=$(admin GET /v1/tenants/acme)
+is "deleted tenant is 404" 404 "$(status_of "$r")"
+r=$(admin DELETE /v1/tenants/acme)
+is "deleting again is 404" 404 "$(status_of "$r")"
+if wait_until 10 sh -c "! find '$T_DIR/data' -name 'acme.db*' | grep -q ."; then ok "agents removed the tenant's files"
+else not_ok "agents removed the tenant's files" "$(find "$T_DIR/data" -name 'acme.db*')"; fi
+kv=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$key64\"}")
+is "lease key is gone" 0 "$(jq -r '.kvs | length' <<<"$kv")"
+
+# --- health and metrics, then clean stops ---------------------------------------------
+like "agent metrics are Prometheus text" 'shoal_agent_pipelines_total [0-9]+' "$(curl -sS "$AGENT_URL_n2/metrics")"
+like "orchestrator metrics" 'shoal_orchestrator_tenants_created_total [0-9]+' "$(curl -sS "$ORCH_URL/metrics")"
+for d in router agent-n1 agent-n2 agent-n3 orchestrator; do
+    stop_daemon "$d"; is "$d exits 0 on SIGTERM" 0 "$?"
+done
+if [ "$TAP_FAILED" -ne 0 ]; then show_logs; fi
+done_testing

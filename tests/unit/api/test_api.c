@@ -1,0 +1,329 @@
+/*
+ * Unit tests for api/: the error table, the hash map, flag parsing, and the
+ * HTTP server framework driven over real loopback HTTP (routing with
+ * parameters, 404/405/413 in the contract's JSON shape, query decoding,
+ * deferred replies finished from worker threads, CORS preflight).
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "api/err.h"
+#include "api/flags.h"
+#include "api/http.h"
+#include "api/map.h"
+#include "api/server.h"
+#include "api/workq.h"
+
+/* ---- error table ---- */
+
+static void error_codes_map_to_statuses_and_json_codes(void **state)
+{
+    (void)state;
+    assert_int_equal(api_err_http_status(API_ENOTENANT), 404);
+    assert_string_equal(api_err_json_code(API_ENOTENANT), "tenant_not_found");
+    assert_int_equal(api_err_http_status(API_ETENANTEXISTS), 409);
+    assert_string_equal(api_err_json_code(API_EBADTENANT), "invalid_tenant_id");
+    assert_int_equal(api_err_http_status(API_EREPLAYLOOP), 508);
+    assert_int_equal(api_err_http_status(API_ENOCAPACITY), 503);
+    assert_string_equal(api_err_json_code(API_ENOCAPACITY), "no_capacity");
+    assert_int_equal(api_err_http_status(-1), 500);
+    assert_int_equal(api_err_http_status(API_ERR_COUNT), 500);
+    assert_string_equal(api_err_name(API_ETOOLARGE), "API_ETOOLARGE");
+}
+
+static void error_wrap_prefixes_context_and_keeps_code(void **state)
+{
+    struct api_err err;
+    (void)state;
+    assert_int_equal(api_err_set(&err, API_ECONFLICT, "lease held by %s", "n2"), API_ECONFLICT);
+    assert_int_equal(api_err_wrap(&err, "tenant '%s'", "acme"), API_ECONFLICT);
+    assert_string_equal(err.msg, "tenant 'acme': lease held by n2");
+    char big[2000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    api_err_set(&err, API_EIO, "%s", big);
+    api_err_wrap(&err, "ctx");
+    assert_int_equal(strlen(err.msg), API_ERR_MSG_MAX - 1);
+    assert_int_equal(strncmp(err.msg, "ctx: x", 6), 0);
+}
+
+/* ---- map ---- */
+
+static void map_puts_gets_and_deletes_many_keys(void **state)
+{
+    struct api_map *m = api_map_new();
+    char key[32];
+    int oom;
+    (void)state;
+    for (long i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "tenant-%ld", i);
+        assert_null(api_map_put(m, key, (void *)(i + 1), &oom));
+        assert_int_equal(oom, 0);
+    }
+    assert_int_equal(api_map_len(m), 20000);
+    for (long i = 0; i < 20000; i += 7) {
+        snprintf(key, sizeof(key), "tenant-%ld", i);
+        assert_ptr_equal(api_map_get(m, key), (void *)(i + 1));
+    }
+    assert_ptr_equal(api_map_put(m, "tenant-5", (void *)99, &oom), (void *)6);
+    assert_ptr_equal(api_map_del(m, "tenant-5"), (void *)99);
+    assert_null(api_map_get(m, "tenant-5"));
+    assert_null(api_map_del(m, "tenant-5"));
+    assert_int_equal(api_map_len(m), 19999);
+    api_map_free(m, NULL);
+}
+
+/* ---- flags ---- */
+
+static void flags_parse_values_and_report_bad_usage(void **state)
+{
+    const char *node = NULL;
+    int64_t ttl = 10;
+    size_t body = 0;
+    (void)state;
+    struct api_flag f1[] = {{"node", API_FLAG_STRING, &node, 1, "", 0},
+                            {"lease-ttl", API_FLAG_INT, &ttl, 0, "", 0},
+                            {"max-body", API_FLAG_SIZE, &body, 0, "", 0},
+                            {NULL, 0, NULL, 0, NULL, 0}};
+    char *ok[] = {"p", "--node", "n1", "--lease-ttl=3", "--max-body", "42", NULL};
+    assert_int_equal(api_flags_parse(6, ok, "p", "", f1), -1);
+    assert_string_equal(node, "n1");
+    assert_int_equal(ttl, 3);
+    assert_int_equal(body, 42);
+
+    struct api_flag f2[] = {{"node", API_FLAG_STRING, &node, 1, "", 0}, {NULL, 0, NULL, 0, NULL, 0}};
+    char *missing[] = {"p", NULL};
+    assert_int_equal(api_flags_parse(1, missing, "p", "", f2), 2);
+    struct api_flag f3[] = {{"lease-ttl", API_FLAG_INT, &ttl, 0, "", 0}, {NULL, 0, NULL, 0, NULL, 0}};
+    char *badnum[] = {"p", "--lease-ttl", "ten", NULL};
+    assert_int_equal(api_flags_parse(3, badnum, "p", "", f3), 2);
+    char *unknown[] = {"p", "--nope", NULL};
+    assert_int_equal(api_flags_parse(2, unknown, "p", "", f3), 2);
+    char *novalue[] = {"p", "--lease-ttl", NULL};
+    assert_int_equal(api_flags_parse(2, novalue, "p", "", f3), 2);
+}
+
+/* ---- server ---- */
+
+struct fixture {
+    struct api_server *server;
+    struct api_workq *workers;
+    pthread_t loop;
+    struct api_http_client *http;
+    char base[64];
+};
+
+static void on_tenant(struct api_req *r, void *ud)
+{
+    size_t len;
+    const char *id = api_req_param(r, "id", &len);
+    char q[64] = "";
+    int has = api_req_query(r, "q", q, sizeof(q));
+    (void)ud;
+    api_reply_json(r, 200, json_pack("{s:s%,s:s,s:i}", "id", id, len, "q", q, "has_q", has));
+}
+
+struct slow_job {
+    struct api_pending *p;
+    char word[16];
+};
+
+static void slow_job(void *arg)
+{
+    struct slow_job *j = arg;
+    struct api_resp *resp = api_resp_new(202);
+    api_resp_add_header(resp, "x-worker", "yes");
+    api_resp_set_json(resp, 202, json_pack("{s:s}", "word", j->word));
+    api_pending_finish(j->p, resp);
+    free(j);
+}
+
+static void on_deferred(struct api_req *r, void *ud)
+{
+    struct fixture *f = ud;
+    struct slow_job *j = calloc(1, sizeof(*j));
+    size_t len;
+    const char *w = api_req_param(r, "word", &len);
+    snprintf(j->word, sizeof(j->word), "%.*s", (int)len, w);
+    j->p = api_req_defer(r);
+    api_workq_submit(f->workers, 1, slow_job, j);
+}
+
+static void on_echo_json(struct api_req *r, void *ud)
+{
+    json_t *doc;
+    struct api_err err;
+    (void)ud;
+    if (api_req_json_object(r, &doc, &err) != API_OK) {
+        api_reply_error(r, &err);
+        return;
+    }
+    api_reply_json(r, 200, doc);
+}
+
+static void *run_loop(void *arg)
+{
+    api_server_run(arg);
+    return NULL;
+}
+
+static int setup_server(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    struct api_server_config cfg = {.listen = "127.0.0.1:0", .max_body = 1024, .cors = 1};
+    struct api_err err;
+
+    assert_int_equal(api_server_new(&cfg, &f->server, &err), API_OK);
+    assert_int_equal(api_workq_new(2, NULL, &f->workers, &err), API_OK);
+    api_server_route(f->server, "GET", "/v1/tenants/{id}", on_tenant, f);
+    api_server_route(f->server, "GET", "/slow/{word}", on_deferred, f);
+    api_server_route(f->server, "POST", "/echo", on_echo_json, f);
+    snprintf(f->base, sizeof(f->base), "%s", api_server_url(f->server));
+    assert_int_equal(pthread_create(&f->loop, NULL, run_loop, f->server), 0);
+    f->http = api_http_client_new();
+    *state = f;
+    return 0;
+}
+
+static int teardown_server(void **state)
+{
+    struct fixture *f = *state;
+    api_http_client_free(f->http);
+    api_server_stop(f->server);
+    pthread_join(f->loop, NULL);
+    api_workq_free(f->workers);
+    api_server_free(f->server);
+    free(f);
+    return 0;
+}
+
+static long request(struct fixture *f, const char *method, const char *path, const char *body, json_t **out,
+                    struct api_http_resp *keep)
+{
+    char url[256];
+    struct api_http_resp resp;
+    struct api_err err;
+    snprintf(url, sizeof(url), "%s%s", f->base, path);
+    struct api_http_req rq = {.method = method, .url = url, .body = body, .body_len = body ? strlen(body) : 0,
+                              .timeout_ms = 5000};
+    assert_int_equal(api_http_do(f->http, &rq, &resp, &err), API_OK);
+    long status = resp.status;
+    if (out != NULL)
+        *out = json_loadb(resp.body, resp.body_len, 0, NULL);
+    if (keep != NULL)
+        *keep = resp;
+    else
+        api_http_resp_fini(&resp);
+    return status;
+}
+
+static void server_routes_by_pattern_and_captures_raw_segments(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc;
+    assert_int_equal(request(f, "GET", "/v1/tenants/acme?q=a%20b+c&x=1", NULL, &doc, NULL), 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "id")), "acme");
+    assert_string_equal(json_string_value(json_object_get(doc, "q")), "a b c");
+    json_decref(doc);
+    /* the segment is raw: an encoded slash stays visible to validation */
+    assert_int_equal(request(f, "GET", "/v1/tenants/..%2fx", NULL, &doc, NULL), 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "id")), "..%2fx");
+    assert_int_equal(json_integer_value(json_object_get(doc, "has_q")), 0);
+    json_decref(doc);
+    /* a bad percent escape in the query is reported as such */
+    assert_int_equal(request(f, "GET", "/v1/tenants/acme?q=%zz", NULL, &doc, NULL), 200);
+    assert_int_equal(json_integer_value(json_object_get(doc, "has_q")), -1);
+    json_decref(doc);
+}
+
+static void server_answers_404_405_and_413_as_json_errors(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc;
+    assert_int_equal(request(f, "GET", "/nope", NULL, &doc, NULL), 404);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "code")), "not_found");
+    json_decref(doc);
+    assert_int_equal(request(f, "GET", "/v1/tenants/acme/extra", NULL, &doc, NULL), 404);
+    json_decref(doc);
+    assert_int_equal(request(f, "DELETE", "/v1/tenants/acme", NULL, &doc, NULL), 405);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "code")),
+                        "method_not_allowed");
+    json_decref(doc);
+    char big[1500];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(request(f, "POST", "/echo", big, NULL, NULL), 413);
+}
+
+static void server_parses_json_bodies_and_rejects_bad_ones(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc;
+    assert_int_equal(request(f, "POST", "/echo", "{\"a\":[1,2]}", &doc, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "a")), 2);
+    json_decref(doc);
+    assert_int_equal(request(f, "POST", "/echo", "{\"a\":", &doc, NULL), 400);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "code")), "invalid_json");
+    json_decref(doc);
+    assert_int_equal(request(f, "POST", "/echo", "[1]", &doc, NULL), 400);
+    json_decref(doc);
+    assert_int_equal(request(f, "POST", "/echo", "{\"a\":1,\"a\":2}", &doc, NULL), 400);
+    json_decref(doc);
+    assert_int_equal(request(f, "POST", "/echo", "", &doc, NULL), 400);
+    json_decref(doc);
+}
+
+static void server_sends_replies_finished_on_worker_threads(void **state)
+{
+    struct fixture *f = *state;
+    struct api_http_resp resp;
+    json_t *doc;
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(request(f, "GET", "/slow/hello", NULL, &doc, &resp), 202);
+        assert_string_equal(json_string_value(json_object_get(doc, "word")), "hello");
+        assert_non_null(api_http_resp_header(&resp, "x-worker"));
+        assert_string_equal(api_http_resp_header(&resp, "access-control-allow-origin"), "*");
+        json_decref(doc);
+        api_http_resp_fini(&resp);
+    }
+}
+
+static void server_answers_cors_preflight(void **state)
+{
+    struct fixture *f = *state;
+    struct api_http_resp resp;
+    assert_int_equal(request(f, "OPTIONS", "/v1/tenants/acme", NULL, NULL, &resp), 204);
+    assert_non_null(strstr(api_http_resp_header(&resp, "access-control-allow-headers"), "authorization"));
+    api_http_resp_fini(&resp);
+}
+
+int main(void)
+{
+    struct api_err err;
+    api_http_global_init(&err);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(error_codes_map_to_statuses_and_json_codes),
+        cmocka_unit_test(error_wrap_prefixes_context_and_keeps_code),
+        cmocka_unit_test(map_puts_gets_and_deletes_many_keys),
+        cmocka_unit_test(flags_parse_values_and_report_bad_usage),
+        cmocka_unit_test_setup_teardown(server_routes_by_pattern_and_captures_raw_segments, setup_server,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_answers_404_405_and_413_as_json_errors, setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(server_parses_json_bodies_and_rejects_bad_ones, setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(server_sends_replies_finished_on_worker_threads, setup_server,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_answers_cors_preflight, setup_server, teardown_server),
+    };
+    int failed = cmocka_run_group_tests_name("api", tests, NULL, NULL);
+    api_http_global_cleanup();
+    return failed;
+}
