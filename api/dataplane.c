@@ -1,6 +1,7 @@
 /* api/dataplane.c: tenant resolution and token checks (see dataplane.h). */
 #include "api/dataplane.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -85,8 +86,15 @@ struct api_resp *api_dp_error_resp(const struct api_err *err)
 {
     struct api_resp *resp = api_resp_new(api_err_http_status(err->code));
     const char *msg = err->msg[0] ? err->msg : api_err_json_code(err->code);
+    char upper[64];
+    size_t i;
+
+    /* Hrana codes are upper case (sqld: STREAM_EXPIRED). */
+    for (i = 0; api_err_json_code(err->code)[i] != '\0' && i < sizeof(upper) - 1; i++)
+        upper[i] = (char)toupper((unsigned char)api_err_json_code(err->code)[i]);
+    upper[i] = '\0';
     json_t *doc = json_pack("{s:{s:s,s:s},s:s,s:s}", "error", "code", api_err_json_code(err->code), "message", msg,
-                            "message", msg, "code", api_err_json_code(err->code));
+                            "message", msg, "code", upper);
 
     if (resp == NULL) {
         json_decref(doc);

@@ -31,6 +31,8 @@
     X(API_EMETHOD, "method_not_allowed", 405)                      \
     X(API_ETENANTEXISTS, "tenant_exists", 409)                     \
     X(API_ECONFLICT, "conflict", 409)                              \
+    X(API_EBATON, "invalid_baton", 400)                            \
+    X(API_ESTREAMEXPIRED, "stream_expired", 400)                   \
     X(API_ETOOLARGE, "body_too_large", 413)                        \
     X(API_EMEDIATYPE, "unsupported_media_type", 415)               \
     X(API_ETOOMANY, "too_many_requests", 429)                      \

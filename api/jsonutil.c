@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int api_json_only_keys(const json_t *obj, const char *const *allowed, const char *what, struct api_err *err)
@@ -85,5 +86,25 @@ int api_read_file(const char *path, size_t max, char **out, size_t *len, struct 
     *out = buf;
     if (len != NULL)
         *len = n;
+    return API_OK;
+}
+
+int api_mkdir_p(const char *path, struct api_err *err)
+{
+    char buf[4096];
+    size_t len = strlen(path);
+
+    if (len == 0 || len >= sizeof(buf))
+        return api_err_set(err, API_EINVAL, "bad directory path '%.100s'", path);
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return api_err_set(err, API_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+        buf[i] = saved;
+    }
     return API_OK;
 }

@@ -29,4 +29,7 @@ void api_time_format(int64_t unix_s, char out[21]);
 /* Reads a whole small file into a malloc'd NUL-terminated buffer. */
 int api_read_file(const char *path, size_t max, char **out, size_t *len, struct api_err *err);
 
+/* Creates PATH and its missing parents (mode 0755), like mkdir -p. */
+int api_mkdir_p(const char *path, struct api_err *err);
+
 #endif

@@ -548,6 +548,12 @@ const char *api_req_path(const struct api_req *r, size_t *len)
     return p.base;
 }
 
+const char *api_req_target(const struct api_req *r, size_t *len)
+{
+    *len = r->req->path.len;
+    return r->req->path.base;
+}
+
 const char *api_req_param(const struct api_req *r, const char *name, size_t *len)
 {
     size_t nlen = strlen(name);

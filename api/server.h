@@ -87,6 +87,8 @@ void api_server_metrics(const struct api_server *s, const char *prefix, char *bu
 const char *api_req_method(const struct api_req *r, size_t *len);
 /* The raw path without the query string. */
 const char *api_req_path(const struct api_req *r, size_t *len);
+/* The raw request target: path and query, as received. */
+const char *api_req_target(const struct api_req *r, size_t *len);
 /* A captured `{name}` segment, or NULL. */
 const char *api_req_param(const struct api_req *r, const char *name, size_t *len);
 /* A query parameter, percent-decoded into OUT (NUL-terminated). Returns 1 if

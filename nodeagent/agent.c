@@ -31,6 +31,7 @@
 #include "api/dataplane.h"
 #include "api/etcd.h"
 #include "api/http.h"
+#include "api/jsonutil.h"
 #include "api/log.h"
 #include "api/map.h"
 #include "api/names.h"
@@ -40,6 +41,7 @@
 #include "nodeagent/hrana.h"
 #include "nodeagent/session.h"
 #include "nodeagent/store.h"
+#include "nodeagent/streams.h"
 
 struct local_tenant {
     int file_ready;
@@ -63,6 +65,7 @@ struct agent {
     struct api_cluster *view;
     struct api_workq *workers;
     struct api_server *server;
+    struct agent_streams *streams;
     struct route_ctx v2, v3;
 
     pthread_t controller;
@@ -286,6 +289,32 @@ static void collect_holding(void *ud, const char *key, void *value)
     (void)ud;
 }
 
+struct close_stream_job {
+    sqlite3 *db;
+    struct agent_hrana_stream *hs;
+};
+
+static void close_stream_job(void *arg)
+{
+    struct close_stream_job *j = arg;
+    agent_hrana_stream_free(j->hs);
+    sqlite3_close_v2(j->db); /* rolls back what the idle stream left open */
+    free(j);
+}
+
+/* An idle stream expired: close it on its tenant's worker. */
+static void close_stream(void *ud, const char *tenant, sqlite3 *db, struct agent_hrana_stream *hs)
+{
+    struct agent *a = ud;
+    struct close_stream_job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        abort();
+    j->db = db;
+    j->hs = hs;
+    log_debug("stream expired tenant=%s", tenant);
+    api_workq_submit(a->workers, tenant_key(tenant), close_stream_job, j);
+}
+
 static void *controller_main(void *arg)
 {
     struct agent *a = arg;
@@ -298,6 +327,8 @@ static void *controller_main(void *arg)
         while (!a->stopping && api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
             struct timespec ts;
             int64_t left = next_keepalive - api_now_ms();
+            if (left > 1000)
+                left = 1000; /* the stream sweep below runs about once a second */
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += left / 1000;
             ts.tv_nsec += (left % 1000) * 1000000L;
@@ -309,6 +340,12 @@ static void *controller_main(void *arg)
         }
         if (a->stopping)
             break;
+        if (api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
+            pthread_mutex_unlock(&a->mu);
+            agent_streams_sweep(a->streams, api_now_ms(), close_stream, a);
+            pthread_mutex_lock(&a->mu);
+            continue;
+        }
         struct id_list todo = {0};
         int all = a->dirty_all;
         a->dirty_all = 0;
@@ -368,6 +405,7 @@ struct pipeline_job {
     int read_only;
     char *body;
     size_t body_len;
+    char *token; /* binds a new stream to the token that opened it */
 };
 
 static void finish_error(struct api_pending *p, const struct api_err *err)
@@ -384,6 +422,16 @@ static void exec_pragma(sqlite3 *db, const char *sql)
     }
 }
 
+static int ends_with_close(const json_t *requests)
+{
+    size_t n = json_array_size(requests);
+    const char *type = n ? json_string_value(json_object_get(json_array_get(requests, n - 1), "type")) : NULL;
+    return type != NULL && strcmp(type, "close") == 0;
+}
+
+/* Runs one pipeline on the tenant's worker. Without a baton and ending in
+ * "close", it uses the thread's cached connection; otherwise it runs on a
+ * stream with its own connection that outlives the request (batons). */
 static void pipeline_job(void *arg)
 {
     struct pipeline_job *j = arg;
@@ -391,10 +439,13 @@ static void pipeline_job(void *arg)
     struct agent_hrana_limits limits = {.stmt_timeout_ms = a->cfg.stmt_timeout_ms, .max_response_bytes = 16u << 20};
     struct agent_hrana_outcome outcome;
     struct agent_hrana_stream *hs = NULL;
+    struct agent_stream *st = NULL;
     json_t *doc = NULL, *results = NULL, *requests, *baton;
     json_error_t jerr;
     struct api_err err;
-    sqlite3 *db;
+    char next_baton[AGENT_BATON_MAX] = "";
+    sqlite3 *db = NULL;
+    int rc;
 
     api_err_clear(&err);
     doc = json_loadb(j->body, j->body_len, 0, &jerr);
@@ -409,34 +460,60 @@ static void pipeline_job(void *arg)
         api_err_set(&err, API_EINVAL, "pipeline body needs a \"requests\" array");
         goto fail;
     }
-    if (baton != NULL && !json_is_null(baton)) {
-        api_err_set(&err, API_EINVAL, "Received an invalid baton: interactive streams are not supported by this "
-                                      "server yet (send requests without a baton and end them with close)");
+    if (baton != NULL && !json_is_null(baton) && !json_is_string(baton)) {
+        api_err_set(&err, API_EBATON, "Received an invalid baton (not a string)");
         goto fail;
     }
-    if (agent_store_conn(a->store, j->tenant, &db, &err) != API_OK)
-        goto fail;
-    if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
-        api_err_set(&err, API_ENOMEM, "out of memory");
-        goto fail;
+    if (json_is_string(baton)) {
+        if (agent_streams_take(a->streams, json_string_value(baton), j->tenant, j->token, strlen(j->token), &st,
+                               &err) != API_OK)
+            goto fail;
+        db = agent_stream_db(st);
+        hs = agent_stream_hrana(st);
+    } else if (ends_with_close(requests)) {
+        if (agent_store_conn(a->store, j->tenant, &db, &err) != API_OK)
+            goto fail;
+        if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
+            api_err_set(&err, API_ENOMEM, "out of memory");
+            goto fail;
+        }
+    } else {
+        if (agent_store_open(a->store, j->tenant, &db, &err) != API_OK)
+            goto fail;
+        if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
+            sqlite3_close_v2(db);
+            api_err_set(&err, API_ENOMEM, "out of memory");
+            goto fail;
+        }
+        if (agent_streams_add(a->streams, j->tenant, j->token, strlen(j->token), db, hs, &st, &err) != API_OK) {
+            agent_hrana_stream_free(hs);
+            sqlite3_close_v2(db);
+            goto fail;
+        }
     }
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=1");
     memset(&outcome, 0, sizeof(outcome));
-    int rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
-    /* Without a baton the stream ends with this request: never leave a
-     * transaction open on the shared connection. */
-    if (!sqlite3_get_autocommit(db))
-        exec_pragma(db, "ROLLBACK");
+    rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=0");
-    agent_hrana_stream_free(hs);
+    if (st != NULL) {
+        /* A protocol error ends the stream, as in sqld. */
+        agent_streams_release(a->streams, st, rc != API_OK || outcome.closed, next_baton, sizeof(next_baton));
+    } else {
+        /* Without a stream the request is the whole stream: never leave a
+         * transaction open on the shared connection. */
+        if (!sqlite3_get_autocommit(db))
+            exec_pragma(db, "ROLLBACK");
+        agent_hrana_stream_free(hs);
+    }
     if (rc != API_OK)
         goto fail;
     atomic_fetch_add(&a->pipelines, 1);
     {
         struct api_resp *resp = api_resp_new(200);
-        json_t *out = json_pack("{s:n,s:n,s:o}", "baton", "base_url", "results", results);
+        json_t *out = json_pack("{s:o,s:n,s:o}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
+                                "base_url", "results", results);
         if (resp != NULL && api_resp_set_json(resp, 200, out) == API_OK) {
             api_pending_finish(j->pending, resp);
         } else {
@@ -447,12 +524,14 @@ static void pipeline_job(void *arg)
     }
     json_decref(doc);
     free(j->body);
+    free(j->token);
     free(j);
     return;
 fail:
     finish_error(j->pending, &err);
     json_decref(doc);
     free(j->body);
+    free(j->token);
     free(j);
 }
 
@@ -517,7 +596,7 @@ static void forward(struct agent *a, struct api_req *r, const char *tenant, cons
 {
     struct forward_job *j = calloc(1, sizeof(*j));
     size_t plen, mlen, blen, len;
-    const char *path = api_req_path(r, &plen), *method = api_req_method(r, &mlen), *body = api_req_body(r, &blen);
+    const char *path = api_req_target(r, &plen), *method = api_req_method(r, &mlen), *body = api_req_body(r, &blen);
     char hdr[2048];
 
     if (j == NULL) {
@@ -598,6 +677,13 @@ static void on_pipeline(struct api_req *r, void *ud)
         }
         memcpy(j->body, body, blen);
         j->body_len = blen;
+        {
+            size_t hlen, tlen;
+            const char *h = api_req_header(r, "authorization", &hlen), *tok = NULL;
+            if (h == NULL || api_bearer_token(h, hlen, &tok, &tlen) != 0)
+                tlen = 0;
+            j->token = strndup(tok ? tok : "", tlen);
+        }
         j->a = a;
         j->version = rc->version;
         /* ro tokens read only; and a primary that could have lost its
@@ -745,8 +831,9 @@ static void on_metrics(struct api_req *r, void *ud)
 static int lock_data_dir(struct agent *a, struct api_err *err)
 {
     char path[4096];
-    if (mkdir(a->cfg.data_dir, 0755) != 0 && errno != EEXIST)
-        return api_err_set(err, API_EIO, "cannot create data directory '%s': %s", a->cfg.data_dir, strerror(errno));
+    int rc = api_mkdir_p(a->cfg.data_dir, err);
+    if (rc != API_OK)
+        return rc;
     snprintf(path, sizeof(path), "%s/LOCK", a->cfg.data_dir);
     a->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (a->lock_fd < 0)
@@ -827,7 +914,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         if (rc != API_OK)
             goto fail;
     }
-    if ((rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
+    if ((rc = agent_streams_new(cfg->node, 1000, 10000, &a->streams, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
         (rc = api_cluster_open(a->etcd, on_view_change, a, &a->view, err)) != API_OK)
         goto fail;
     a->dirty_all = 1; /* converge everything assigned here once at start */
@@ -868,6 +956,7 @@ void agent_free(struct agent *a)
     }
     api_cluster_close(a->view);
     api_workq_free(a->workers); /* finishes queued work; its replies reach the loop below */
+    agent_streams_free(a->streams);
     /* Revoking the session drops every tenant key this node holds in one
      * etcd revision, so successors can take over at once. */
     agent_session_free(a->session, 1);

@@ -230,6 +230,19 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     return API_OK;
 }
 
+int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err)
+{
+    char path[4096];
+    int rc;
+
+    agent_store_path(st, tenant, path, sizeof(path));
+    if (access(path, F_OK) != 0)
+        return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
+    if ((rc = open_db(st, path, 0, out, err)) != API_OK)
+        return api_err_wrap(err, "tenant '%s'", tenant);
+    return API_OK;
+}
+
 void agent_store_thread_exit(void)
 {
     if (tl_cache == NULL)

@@ -44,6 +44,10 @@ int agent_store_remove(struct agent_store *st, const char *tenant, struct api_er
 /* The calling worker thread's connection to TENANT (borrowed: valid until
  * this thread's next store call). API_ENOTENANT if the file does not exist. */
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
+/* A new connection to TENANT owned by the caller (sqlite3_close_v2 it), for
+ * a Hrana stream that holds a transaction across requests. Use it only on
+ * the tenant's worker thread. */
+int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
 /* Closes the calling thread's cached connection to TENANT, if any. */
 void agent_store_evict(const char *tenant);
 /* Closes every connection cached by the calling thread (workq on_exit hook). */

@@ -1,1 +1,7 @@
-int main(void) { return 1; } /* placeholder until written this session */
+/* shoalctl: see orchestrator/ctl.h. */
+#include "orchestrator/ctl.h"
+
+int main(int argc, char **argv)
+{
+    return ctl_main(argc, argv);
+}
