@@ -150,17 +150,20 @@ json_t *ctl_sql_arg(const char *arg)
     if (strcmp(arg, "NULL") == 0)
         return json_pack("{s:s}", "type", "null");
     if (*arg != '\0' && !isspace((unsigned char)*arg)) {
+        /* an integer only in its canonical form: "007" or "+1" stay text */
         errno = 0;
         long long n = strtoll(arg, &end, 10);
         if (*end == '\0' && errno == 0) {
             char buf[32];
             snprintf(buf, sizeof(buf), "%lld", n);
-            if (strcmp(buf, arg) == 0 || (arg[0] == '+' && strcmp(buf, arg + 1) == 0))
+            if (strcmp(buf, arg) == 0)
                 return json_pack("{s:s,s:s}", "type", "integer", "value", buf);
         }
+        /* a float only when it looks like one: digits with '.' or an exponent */
         errno = 0;
         double d = strtod(arg, &end);
-        if (*end == '\0' && errno == 0 && isfinite(d) && strpbrk(arg, "xXnN") == NULL)
+        if (*end == '\0' && errno == 0 && isfinite(d) && strpbrk(arg, ".eE") != NULL &&
+            strpbrk(arg, "xXnNiI") == NULL)
             return json_pack("{s:s,s:f}", "type", "float", "value", d);
     }
     return json_pack("{s:s,s:s}", "type", "text", "value", arg);

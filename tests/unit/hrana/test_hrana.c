@@ -1,0 +1,406 @@
+/*
+ * Unit tests for nodeagent/hrana.c on an in-memory SQLite database: exact
+ * Hrana JSON for values, statements, batches (including the exact batch
+ * @libsql/client sends), sequences, describe, the SQL store, errors and
+ * limits.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "nodeagent/hrana.h"
+
+struct fx {
+    sqlite3 *db;
+    struct agent_hrana_stream *s;
+    struct agent_hrana_outcome out;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    struct agent_hrana_limits lim = {.stmt_timeout_ms = 200, .max_response_bytes = 100000};
+    assert_int_equal(sqlite3_open(":memory:", &f->db), SQLITE_OK);
+    f->s = agent_hrana_stream_new(f->db, &lim);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    agent_hrana_stream_free(f->s);
+    sqlite3_close(f->db);
+    free(f);
+    return 0;
+}
+
+/* Runs REQUESTS (JSON text) and returns the results array; fails the test on
+ * a protocol error. */
+static json_t *run(struct fx *f, int version, const char *requests)
+{
+    json_t *req = json_loads(requests, 0, NULL), *res = NULL;
+    struct api_err err;
+    if (req == NULL)
+        fail_msg("bad test JSON: %s", requests);
+    if (agent_hrana_execute(f->s, req, version, &res, &f->out, &err) != API_OK)
+        fail_msg("protocol error: %s", err.msg);
+    json_decref(req);
+    return res;
+}
+
+/* Expects a protocol error whose message contains NEEDLE. */
+static void protocol_error(struct fx *f, int version, const char *requests, const char *needle)
+{
+    json_t *req = json_loads(requests, 0, NULL), *res = NULL;
+    struct api_err err;
+    assert_int_equal(agent_hrana_execute(f->s, req, version, &res, &f->out, &err), API_EINVAL);
+    assert_null(res);
+    if (strstr(err.msg, needle) == NULL)
+        fail_msg("'%s' lacks '%s'", err.msg, needle);
+    json_decref(req);
+}
+
+static char *dump(const json_t *j)
+{
+    return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+static void assert_json(const json_t *j, const char *want)
+{
+    json_t *w = json_loads(want, JSON_DECODE_ANY, NULL);
+    if (w == NULL)
+        fail_msg("bad expected JSON: %s", want);
+    if (!json_equal((json_t *)j, w)) {
+        char *got = dump(j);
+        fail_msg("got %s\nwant %s", got, want);
+    }
+    json_decref(w);
+}
+
+#define RESULT(res, i) json_object_get(json_object_get(json_array_get(res, i), "response"), "result")
+
+static void select_returns_cols_rows_and_counts(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 40+2 as x\"}},{\"type\":\"close\"}]");
+    json_t *r = RESULT(res, 0);
+    assert_json(json_object_get(r, "cols"), "[{\"name\":\"x\",\"decltype\":null}]");
+    assert_json(json_object_get(r, "rows"), "[[{\"type\":\"integer\",\"value\":\"42\"}]]");
+    assert_json(json_object_get(r, "affected_row_count"), "0");
+    assert_true(json_is_null(json_object_get(r, "last_insert_rowid")));
+    assert_json(json_array_get(res, 1), "{\"type\":\"ok\",\"response\":{\"type\":\"close\"}}");
+    assert_true(f->out.closed);
+    json_decref(res);
+}
+
+static void every_value_type_round_trips_exactly(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?,?,?,?,?,?,?,?,?,?\",\"args\":["
+        "{\"type\":\"integer\",\"value\":\"-9223372036854775808\"},{\"type\":\"integer\",\"value\":\"9223372036854775807\"},"
+        "{\"type\":\"float\",\"value\":42},{\"type\":\"float\",\"value\":1e+21},{\"type\":\"text\",\"value\":\"\"},"
+        "{\"type\":\"text\",\"value\":\"h\\u00e9 \\u2603\"},{\"type\":\"blob\",\"base64\":\"AQID/w==\"},"
+        "{\"type\":\"blob\",\"base64\":\"AQID/w\"},{\"type\":\"blob\",\"base64\":\"\"},{\"type\":\"null\"}]}}]");
+    json_t *row = json_array_get(json_object_get(RESULT(res, 0), "rows"), 0);
+    assert_json(row, "[{\"type\":\"integer\",\"value\":\"-9223372036854775808\"},"
+                     "{\"type\":\"integer\",\"value\":\"9223372036854775807\"},{\"type\":\"float\",\"value\":42.0},"
+                     "{\"type\":\"float\",\"value\":1e21},{\"type\":\"text\",\"value\":\"\"},"
+                     "{\"type\":\"text\",\"value\":\"h\\u00e9 \\u2603\"},{\"type\":\"blob\",\"base64\":\"AQID/w==\"},"
+                     "{\"type\":\"blob\",\"base64\":\"AQID/w==\"},{\"type\":\"blob\",\"base64\":\"\"},{\"type\":\"null\"}]");
+    json_decref(res);
+}
+
+static void non_finite_floats_and_bad_utf8_are_sent_safely(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 9e999, cast(x'61ff62' as text)\"}}]");
+    json_t *row = json_array_get(json_object_get(RESULT(res, 0), "rows"), 0);
+    assert_json(row, "[{\"type\":\"null\"},{\"type\":\"text\",\"value\":\"a\\ufffdb\"}]");
+    json_decref(res);
+}
+
+static void out_of_range_integers_are_protocol_errors(void **state)
+{
+    struct fx *f = *state;
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"integer\",\"value\":\"9223372036854775808\"}]}}]", "64-bit");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"integer\",\"value\":\"1.5\"}]}}]", "64-bit");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"blob\",\"base64\":\"!!\"}]}}]", "base64");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"weird\"}]}}]", "unknown value type");
+}
+
+static void positional_numbered_and_named_arguments_bind(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?2, ?1\",\"args\":[{\"type\":\"text\",\"value\":\"a\"},{\"type\":\"text\",\"value\":\"b\"}]}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select :name, $score, @n\",\"named_args\":["
+        "{\"name\":\"name\",\"value\":{\"type\":\"text\",\"value\":\"bob\"}},{\"name\":\"$score\",\"value\":{\"type\":\"float\",\"value\":1.5}},"
+        "{\"name\":\"n\",\"value\":{\"type\":\"integer\",\"value\":\"1\"}}]}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?, ?\",\"args\":[{\"type\":\"null\"},{\"type\":\"null\"}],\"named_args\":[{\"name\":\"x\",\"value\":{\"type\":\"null\"}}]}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select :missing\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"null\"},{\"type\":\"null\"}]}}]");
+    assert_json(json_array_get(json_object_get(RESULT(res, 0), "rows"), 0),
+                "[{\"type\":\"text\",\"value\":\"b\"},{\"type\":\"text\",\"value\":\"a\"}]");
+    assert_json(json_array_get(json_object_get(RESULT(res, 1), "rows"), 0),
+                "[{\"type\":\"text\",\"value\":\"bob\"},{\"type\":\"float\",\"value\":1.5},{\"type\":\"integer\",\"value\":\"1\"}]");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 2), "error"), "code")),
+                        "ARGS_BOTH_POSITIONAL_AND_NAMED");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 3), "error"), "code")),
+                        "ARGS_INVALID");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 4), "error"), "code")),
+                        "ARGS_INVALID");
+    json_decref(res);
+}
+
+static void writes_report_affected_rows_and_insert_rowid(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table t(id integer primary key, v)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into t(v) values (1),(2),(3)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"update t set v = v + 1 where id > 1\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select * from t\",\"want_rows\":false}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into t(v) values (9) returning id\"}}]");
+    assert_json(json_object_get(RESULT(res, 0), "affected_row_count"), "0");
+    assert_json(json_object_get(RESULT(res, 1), "affected_row_count"), "3");
+    assert_string_equal(json_string_value(json_object_get(RESULT(res, 1), "last_insert_rowid")), "3");
+    assert_json(json_object_get(RESULT(res, 2), "affected_row_count"), "2");
+    assert_true(json_is_null(json_object_get(RESULT(res, 2), "last_insert_rowid")));
+    assert_json(json_object_get(RESULT(res, 3), "rows"), "[]");
+    assert_json(json_object_get(RESULT(res, 3), "affected_row_count"), "0");
+    assert_json(json_object_get(RESULT(res, 4), "rows"), "[[{\"type\":\"integer\",\"value\":\"4\"}]]");
+    assert_true(f->out.wrote);
+    json_decref(res);
+}
+
+/* The exact shape @libsql/client sends for batch([...], "write") (HRANA.md §2.4). */
+static const char client_batch[] =
+    "[{\"type\":\"store_sql\",\"sql_id\":0,\"sql\":\"INSERT INTO t (v) VALUES (?)\"},"
+    "{\"type\":\"batch\",\"batch\":{\"steps\":["
+    "{\"stmt\":{\"sql\":\"BEGIN IMMEDIATE\",\"args\":[],\"named_args\":[],\"want_rows\":false}},"
+    "{\"condition\":{\"type\":\"ok\",\"step\":0},\"stmt\":{\"sql_id\":0,\"args\":[{\"type\":\"text\",\"value\":\"c1\"}],\"named_args\":[],\"want_rows\":true}},"
+    "{\"condition\":{\"type\":\"ok\",\"step\":1},\"stmt\":{\"sql\":\"INSERT INTO nope VALUES (1)\",\"args\":[],\"named_args\":[],\"want_rows\":true}},"
+    "{\"condition\":{\"type\":\"ok\",\"step\":2},\"stmt\":{\"sql\":\"COMMIT\",\"args\":[],\"named_args\":[],\"want_rows\":false}},"
+    "{\"condition\":{\"type\":\"not\",\"cond\":{\"type\":\"ok\",\"step\":3}},\"stmt\":{\"sql\":\"ROLLBACK\",\"args\":[],\"named_args\":[],\"want_rows\":false}}]}},"
+    "{\"type\":\"close\"}]";
+
+static void a_failing_client_batch_skips_commit_and_rolls_back(void **state)
+{
+    struct fx *f = *state;
+    json_decref(run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table t(v)\"}}]"));
+    json_t *res = run(f, 2, client_batch);
+    json_t *b = RESULT(res, 1);
+    assert_true(f->out.closed);
+    json_t *results = json_object_get(b, "step_results"), *errors = json_object_get(b, "step_errors");
+    assert_int_equal(json_array_size(results), 5);
+    assert_int_equal(json_array_size(errors), 5);
+    assert_true(json_is_object(json_array_get(results, 0)) && json_is_null(json_array_get(errors, 0)));
+    assert_true(json_is_object(json_array_get(results, 1)));
+    assert_true(json_is_null(json_array_get(results, 2)));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(errors, 2), "code")), "SQL_PARSE_ERROR");
+    assert_true(json_is_null(json_array_get(results, 3)) && json_is_null(json_array_get(errors, 3))); /* skipped */
+    assert_true(json_is_object(json_array_get(results, 4)));                                          /* rollback ran */
+    json_decref(res);
+    /* the batch closed its stream; look with a new one, as the next request would */
+    agent_hrana_stream_free(f->s);
+    f->s = agent_hrana_stream_new(f->db, NULL);
+    res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select count(*) from t\"}}]");
+    assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"integer\",\"value\":\"0\"}]]");
+    assert_false(f->out.in_txn);
+    json_decref(res);
+}
+
+static void conditions_follow_the_spec_for_skipped_steps(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"batch\",\"batch\":{\"steps\":["
+        "{\"stmt\":{\"sql\":\"select 1\"}},"
+        "{\"condition\":{\"type\":\"not\",\"cond\":{\"type\":\"ok\",\"step\":0}},\"stmt\":{\"sql\":\"select 2\"}},"
+        "{\"condition\":{\"type\":\"error\",\"step\":1},\"stmt\":{\"sql\":\"select 3\"}},"
+        "{\"condition\":{\"type\":\"or\",\"conds\":[{\"type\":\"error\",\"step\":1},{\"type\":\"ok\",\"step\":0}]},\"stmt\":{\"sql\":\"select 4\"}},"
+        "{\"condition\":{\"type\":\"and\",\"conds\":[{\"type\":\"ok\",\"step\":3},{\"type\":\"not\",\"cond\":{\"type\":\"ok\",\"step\":1}}]},\"stmt\":{\"sql\":\"selec 5\"}},"
+        "{\"condition\":{\"type\":\"error\",\"step\":4},\"stmt\":{\"sql\":\"select 6\"}}]}}]");
+    json_t *b = RESULT(res, 0), *r = json_object_get(b, "step_results");
+    assert_true(json_is_object(json_array_get(r, 0)));
+    assert_true(json_is_null(json_array_get(r, 1)));   /* not ok(0): false */
+    assert_true(json_is_null(json_array_get(r, 2)));   /* error(1) of a skipped step: false */
+    assert_true(json_is_object(json_array_get(r, 3))); /* or */
+    assert_true(json_is_object(json_object_get(b, "step_errors")) == 0);
+    assert_true(json_is_object(json_array_get(json_object_get(b, "step_errors"), 4)));
+    assert_true(json_is_object(json_array_get(r, 5))); /* error(4) */
+    json_decref(res);
+}
+
+static void bad_conditions_and_v3_features_on_v2_are_protocol_errors(void **state)
+{
+    struct fx *f = *state;
+    protocol_error(f, 2, "[{\"type\":\"batch\",\"batch\":{\"steps\":[{\"condition\":{\"type\":\"ok\",\"step\":0},\"stmt\":{\"sql\":\"select 1\"}}]}}]",
+                   "Invalid reference");
+    protocol_error(f, 2, "[{\"type\":\"batch\",\"batch\":{\"steps\":[{\"condition\":{\"type\":\"is_autocommit\"},\"stmt\":{\"sql\":\"select 1\"}}]}}]",
+                   "Hrana 3");
+    protocol_error(f, 2, "[{\"type\":\"get_autocommit\"}]", "Hrana 3");
+    protocol_error(f, 2, "[{\"type\":\"nope\"}]", "unknown request type");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"sql_id\":1}}]", "both");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{}}]", "neither");
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql_id\":7}}]", "not stored");
+    protocol_error(f, 2, "{}", "array");
+    json_t *res = run(f, 3, "[{\"type\":\"get_autocommit\"},{\"type\":\"execute\",\"stmt\":{\"sql\":\"begin\"}},"
+                            "{\"type\":\"get_autocommit\"},{\"type\":\"batch\",\"batch\":{\"steps\":["
+                            "{\"condition\":{\"type\":\"is_autocommit\"},\"stmt\":{\"sql\":\"select 1\"}},"
+                            "{\"condition\":{\"type\":\"not\",\"cond\":{\"type\":\"is_autocommit\"}},\"stmt\":{\"sql\":\"rollback\"}}]}}]");
+    assert_json(json_object_get(json_array_get(res, 0), "response"), "{\"type\":\"get_autocommit\",\"is_autocommit\":true}");
+    assert_json(json_object_get(json_array_get(res, 2), "response"), "{\"type\":\"get_autocommit\",\"is_autocommit\":false}");
+    json_t *r = json_object_get(RESULT(res, 3), "step_results");
+    assert_true(json_is_null(json_array_get(r, 0)));
+    assert_true(json_is_object(json_array_get(r, 1)));
+    json_decref(res);
+}
+
+static void sequences_run_until_the_first_failure(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2, "[{\"type\":\"sequence\",\"sql\":\"create table s(x); insert into s values (1); -- done\\n\"},"
+                            "{\"type\":\"sequence\",\"sql\":\"insert into s values (2); insert into nope values (3); insert into s values (4);\"},"
+                            "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select count(*) from s\"}}]");
+    assert_json(json_array_get(res, 0), "{\"type\":\"ok\",\"response\":{\"type\":\"sequence\"}}");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(res, 1), "type")), "error");
+    assert_json(json_object_get(RESULT(res, 2), "rows"), "[[{\"type\":\"integer\",\"value\":\"2\"}]]");
+    json_decref(res);
+}
+
+static void describe_reports_params_and_columns(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table d(a integer, b text)\"}},"
+                            "{\"type\":\"describe\",\"sql\":\"select a, b from d where a = :x and b = ?\"},"
+                            "{\"type\":\"describe\",\"sql\":\"insert into d values (1, 2)\"}]");
+    assert_json(RESULT(res, 1), "{\"params\":[{\"name\":\":x\"},{\"name\":null}],"
+                                "\"cols\":[{\"name\":\"a\",\"decltype\":\"INTEGER\"},{\"name\":\"b\",\"decltype\":\"TEXT\"}],"
+                                "\"is_explain\":false,\"is_readonly\":true}");
+    assert_json(json_object_get(RESULT(res, 2), "is_readonly"), "false");
+    json_decref(res);
+}
+
+static void stored_sql_is_per_stream_with_limits(void **state)
+{
+    struct fx *f = *state;
+    char buf[8192];
+    json_t *res = run(f, 2, "[{\"type\":\"store_sql\",\"sql_id\":5,\"sql\":\"select 5\"},"
+                            "{\"type\":\"execute\",\"stmt\":{\"sql_id\":5}},{\"type\":\"close_sql\",\"sql_id\":5},"
+                            "{\"type\":\"close_sql\",\"sql_id\":99}]");
+    assert_json(json_object_get(RESULT(res, 1), "rows"), "[[{\"type\":\"integer\",\"value\":\"5\"}]]");
+    assert_json(json_array_get(res, 3), "{\"type\":\"ok\",\"response\":{\"type\":\"close_sql\"}}");
+    json_decref(res);
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql_id\":5}}]", "not stored");
+    protocol_error(f, 2, "[{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"},{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"}]",
+                   "already stored");
+    size_t o = (size_t)snprintf(buf, sizeof(buf), "[");
+    for (int i = 100; i < 160; i++)
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s{\"type\":\"store_sql\",\"sql_id\":%d,\"sql\":\"select %d\"}",
+                              i > 100 ? "," : "", i, i);
+    snprintf(buf + o, sizeof(buf) - o, "]");
+    res = run(f, 2, buf);
+    /* id 1 from the failed pipeline above is stored too: 49 more fit */
+    assert_string_equal(json_string_value(json_object_get(json_array_get(res, 48), "type")), "ok");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 49), "error"), "code")),
+                        "SQL_STORE_TOO_MANY");
+    json_decref(res);
+}
+
+static void sql_errors_carry_sqlite_extended_codes(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table u(id integer primary key, e text unique, n not null, c check (c > 0))\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into u values (1, 'a', 1, 1)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into u values (1, 'b', 1, 1)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into u values (2, 'a', 1, 1)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into u values (3, 'c', null, 1)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into u values (4, 'd', 1, -1)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"selec 1\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1; select 2\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"  -- nothing\\n\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1; -- trailing comment\"}}]");
+    const char *want[] = {NULL, NULL, "SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE",
+                          "SQLITE_CONSTRAINT_NOTNULL", "SQLITE_CONSTRAINT_CHECK", "SQL_PARSE_ERROR",
+                          "SQL_MANY_STATEMENTS", "SQL_NO_STATEMENT", NULL};
+    for (size_t i = 0; i < 10; i++) {
+        json_t *one = json_array_get(res, i);
+        const char *code = json_string_value(json_object_get(json_object_get(one, "error"), "code"));
+        if (want[i] == NULL && code != NULL)
+            fail_msg("request %zu failed with %s", i, code);
+        if (want[i] != NULL && (code == NULL || strcmp(code, want[i]) != 0))
+            fail_msg("request %zu: code %s, wanted %s", i, code ? code : "(none)", want[i]);
+    }
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(json_array_get(res, 2), "error"), "message")),
+                           "UNIQUE constraint failed: u.id"));
+    json_decref(res);
+}
+
+static void long_statements_time_out_and_the_connection_stays_usable(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c) select count(*) from c\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 7\"}}]");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 0), "error"), "code")),
+                        "STMT_TIMEOUT");
+    assert_json(json_object_get(RESULT(res, 1), "rows"), "[[{\"type\":\"integer\",\"value\":\"7\"}]]");
+    json_decref(res);
+}
+
+static void large_responses_are_cut_with_an_error(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c where x < 5000) select x, randomblob(100) from c\"}}]");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(res, 0), "error"), "code")),
+                        "RESPONSE_TOO_LARGE");
+    json_decref(res);
+}
+
+static void transactions_stay_open_across_requests_of_a_stream(void **state)
+{
+    struct fx *f = *state;
+    json_decref(run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table tx(x)\"}},"
+                          "{\"type\":\"execute\",\"stmt\":{\"sql\":\"BEGIN TRANSACTION READONLY\"}}]"));
+    assert_true(f->out.in_txn);
+    json_decref(run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"ROLLBACK\"}}]"));
+    assert_false(f->out.in_txn);
+    json_decref(run(f, 2, "[{\"type\":\"close\"}]"));
+    protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}}]", "after the stream was closed");
+}
+
+int main(void)
+{
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(select_returns_cols_rows_and_counts),
+        T(every_value_type_round_trips_exactly),
+        T(non_finite_floats_and_bad_utf8_are_sent_safely),
+        T(out_of_range_integers_are_protocol_errors),
+        T(positional_numbered_and_named_arguments_bind),
+        T(writes_report_affected_rows_and_insert_rowid),
+        T(a_failing_client_batch_skips_commit_and_rolls_back),
+        T(conditions_follow_the_spec_for_skipped_steps),
+        T(bad_conditions_and_v3_features_on_v2_are_protocol_errors),
+        T(sequences_run_until_the_first_failure),
+        T(describe_reports_params_and_columns),
+        T(stored_sql_is_per_stream_with_limits),
+        T(sql_errors_carry_sqlite_extended_codes),
+        T(long_statements_time_out_and_the_connection_stays_usable),
+        T(large_responses_are_cut_with_an_error),
+        T(transactions_stay_open_across_requests_of_a_stream),
+    };
+    return cmocka_run_group_tests_name("hrana", tests, NULL, NULL);
+}
