@@ -444,7 +444,8 @@ size_t api_cluster_nodes(struct api_cluster *c, struct api_cluster_node **out)
 
     pthread_mutex_lock(&c->mu);
     api_map_foreach(c->nodes, collect_fn, &col);
-    qsort(col.items, col.n, sizeof(void *), cmp_node);
+    if (col.n > 0)
+        qsort(col.items, col.n, sizeof(void *), cmp_node);
     if (col.n > 0 && (arr = malloc(col.n * sizeof(*arr))) != NULL)
         for (size_t i = 0; i < col.n; i++)
             arr[i] = *(struct api_cluster_node *)col.items[i];
@@ -463,13 +464,18 @@ size_t api_cluster_tenant_page(struct api_cluster *c, const char *after, size_t 
 
     *more = 0;
     *out = NULL;
-    if ((arr = malloc((limit ? limit : 1) * sizeof(*arr))) == NULL)
-        return 0;
     pthread_mutex_lock(&c->mu);
     /* A sorted scan per page: O(n log n) in the tenant count. Fine for
      * thousands; an ordered index comes when listing millions matters. */
     api_map_foreach(c->tenants, collect_fn, &col);
-    qsort(col.items, col.n, sizeof(void *), cmp_tenant);
+    if (col.n > 0)
+        qsort(col.items, col.n, sizeof(void *), cmp_tenant);
+    /* never more entries than there are tenants, whatever LIMIT says */
+    if ((arr = malloc(((limit < col.n ? limit : col.n) + 1) * sizeof(*arr))) == NULL) {
+        pthread_mutex_unlock(&c->mu);
+        free(col.items);
+        return 0;
+    }
     for (size_t i = 0; i < col.n; i++) {
         struct api_cluster_tenant *t = col.items[i];
         if (after != NULL && strcmp(t->id, after) <= 0)

@@ -208,9 +208,11 @@ int api_etcd_new(const char *endpoints, struct api_etcd **out, struct api_err *e
         if (n == 0)
             continue;
         if (strncmp(tok, "http://", 7) != 0 && strncmp(tok, "https://", 8) != 0) {
+            /* the message quotes TOK, which lives in COPY: format it first */
+            api_err_set(err, API_EINVAL, "etcd endpoint '%s' must start with http:// or https://", tok);
             free(copy);
             api_etcd_free(e);
-            return api_err_set(err, API_EINVAL, "etcd endpoint '%s' must start with http:// or https://", tok);
+            return API_EINVAL;
         }
         char **ne = realloc(e->endpoints, (e->nendpoints + 1) * sizeof(*ne));
         if (ne == NULL || (ne[e->nendpoints] = strdup(tok)) == NULL) {

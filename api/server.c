@@ -847,6 +847,10 @@ int api_server_run(struct api_server *s)
     if (s->num_conns != 0) {
         uint64_t deadline = h2o_now(s->loop) + SERVER_DRAIN_MS;
         h2o_context_request_shutdown(&s->ctx);
+        /* h2o 2.2.5 keeps idle HTTP/1 keep-alive connections open until
+         * their request timeout (10 s). Zeroing that timeout expires them on
+         * the next loop turn; a request being handled is not on this timer. */
+        s->ctx.http1.req_timeout.timeout = 0;
         while ((s->num_conns != 0 || h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout)) &&
                h2o_now(s->loop) < deadline)
             h2o_evloop_run(s->loop, 50);
