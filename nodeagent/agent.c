@@ -491,6 +491,7 @@ static void pipeline_job(void *arg)
             goto fail;
         }
     }
+    agent_hrana_stream_set_read_only(hs, j->read_only);
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=1");
     memset(&outcome, 0, sizeof(outcome));

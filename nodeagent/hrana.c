@@ -18,9 +18,17 @@
  *   bytes rather than failing the request;
  * - rows_read counts rows returned, rows_written counts changed rows (stock
  *   SQLite has no libsql row counters).
+ *
+ * SQL cannot leave its tenant: while user SQL is prepared, an authorizer
+ * refuses ATTACH and DETACH, load_extension(), pragmas that reveal or move
+ * files or change journaling, locking, durability or memory limits (only an
+ * allowlist of pragmas may be given a value), and, for read-only streams,
+ * every write. VACUUM never reaches an authorizer, so VACUUM INTO is refused
+ * by looking at the statement. Denials are in-band SQLITE_AUTH errors.
  */
 #include "nodeagent/hrana.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -49,6 +57,7 @@ struct agent_hrana_stream {
     int timed_out;
     size_t response_bytes;
     int closed;
+    int active; /* user SQL is being prepared or run: the authorizer applies */
 };
 
 static int64_t now_ms(void)
@@ -68,6 +77,71 @@ static int on_progress(void *arg)
     return 0;
 }
 
+/* Pragmas refused even without a value: they reveal file paths, or act
+ * (checkpoint, free memory) when merely named. Every other pragma may be
+ * read; setting one needs it in pragma_with_value, so journal_mode,
+ * synchronous, locking_mode, query_only, page_size, cache_size and the like
+ * stay as Shoal set them. */
+static const char *const pragma_denied[] = {"database_list", "temp_store_directory", "data_store_directory",
+                                            "wal_checkpoint", "shrink_memory", NULL};
+/* Pragmas that may be given a value (or table name). */
+static const char *const pragma_with_value[] = {
+    "foreign_keys", "defer_foreign_keys", "recursive_triggers", "case_sensitive_like", "ignore_check_constraints",
+    "legacy_alter_table", "reverse_unordered_selects", "automatic_index", "secure_delete", "user_version",
+    "application_id", "optimize", "integrity_check", "quick_check", "table_info", "table_xinfo", "index_info",
+    "index_xinfo", "index_list", "foreign_key_list", "foreign_key_check", "cell_size_check", "analysis_limit",
+    "table_list", NULL};
+
+static int in_list(const char *const *list, const char *name)
+{
+    for (; *list != NULL; list++)
+        if (strcasecmp(*list, name) == 0)
+            return 1;
+    return 0;
+}
+
+static int authorize(void *arg, int op, const char *a, const char *b, const char *dbname, const char *trigger)
+{
+    struct agent_hrana_stream *s = arg;
+    (void)dbname;
+    (void)trigger;
+    if (!s->active)
+        return SQLITE_OK; /* Shoal's own statements */
+    switch (op) {
+    case SQLITE_ATTACH:
+        /* '' is a private temporary database: VACUUM attaches one itself */
+        return (a != NULL && a[0] == '\0') ? SQLITE_OK : SQLITE_DENY;
+    case SQLITE_DETACH:
+        return SQLITE_DENY;
+    case SQLITE_FUNCTION:
+        return (b != NULL && strcasecmp(b, "load_extension") == 0) ? SQLITE_DENY : SQLITE_OK;
+    case SQLITE_PRAGMA:
+        if (a == NULL || in_list(pragma_denied, a))
+            return SQLITE_DENY;
+        if (b != NULL && !in_list(pragma_with_value, a))
+            return SQLITE_DENY;
+        if (s->limits.read_only && b != NULL && strcasecmp(a, "foreign_keys") != 0 &&
+            strcasecmp(a, "integrity_check") != 0 && strcasecmp(a, "quick_check") != 0 && strncasecmp(a, "table_", 6) != 0 &&
+            strncasecmp(a, "index_", 6) != 0 && strncasecmp(a, "foreign_key_", 12) != 0)
+            return SQLITE_DENY;
+        return SQLITE_OK;
+    case SQLITE_CREATE_INDEX: case SQLITE_CREATE_TABLE: case SQLITE_CREATE_TEMP_INDEX: case SQLITE_CREATE_TEMP_TABLE:
+    case SQLITE_CREATE_TEMP_TRIGGER: case SQLITE_CREATE_TEMP_VIEW: case SQLITE_CREATE_TRIGGER: case SQLITE_CREATE_VIEW:
+    case SQLITE_DELETE: case SQLITE_DROP_INDEX: case SQLITE_DROP_TABLE: case SQLITE_DROP_TEMP_INDEX:
+    case SQLITE_DROP_TEMP_TABLE: case SQLITE_DROP_TEMP_TRIGGER: case SQLITE_DROP_TEMP_VIEW: case SQLITE_DROP_TRIGGER:
+    case SQLITE_DROP_VIEW: case SQLITE_INSERT: case SQLITE_UPDATE: case SQLITE_ALTER_TABLE: case SQLITE_REINDEX:
+    case SQLITE_ANALYZE: case SQLITE_CREATE_VTABLE: case SQLITE_DROP_VTABLE:
+        return s->limits.read_only ? SQLITE_DENY : SQLITE_OK;
+    default:
+        return SQLITE_OK;
+    }
+}
+
+void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_only)
+{
+    s->limits.read_only = read_only;
+}
+
 struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agent_hrana_limits *limits)
 {
     struct agent_hrana_stream *s = calloc(1, sizeof(*s));
@@ -78,6 +152,7 @@ struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agen
         s->limits = *limits;
     if (s->limits.stmt_timeout_ms > 0)
         sqlite3_progress_handler(db, 1000, on_progress, s);
+    sqlite3_set_authorizer(db, authorize, s);
     return s;
 }
 
@@ -87,6 +162,7 @@ void agent_hrana_stream_free(struct agent_hrana_stream *s)
         return;
     if (s->limits.stmt_timeout_ms > 0)
         sqlite3_progress_handler(s->db, 0, NULL, NULL);
+    sqlite3_set_authorizer(s->db, NULL, NULL);
     for (size_t i = 0; i < s->nstored; i++)
         free(s->stored[i].sql);
     free(s);
@@ -181,6 +257,9 @@ static json_t *sqlite_error(struct agent_hrana_stream *s, int at_prepare)
         return error_json("STMT_TIMEOUT", "statement exceeded the time limit of %lld ms",
                           (long long)s->limits.stmt_timeout_ms);
     int ext = sqlite3_extended_errcode(s->db);
+    /* a function the authorizer denies fails prepare with a plain SQLITE_ERROR */
+    if ((ext & 0xff) == SQLITE_ERROR && strncmp(sqlite3_errmsg(s->db), "not authorized", 14) == 0)
+        return error_json("SQLITE_AUTH", "SQLite error: %s", sqlite3_errmsg(s->db));
     if (at_prepare && (ext & 0xff) == SQLITE_ERROR)
         return error_json("SQL_PARSE_ERROR", "SQLite error: %s", sqlite3_errmsg(s->db));
     return error_json(sqlite_code_name(ext), "SQLite error: %s", sqlite3_errmsg(s->db));
@@ -405,6 +484,25 @@ static int starts_with_keyword(const char *sql, const char *kw)
 
 /* Prepares exactly one statement. Returns API_OK with *ST set, or API_OK
  * with *ST NULL and *INBAND set (an SQL error), or a protocol error. */
+/* 1 if SQL is "VACUUM ... INTO ...": it writes a copy of the database to
+ * any path, and VACUUM never reaches the authorizer. */
+static int is_vacuum_into(const char *sql, size_t len)
+{
+    char buf[512];
+    size_t n = len < sizeof(buf) - 1 ? len : sizeof(buf) - 1;
+    if (!starts_with_keyword(sql, "vacuum"))
+        return 0;
+    memcpy(buf, sql, n);
+    buf[n] = '\0';
+    for (char *p = buf; (p = strcasestr(p, "into")) != NULL; p += 4) {
+        int before = p == buf || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+        int after = !(isalnum((unsigned char)p[4]) || p[4] == '_');
+        if (before && after)
+            return 1;
+    }
+    return len >= sizeof(buf); /* too long to look at: refuse */
+}
+
 static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_stmt **st, json_t **inband)
 {
     const char *tail = NULL;
@@ -420,6 +518,12 @@ static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_st
     }
     if (*st == NULL) {
         *inband = error_json("SQL_NO_STATEMENT", "SQL string does not contain any statement");
+        return API_OK;
+    }
+    if (is_vacuum_into(sql, (size_t)(tail - sql))) {
+        sqlite3_finalize(*st);
+        *st = NULL;
+        *inband = error_json("SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
         return API_OK;
     }
     if (tail != NULL && *tail != '\0') {
@@ -703,6 +807,10 @@ static json_t *execute_sequence(struct agent_hrana_stream *s, const char *sql, s
         }
         if (st == NULL)
             break; /* only white space or comments left */
+        if (is_vacuum_into(p, (size_t)(tail - p))) {
+            sqlite3_finalize(st);
+            return error_json("SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
+        }
         int rc;
         s->deadline_ms = s->limits.stmt_timeout_ms > 0 ? now_ms() + s->limits.stmt_timeout_ms : 0;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -857,16 +965,19 @@ int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, in
     if ((arr = json_array()) == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     s->response_bytes = 0;
+    s->active = 1;
     for (size_t i = 0; i < json_array_size(requests); i++) {
         json_t *one = NULL;
         int rc = execute_one(s, json_array_get(requests, i), version, &one, out, err);
         if (rc != API_OK) {
+            s->active = 0;
             json_decref(arr);
             out->in_txn = !sqlite3_get_autocommit(s->db);
             return rc;
         }
         json_array_append_new(arr, one);
     }
+    s->active = 0;
     out->in_txn = !sqlite3_get_autocommit(s->db);
     *results = arr;
     return API_OK;

@@ -29,6 +29,7 @@ struct agent_hrana_stream;
 struct agent_hrana_limits {
     int64_t stmt_timeout_ms;    /* per statement (progress handler); 0 = none */
     size_t max_response_bytes;  /* approximate cap on returned row data; 0 = none */
+    int read_only;              /* refuse every write (the authorizer; the caller also sets query_only) */
 };
 
 /* What one pipeline did, for the caller's bookkeeping (positions, metrics). */
@@ -43,6 +44,10 @@ struct agent_hrana_outcome {
 /* A stream over DB (borrowed; must outlive the stream). Returns NULL on OOM. */
 struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agent_hrana_limits *limits);
 void agent_hrana_stream_free(struct agent_hrana_stream *s);
+
+/* Switches a stream between read-only and read-write (per request: the
+ * token that sent it decides). */
+void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_only);
 
 /* Runs REQUESTS (the JSON array of a pipeline body) in order and sets
  * *RESULTS to a new JSON array of StreamResult objects, one per request

@@ -381,6 +381,79 @@ static void transactions_stay_open_across_requests_of_a_stream(void **state)
     protocol_error(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}}]", "after the stream was closed");
 }
 
+static const char *code_of(json_t *res, size_t i)
+{
+    return json_string_value(json_object_get(json_object_get(json_array_get(res, i), "error"), "code"));
+}
+
+static void sql_cannot_leave_its_tenant(void **state)
+{
+    struct fx *f = *state;
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"ATTACH '/tmp/other.db' AS o\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"DETACH main\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select load_extension('/tmp/x.so')\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"VACUUM INTO '/tmp/copy.db'\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"vacuum main  into '/tmp/copy.db'\"}},"
+        "{\"type\":\"sequence\",\"sql\":\"select 1; VACUUM INTO '/tmp/copy2.db';\"},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA journal_mode=DELETE\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA locking_mode=EXCLUSIVE\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA database_list\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA temp_store_directory='/tmp'\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA synchronous=OFF\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA query_only=0\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA writable_schema=1\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA wal_checkpoint(TRUNCATE)\"}}]");
+    for (size_t i = 0; i < 14; i++) {
+        const char *code = code_of(res, i);
+        if (code == NULL || strcmp(code, "SQLITE_AUTH") != 0)
+            fail_msg("request %zu: code %s, wanted SQLITE_AUTH", i, code ? code : "(none: it ran)");
+    }
+    json_decref(res);
+    /* what applications need still works */
+    res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA foreign_keys=off\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA foreign_keys\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table p(a)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA table_info(p)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA user_version=7\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA journal_mode\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"VACUUM\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 'vacuum into' as v\"}}]");
+    for (size_t i = 0; i < 8; i++)
+        if (code_of(res, i) != NULL)
+            fail_msg("request %zu failed with %s", i, code_of(res, i));
+    json_decref(res);
+}
+
+static void read_only_streams_refuse_every_write(void **state)
+{
+    struct fx *f = *state;
+    json_decref(run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table r(a)\"}},"
+                          "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (1)\"}}]"));
+    agent_hrana_stream_set_read_only(f->s, 1);
+    json_t *res = run(f, 2,
+        "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (2)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"update r set a = 3\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"delete from r\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"drop table r\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table r2(a)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"create temp table t2(a)\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA user_version=9\"}},"
+        "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select count(*) from r\"}}]");
+    for (size_t i = 0; i < 7; i++) {
+        const char *code = code_of(res, i);
+        if (code == NULL || strcmp(code, "SQLITE_AUTH") != 0)
+            fail_msg("request %zu: code %s, wanted SQLITE_AUTH", i, code ? code : "(none: it ran)");
+    }
+    assert_json(json_object_get(RESULT(res, 7), "rows"), "[[{\"type\":\"integer\",\"value\":\"1\"}]]");
+    json_decref(res);
+    agent_hrana_stream_set_read_only(f->s, 0);
+    res = run(f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (2)\"}}]");
+    assert_null(code_of(res, 0));
+    json_decref(res);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -401,6 +474,8 @@ int main(void)
         T(long_statements_time_out_and_the_connection_stays_usable),
         T(large_responses_are_cut_with_an_error),
         T(transactions_stay_open_across_requests_of_a_stream),
+        T(sql_cannot_leave_its_tenant),
+        T(read_only_streams_refuse_every_write),
     };
     return cmocka_run_group_tests_name("hrana", tests, NULL, NULL);
 }
