@@ -258,8 +258,9 @@ static json_t *sqlite_error(struct agent_hrana_stream *s, int at_prepare)
                           (long long)s->limits.stmt_timeout_ms);
     int ext = sqlite3_extended_errcode(s->db);
     /* a function the authorizer denies fails prepare with a plain SQLITE_ERROR */
-    if ((ext & 0xff) == SQLITE_ERROR && strncmp(sqlite3_errmsg(s->db), "not authorized", 14) == 0)
-        return error_json("SQLITE_AUTH", "SQLite error: %s", sqlite3_errmsg(s->db));
+    if (((ext & 0xff) == SQLITE_ERROR || ext == SQLITE_AUTH) && strncmp(sqlite3_errmsg(s->db), "not authorized", 14) == 0)
+        return error_json("SQLITE_AUTH", "SQLite error: %s%s", sqlite3_errmsg(s->db),
+                          s->limits.read_only ? " (this token is read-only)" : " (not allowed on a Shoal tenant)");
     if (at_prepare && (ext & 0xff) == SQLITE_ERROR)
         return error_json("SQL_PARSE_ERROR", "SQLite error: %s", sqlite3_errmsg(s->db));
     return error_json(sqlite_code_name(ext), "SQLite error: %s", sqlite3_errmsg(s->db));

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "api/flags.h"
 #include "api/http.h"
@@ -80,6 +81,19 @@ int main(int argc, char **argv)
         log_set_component(comp);
     }
     signal(SIGPIPE, SIG_IGN);
+    {
+        /* Thousands of tenants: up to --max-open databases (each a file, a
+         * WAL and a shared-memory file) plus sockets. Take the hard limit. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                log_warn("cannot raise the open-file limit to %llu", (unsigned long long)rl.rlim_max);
+        }
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(cfg.max_open * 3 + 256))
+            log_warn("open-file limit %llu is low for --max-open %zu (each open tenant needs up to 3 files)",
+                     (unsigned long long)rl.rlim_cur, cfg.max_open);
+    }
     if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
         fprintf(stderr, "shoal-agent: %s\n", err.msg);
         return 1;

@@ -77,7 +77,8 @@ is "read back through the router" "ann,bob" "$(body_of "$r" | jq -r '[.results[0
 r=$(admin POST /v1/tenants/acme/tokens '{"access":"ro"}')
 RO=$(body_of "$r" | jq -r .token)
 r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$RO" '{"requests":[{"type":"execute","stmt":{"sql":"insert into t(name) values (1)"}},{"type":"close"}]}')
-like "ro token cannot write (in-band error)" 'READONLY|readonly' "$(body_of "$r" | jq -r '.results[0].error.code + " " + .results[0].error.message')"
+is "ro token cannot write (in-band SQLITE_AUTH saying why)" "SQLITE_AUTH SQLite error: not authorized (this token is read-only)" \
+   "$(body_of "$r" | jq -r '.results[0].error.code + " " + .results[0].error.message')"
 r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$RO" "$SELECT")
 is "ro token can read" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
 
@@ -135,6 +136,13 @@ r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" '{"requests":')
 is "agent: broken pipeline JSON is 400" 400 "$(status_of "$r")"
 r=$(pipeline "$AGENT_URL_n2/v2/pipeline" "$TOKEN" "$SELECT")
 is "agent: tenant from the token claim when the path has none" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+
+for sql in "ATTACH '/etc/passwd' AS p" "VACUUM INTO '/tmp/stolen.db'" "PRAGMA database_list" "PRAGMA journal_mode=DELETE" "select load_extension('/tmp/x')"; do
+    body=$(jq -cn --arg s "$sql" '{requests:[{type:"execute",stmt:{sql:$s}},{type:"close"}]}')
+    r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$TOKEN" "$body")
+    is "SQL cannot leave its tenant: ${sql:0:24}" "200 SQLITE_AUTH" "$(status_of "$r") $(body_of "$r" | jq -r '.results[0].error.code')"
+done
+[ ! -e /tmp/stolen.db ] && ok "VACUUM INTO wrote no file" || not_ok "VACUUM INTO wrote no file"
 
 # --- delete -----------------------------------------------------------------------
 r=$(admin DELETE /v1/tenants/acme)
