@@ -52,6 +52,7 @@ struct local_tenant {
 struct route_ctx {
     struct agent *a;
     int version;
+    int cursor; /* /v3/cursor: a batch in, newline-delimited entries out */
 };
 
 struct agent {
@@ -66,7 +67,7 @@ struct agent {
     struct api_workq *workers;
     struct api_server *server;
     struct agent_streams *streams;
-    struct route_ctx v2, v3;
+    struct route_ctx v2, v3, cursor;
 
     pthread_t controller;
     int controller_started;
@@ -402,6 +403,7 @@ struct pipeline_job {
     struct api_pending *pending;
     char tenant[API_NAME_MAX];
     int version;
+    int cursor;
     int read_only;
     char *body;
     size_t body_len;
@@ -454,9 +456,13 @@ static void pipeline_job(void *arg)
                     doc == NULL ? jerr.text : "wrong type");
         goto fail;
     }
-    requests = json_object_get(doc, "requests");
+    requests = json_object_get(doc, j->cursor ? "batch" : "requests");
     baton = json_object_get(doc, "baton");
-    if (!json_is_array(requests)) {
+    if (j->cursor && !json_is_object(requests)) {
+        api_err_set(&err, API_EINVAL, "cursor body needs a \"batch\" object");
+        goto fail;
+    }
+    if (!j->cursor && !json_is_array(requests)) {
         api_err_set(&err, API_EINVAL, "pipeline body needs a \"requests\" array");
         goto fail;
     }
@@ -470,7 +476,7 @@ static void pipeline_job(void *arg)
             goto fail;
         db = agent_stream_db(st);
         hs = agent_stream_hrana(st);
-    } else if (ends_with_close(requests)) {
+    } else if (!j->cursor && ends_with_close(requests)) {
         if (agent_store_conn(a->store, j->tenant, &db, &err) != API_OK)
             goto fail;
         if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
@@ -495,7 +501,10 @@ static void pipeline_job(void *arg)
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=1");
     memset(&outcome, 0, sizeof(outcome));
-    rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
+    if (j->cursor)
+        rc = agent_hrana_cursor(hs, requests, j->version, &results, &outcome, &err);
+    else
+        rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=0");
     if (st != NULL) {
@@ -511,6 +520,46 @@ static void pipeline_job(void *arg)
     if (rc != API_OK)
         goto fail;
     atomic_fetch_add(&a->pipelines, 1);
+    if (j->cursor) {
+        /* text/plain, one JSON object per line: the baton line, then entries */
+        json_t *head = json_pack("{s:o,s:n}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
+                                 "base_url");
+        char *line = json_dumps(head, JSON_COMPACT);
+        size_t cap = 256, len = 0;
+        char *body = malloc(cap);
+        json_decref(head);
+        for (size_t i = 0; line != NULL && body != NULL; i++) {
+            size_t n = strlen(line);
+            if (len + n + 2 > cap) {
+                while (len + n + 2 > cap)
+                    cap *= 2;
+                char *nb = realloc(body, cap);
+                if (nb == NULL) {
+                    free(body);
+                    body = NULL;
+                    break;
+                }
+                body = nb;
+            }
+            memcpy(body + len, line, n);
+            len += n;
+            body[len++] = '\n';
+            free(line);
+            line = i < json_array_size(results) ? json_dumps(json_array_get(results, i), JSON_COMPACT) : NULL;
+        }
+        free(line);
+        json_decref(results);
+        struct api_resp *resp = api_resp_new(200);
+        if (resp != NULL && body != NULL)
+            api_resp_set_body(resp, "text/plain", body, len);
+        free(body);
+        api_pending_finish(j->pending, resp);
+        json_decref(doc);
+        free(j->body);
+        free(j->token);
+        free(j);
+        return;
+    }
     {
         struct api_resp *resp = api_resp_new(200);
         json_t *out = json_pack("{s:o,s:n,s:o}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
@@ -687,6 +736,7 @@ static void on_pipeline(struct api_req *r, void *ud)
         }
         j->a = a;
         j->version = rc->version;
+        j->cursor = rc->cursor;
         /* ro tokens read only; and a primary that could have lost its
          * session stops writing but keeps serving reads. */
         j->read_only = auth.claims.access == API_ACCESS_RO || !agent_session_writable(a->session);
@@ -856,6 +906,8 @@ static int add_routes(struct agent *a, struct api_err *err)
         rc |= api_server_route(a->server, "POST", p, on_pipeline, &a->v2);
         snprintf(p, sizeof(p), "%s/v3/pipeline", prefixes[i]);
         rc |= api_server_route(a->server, "POST", p, on_pipeline, &a->v3);
+        snprintf(p, sizeof(p), "%s/v3/cursor", prefixes[i]);
+        rc |= api_server_route(a->server, "POST", p, on_pipeline, &a->cursor);
         snprintf(p, sizeof(p), "%s/v2", prefixes[i]);
         rc |= api_server_route(a->server, "GET", p, on_version_probe, a);
         snprintf(p, sizeof(p), "%s/v3", prefixes[i]);
@@ -880,9 +932,11 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         return api_err_set(err, API_ENOMEM, "out of memory");
     a->cfg = *cfg;
     a->lock_fd = -1;
-    a->v2.a = a->v3.a = a;
+    a->v2.a = a->v3.a = a->cursor.a = a;
     a->v2.version = 2;
     a->v3.version = 3;
+    a->cursor.version = 3;
+    a->cursor.cursor = 1;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     a->local = api_map_new();

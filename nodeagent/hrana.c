@@ -983,3 +983,43 @@ int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, in
     *results = arr;
     return API_OK;
 }
+
+int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
+                       struct agent_hrana_outcome *out, struct api_err *err)
+{
+    json_t *result = NULL, *arr;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    s->response_bytes = 0;
+    s->active = 1;
+    rc = execute_batch(s, batch, version, &result, out, err);
+    s->active = 0;
+    out->in_txn = !sqlite3_get_autocommit(s->db);
+    if (rc != API_OK)
+        return rc;
+    /* The cursor is the batch result spelled out entry by entry. It is built
+     * in memory (bounded by the response cap), not streamed row by row. */
+    arr = json_array();
+    json_t *results = json_object_get(result, "step_results"), *errors = json_object_get(result, "step_errors");
+    for (size_t i = 0; i < json_array_size(results); i++) {
+        json_t *r = json_array_get(results, i), *e = json_array_get(errors, i);
+        if (json_is_object(e)) {
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:O}", "type", "step_error", "step", (json_int_t)i, "error", e));
+            continue;
+        }
+        if (!json_is_object(r))
+            continue; /* skipped */
+        json_array_append_new(arr, json_pack("{s:s,s:I,s:O}", "type", "step_begin", "step", (json_int_t)i, "cols",
+                                             json_object_get(r, "cols")));
+        json_t *rows = json_object_get(r, "rows");
+        for (size_t k = 0; k < json_array_size(rows); k++)
+            json_array_append_new(arr, json_pack("{s:s,s:O}", "type", "row", "row", json_array_get(rows, k)));
+        json_array_append_new(arr, json_pack("{s:s,s:O,s:O}", "type", "step_end", "affected_row_count",
+                                             json_object_get(r, "affected_row_count"), "last_insert_rowid",
+                                             json_object_get(r, "last_insert_rowid")));
+    }
+    json_decref(result);
+    *entries = arr;
+    return API_OK;
+}

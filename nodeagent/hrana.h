@@ -60,6 +60,14 @@ void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_onl
 int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, int version, json_t **results,
                         struct agent_hrana_outcome *out, struct api_err *err);
 
+/* Runs BATCH (a Hrana Batch object) for /v3/cursor and sets *ENTRIES to a
+ * new JSON array of cursor entries in order: for each executed step
+ * step_begin {step, cols}, one row entry {row} per row, and step_end
+ * {affected_row_count, last_insert_rowid}; or step_error {step, error}.
+ * Skipped steps produce nothing. Protocol errors as agent_hrana_execute. */
+int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
+                       struct agent_hrana_outcome *out, struct api_err *err);
+
 /* JSON for one SQLite value as Hrana encodes it (new reference). Exposed for tests. */
 json_t *agent_hrana_value_to_json(sqlite3_value *v);
 

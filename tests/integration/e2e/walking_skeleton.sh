@@ -137,6 +137,19 @@ is "agent: broken pipeline JSON is 400" 400 "$(status_of "$r")"
 r=$(pipeline "$AGENT_URL_n2/v2/pipeline" "$TOKEN" "$SELECT")
 is "agent: tenant from the token claim when the path has none" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
 
+# /v3/cursor: newline-delimited entries, then the stream it opened is closed with its baton
+CURSOR='{"baton":null,"batch":{"steps":[{"stmt":{"sql":"select name from t order by id"}},{"stmt":{"sql":"select nope"}},{"condition":{"type":"ok","step":1},"stmt":{"sql":"select 3"}}]}}'
+s=$(curl -sS -o "$T_DIR/cursor" -w '%{http_code} %{content_type}' -X POST -H "Authorization: Bearer $TOKEN" --data-binary "$CURSOR" "$ROUTER_URL/t/acme/v3/cursor")
+is "cursor: 200 text/plain" "200 text/plain" "$s"
+is "cursor: entry types in order" "step_begin row row step_end step_error" "$(tail -n +2 "$T_DIR/cursor" | jq -r .type | tr '\n' ' ' | sed 's/ $//')"
+is "cursor: rows carry values" "ann bob" "$(tail -n +2 "$T_DIR/cursor" | jq -r 'select(.type=="row") | .row[0].value' | tr '\n' ' ' | sed 's/ $//')"
+cbaton=$(head -n1 "$T_DIR/cursor" | jq -r .baton)
+like "cursor: first line carries a baton naming the node" '^n2\.' "$cbaton"
+r=$(pipeline "$ROUTER_URL/t/acme/v3/pipeline" "$TOKEN" "$(jq -cn --arg b "$cbaton" '{baton:$b,requests:[{type:"close"}]}')")
+is "cursor's stream closes through the router with its baton" "200 null" "$(status_of "$r") $(body_of "$r" | jq -r .baton)"
+r=$(pipeline "$ROUTER_URL/t/acme/v3/pipeline" "$TOKEN" "$(jq -cn --arg b "$cbaton" '{baton:$b,requests:[{type:"close"}]}')")
+is "a used baton is refused" "400 INVALID_BATON" "$(status_of "$r") $(body_of "$r" | jq -r .code)"
+
 for sql in "ATTACH '/etc/passwd' AS p" "VACUUM INTO '/tmp/stolen.db'" "PRAGMA database_list" "PRAGMA journal_mode=DELETE" "select load_extension('/tmp/x')"; do
     body=$(jq -cn --arg s "$sql" '{requests:[{type:"execute",stmt:{sql:$s}},{type:"close"}]}')
     r=$(pipeline "$ROUTER_URL/t/acme/v2/pipeline" "$TOKEN" "$body")
