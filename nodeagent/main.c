@@ -1,23 +1,17 @@
 /* shoal-agent: flags → agent_config → agent_run. See nodeagent/agent.h. */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 
+#include "api/daemon.h"
 #include "api/flags.h"
-#include "api/http.h"
 #include "api/log.h"
 #include "api/names.h"
-#include "api/token.h"
 #include "nodeagent/agent.h"
 
-static struct agent *g_agent;
-
-static void on_signal(int sig)
+static void stop(void *agent)
 {
-    (void)sig;
-    if (g_agent != NULL)
-        agent_stop(g_agent);
+    agent_stop(agent);
 }
 
 int main(int argc, char **argv)
@@ -51,12 +45,6 @@ int main(int argc, char **argv)
     if ((rc = api_flags_parse(argc, argv, "shoal-agent", "Hosts tenant SQLite databases and serves them over Hrana.",
                               flags)) >= 0)
         return rc;
-    enum log_level lvl;
-    if (log_parse_level(log_level, &lvl) != 0) {
-        fprintf(stderr, "shoal-agent: --log-level must be debug, info, warn or error\n");
-        return 2;
-    }
-    log_threshold = lvl;
     if (api_node_name_check(cfg.node, strlen(cfg.node), &err) != API_OK ||
         api_region_check(cfg.region, strlen(cfg.region), &err) != API_OK) {
         fprintf(stderr, "shoal-agent: %s\n", err.msg);
@@ -75,12 +63,10 @@ int main(int argc, char **argv)
         snprintf(data_dir, sizeof(data_dir), "./data/%s", cfg.node);
         cfg.data_dir = data_dir;
     }
-    {
-        char comp[80];
-        snprintf(comp, sizeof(comp), "agent %s", cfg.node);
-        log_set_component(comp);
-    }
-    signal(SIGPIPE, SIG_IGN);
+    char comp[80];
+    snprintf(comp, sizeof(comp), "agent %s", cfg.node);
+    if ((rc = api_daemon_init("shoal-agent", comp, log_level)) >= 0)
+        return rc;
     {
         /* Thousands of tenants: up to --max-open databases (each a file, a
          * WAL and a shared-memory file) plus sockets. Take the hard limit. */
@@ -94,25 +80,16 @@ int main(int argc, char **argv)
             log_warn("open-file limit %llu is low for --max-open %zu (each open tenant needs up to 3 files)",
                      (unsigned long long)rl.rlim_cur, cfg.max_open);
     }
-    if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
-        fprintf(stderr, "shoal-agent: %s\n", err.msg);
-        return 1;
-    }
-    if (agent_new(&cfg, &g_agent, &err) != API_OK) {
+    struct agent *agent;
+    if (agent_new(&cfg, &agent, &err) != API_OK) {
         log_error("cannot start: %s", err.msg);
-        api_http_global_cleanup();
+        api_daemon_fini();
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    agent_run(g_agent);
+    api_daemon_on_stop(stop, agent);
+    agent_run(agent);
     log_info("stopping");
-    agent_free(g_agent);
-    g_agent = NULL;
-    api_http_global_cleanup();
+    agent_free(agent); /* before api_daemon_fini: it ends libcurl */
+    api_daemon_fini();
     return 0;
 }

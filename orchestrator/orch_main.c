@@ -1,21 +1,15 @@
 /* shoal-orchestrator: flags → orch_config → orch_run. See orchestrator/orch.h. */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "api/daemon.h"
 #include "api/flags.h"
-#include "api/http.h"
 #include "api/log.h"
-#include "api/token.h"
 #include "orchestrator/orch.h"
 
-static struct orch *g_orch;
-
-static void on_signal(int sig)
+static void stop(void *daemon)
 {
-    (void)sig;
-    if (g_orch != NULL)
-        orch_stop(g_orch);
+    orch_stop(daemon);
 }
 
 int main(int argc, char **argv)
@@ -41,34 +35,23 @@ int main(int argc, char **argv)
     if ((rc = api_flags_parse(argc, argv, "shoal-orchestrator", "Admin API and control loops of a Shoal cluster.",
                               flags)) >= 0)
         return rc;
-    enum log_level lvl;
-    if (log_parse_level(log_level, &lvl) != 0 || workers < 1 || workers > 256 || cfg.create_wait_ms < 0) {
+    if (workers < 1 || workers > 256 || cfg.create_wait_ms < 0) {
         fprintf(stderr, "shoal-orchestrator: bad flag value (see --help)\n");
         return 2;
     }
-    log_threshold = lvl;
     cfg.workers = (size_t)workers;
-    log_set_component("orchestrator");
-    signal(SIGPIPE, SIG_IGN);
-    if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
-        fprintf(stderr, "shoal-orchestrator: %s\n", err.msg);
-        return 1;
-    }
-    if (orch_new(&cfg, &g_orch, &err) != API_OK) {
+    if ((rc = api_daemon_init("shoal-orchestrator", "orchestrator", log_level)) >= 0)
+        return rc;
+    struct orch *o;
+    if (orch_new(&cfg, &o, &err) != API_OK) {
         log_error("cannot start: %s", err.msg);
-        api_http_global_cleanup();
+        api_daemon_fini();
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    orch_run(g_orch);
+    api_daemon_on_stop(stop, o);
+    orch_run(o);
     log_info("stopping");
-    orch_free(g_orch);
-    g_orch = NULL;
-    api_http_global_cleanup();
+    orch_free(o); /* before api_daemon_fini: it ends libcurl */
+    api_daemon_fini();
     return 0;
 }

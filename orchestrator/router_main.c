@@ -1,22 +1,16 @@
 /* shoal-router: flags → orch_router_config → run. See orchestrator/router.h. */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "api/daemon.h"
 #include "api/flags.h"
-#include "api/http.h"
 #include "api/log.h"
 #include "api/names.h"
-#include "api/token.h"
 #include "orchestrator/router.h"
 
-static struct orch_router *g_router;
-
-static void on_signal(int sig)
+static void stop(void *daemon)
 {
-    (void)sig;
-    if (g_router != NULL)
-        orch_router_stop(g_router);
+    orch_router_stop(daemon);
 }
 
 int main(int argc, char **argv)
@@ -44,35 +38,24 @@ int main(int argc, char **argv)
     if ((rc = api_flags_parse(argc, argv, "shoal-router", "Edge router: sends tenant requests to the right agent.",
                               flags)) >= 0)
         return rc;
-    enum log_level lvl;
-    if (log_parse_level(log_level, &lvl) != 0 || workers < 1 || workers > 256 ||
+    if (workers < 1 || workers > 256 ||
         api_region_check(cfg.region, strlen(cfg.region), &err) != API_OK) {
         fprintf(stderr, "shoal-router: bad flag value (see --help)\n");
         return 2;
     }
-    log_threshold = lvl;
     cfg.workers = (size_t)workers;
-    log_set_component("router");
-    signal(SIGPIPE, SIG_IGN);
-    if (api_token_init(&err) != API_OK || api_http_global_init(&err) != API_OK) {
-        fprintf(stderr, "shoal-router: %s\n", err.msg);
-        return 1;
-    }
-    if (orch_router_new(&cfg, &g_router, &err) != API_OK) {
+    if ((rc = api_daemon_init("shoal-router", "router", log_level)) >= 0)
+        return rc;
+    struct orch_router *o;
+    if (orch_router_new(&cfg, &o, &err) != API_OK) {
         log_error("cannot start: %s", err.msg);
-        api_http_global_cleanup();
+        api_daemon_fini();
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    orch_router_run(g_router);
+    api_daemon_on_stop(stop, o);
+    orch_router_run(o);
     log_info("stopping");
-    orch_router_free(g_router);
-    g_router = NULL;
-    api_http_global_cleanup();
+    orch_router_free(o); /* before api_daemon_fini: it ends libcurl */
+    api_daemon_fini();
     return 0;
 }
