@@ -158,7 +158,8 @@ static int assigned_here(const struct api_cluster_tenant *t, const char *node)
     return 0;
 }
 
-/* Brings tenant ID on this node in line with its record. Controller thread. */
+/* Brings tenant ID on this node in line with its record. Runs on the
+ * tenant's worker (one converge of a tenant at a time). */
 static void converge(struct agent *a, const char *id)
 {
     struct api_cluster_tenant t;
@@ -201,7 +202,10 @@ static void converge(struct agent *a, const char *id)
             return;
         }
     }
-    if (!lt->file_ready) {
+    /* A replica's file is created when it first receives data; until
+     * replication exists that means only the primary needs one now, which
+     * keeps tenant creation to one file instead of one per instance. */
+    if (!lt->file_ready && strcmp(t.primary, a->cfg.node) == 0) {
         if (agent_store_create(a->store, id, &err) != API_OK) {
             log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
             return;
@@ -250,6 +254,18 @@ static void converge(struct agent *a, const char *id)
     pthread_mutex_unlock(&a->mu);
     atomic_fetch_add(&a->lease_acquisitions, 1);
     log_info("lease acquired tenant=%s epoch=%lld", id, (long long)epoch);
+}
+
+struct converge_job {
+    struct agent *a;
+    char id[API_NAME_MAX];
+};
+
+static void converge_job(void *arg)
+{
+    struct converge_job *j = arg;
+    converge(j->a, j->id);
+    free(j);
 }
 
 struct id_list {
@@ -386,8 +402,17 @@ static void *controller_main(void *arg)
                     id_list_add(&todo, page[i].id);
             free(page);
         }
-        for (size_t i = 0; i < todo.n; i++)
-            converge(a, todo.ids[i]);
+        /* Each tenant converges on its own worker: tenants proceed in
+         * parallel, one tenant's steps stay in order, and only that worker
+         * ever frees the tenant's local state. */
+        for (size_t i = 0; i < todo.n; i++) {
+            struct converge_job *j = malloc(sizeof(*j));
+            if (j == NULL)
+                continue;
+            j->a = a;
+            snprintf(j->id, sizeof(j->id), "%s", todo.ids[i]);
+            api_workq_submit(a->workers, tenant_key(j->id), converge_job, j);
+        }
         free(todo.ids);
         pthread_mutex_lock(&a->mu);
     }
@@ -818,7 +843,8 @@ static void on_tenant_status(struct api_req *r, void *ud)
     agent_store_path(a->store, auth.tenant, path, sizeof(path));
     json_int_t bytes = stat(path, &st) == 0 ? (json_int_t)st.st_size : 0;
     const char *role = holding ? "primary" : assigned ? "replica" : "none";
-    const char *state = !file_ready ? "missing" : holding ? "serving" : "empty";
+    /* a replica without a file simply has no data yet: replication fills it */
+    const char *state = holding ? "serving" : (assigned || file_ready) ? "empty" : "missing";
     api_reply_json(r, 200,
                    json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:n,s:n}", "tenant", auth.tenant, "node", a->cfg.node,
                              "region", a->cfg.region, "role", role, "state", state, "epoch", (json_int_t)epoch,
@@ -1009,8 +1035,9 @@ void agent_free(struct agent *a)
         pthread_mutex_unlock(&a->mu);
         pthread_join(a->controller, NULL);
     }
-    api_cluster_close(a->view);
+    /* Workers first: queued converge jobs still read the cluster view. */
     api_workq_free(a->workers); /* finishes queued work; its replies reach the loop below */
+    api_cluster_close(a->view);
     agent_streams_free(a->streams);
     /* Revoking the session drops every tenant key this node holds in one
      * etcd revision, so successors can take over at once. */
