@@ -2,6 +2,7 @@
 #include "api/dataplane.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -105,4 +106,16 @@ struct api_resp *api_dp_error_resp(const struct api_err *err)
         return NULL;
     }
     return resp;
+}
+
+struct api_resp *api_dp_error_respf(int code, const char *fmt, ...)
+{
+    struct api_err err;
+    va_list ap;
+
+    err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
+    va_end(ap);
+    return api_dp_error_resp(&err);
 }

@@ -37,5 +37,7 @@ int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_
  * plus Hrana's top-level "message" and "code", so @libsql/client reports the
  * message and code instead of a bare "HTTP 4xx". Never NULL except on OOM. */
 struct api_resp *api_dp_error_resp(const struct api_err *err);
+/* The same for CODE and a printf-style message. */
+struct api_resp *api_dp_error_respf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

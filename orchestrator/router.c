@@ -286,18 +286,6 @@ static struct api_resp *relay(const struct api_http_resp *up)
     return resp;
 }
 
-static struct api_resp *error_resp(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static struct api_resp *error_resp(int code, const char *fmt, ...)
-{
-    struct api_err err;
-    va_list ap;
-    err.code = code;
-    va_start(ap, fmt);
-    vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
-    va_end(ap);
-    return api_dp_error_resp(&err);
-}
-
 static void fwd_job_run(void *arg)
 {
     struct fwd_job *j = arg;
@@ -306,7 +294,7 @@ static void fwd_job_run(void *arg)
     struct api_resp *resp = NULL;
 
     if (tl_http == NULL && (tl_http = api_http_client_new()) == NULL) {
-        api_pending_finish(j->pending, error_resp(API_ENOMEM, "out of memory"));
+        api_pending_finish(j->pending, api_dp_error_respf(API_ENOMEM, "out of memory"));
         fwd_job_free(j);
         return;
     }
@@ -332,7 +320,7 @@ static void fwd_job_run(void *arg)
             rc = api_http_do(tl_http, &rq, &up, &err); /* an idempotent read is retried once */
         if (rc != API_OK) {
             atomic_fetch_add(&r->upstream_errors, 1);
-            resp = error_resp(API_EUPSTREAM, "tenant '%s': node '%s' did not answer: %s", j->tenant, j->node,
+            resp = api_dp_error_respf(API_EUPSTREAM, "tenant '%s': node '%s' did not answer: %s", j->tenant, j->node,
                               err.msg);
             break;
         }
@@ -346,19 +334,19 @@ static void fwd_job_run(void *arg)
         struct orch_replay rp;
         char node[API_NAME_MAX], nurl[API_URL_MAX];
         if (orch_replay_parse(replay, &rp) != 0) {
-            resp = error_resp(API_EUPSTREAM, "node '%s' answered a malformed fly-replay '%.100s'", j->node, replay);
+            resp = api_dp_error_respf(API_EUPSTREAM, "node '%s' answered a malformed fly-replay '%.100s'", j->node, replay);
             api_http_resp_fini(&up);
             break;
         }
         if (hop >= ROUTER_MAX_HOPS) {
             atomic_fetch_add(&r->replay_loops, 1);
-            resp = error_resp(API_EREPLAYLOOP, "tenant '%s': more than %d replays (last from node '%s')", j->tenant,
+            resp = api_dp_error_respf(API_EREPLAYLOOP, "tenant '%s': more than %d replays (last from node '%s')", j->tenant,
                               ROUTER_MAX_HOPS, j->node);
             api_http_resp_fini(&up);
             break;
         }
         if (j->body_len > r->cfg.replay_max_body) {
-            resp = error_resp(API_ETOOLARGE, "a replayed request body is limited to %zu bytes (this one has %zu)",
+            resp = api_dp_error_respf(API_ETOOLARGE, "a replayed request body is limited to %zu bytes (this one has %zu)",
                               r->cfg.replay_max_body, j->body_len);
             api_http_resp_fini(&up);
             break;
@@ -369,7 +357,7 @@ static void fwd_job_run(void *arg)
                 if (resp != NULL)
                     api_resp_add_header(resp, "fly-replay-failed", "reason=no_candidate");
             } else {
-                resp = error_resp(API_EUPSTREAM, "tenant '%s': no instance matches fly-replay '%.100s'", j->tenant,
+                resp = api_dp_error_respf(API_EUPSTREAM, "tenant '%s': no instance matches fly-replay '%.100s'", j->tenant,
                                   replay);
             }
             api_http_resp_fini(&up);
@@ -406,17 +394,7 @@ static int baton_node(const char *body, size_t len, char *node)
     return ok;
 }
 
-static void reply_dp(struct api_req *req, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void reply_dp(struct api_req *req, int code, const char *fmt, ...)
-{
-    struct api_err err;
-    va_list ap;
-    err.code = code;
-    va_start(ap, fmt);
-    vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
-    va_end(ap);
-    api_reply_resp(req, api_dp_error_resp(&err));
-}
+#define reply_dp(req, ...) api_reply_resp((req), api_dp_error_respf(__VA_ARGS__))
 
 static void on_data(struct api_req *req, void *ud)
 {
