@@ -43,6 +43,7 @@
     X(API_ENOTPRIMARY, "not_primary", 503)                         \
     X(API_EETCD, "etcd_unavailable", 503)                          \
     X(API_ETIMEOUT, "timeout", 504)                                \
+    X(API_EQUORUM, "quorum_timeout", 503)                          \
     X(API_EREPLAYLOOP, "replay_loop", 508)                         \
     /* internal conditions, mapped to HTTP for completeness */     \
     X(API_ECOMPARE, "compare_failed", 409)                         \

@@ -61,6 +61,8 @@ struct api_server {
     volatile sig_atomic_t stop;
     size_t max_body;
     int cors;
+    void (*on_stop)(void *);
+    void *on_stop_ud;
     uint16_t port;
     char url[64];
     struct route *routes;
@@ -833,6 +835,12 @@ void api_server_stop(struct api_server *s)
     s->stop = 1;
 }
 
+void api_server_on_stop(struct api_server *s, void (*fn)(void *), void *ud)
+{
+    s->on_stop = fn;
+    s->on_stop_ud = ud;
+}
+
 int api_server_run(struct api_server *s)
 {
     while (!s->stop) {
@@ -844,6 +852,8 @@ int api_server_run(struct api_server *s)
     h2o_socket_read_stop(s->listener);
     h2o_socket_close(s->listener);
     s->listener = NULL;
+    if (s->on_stop != NULL)
+        s->on_stop(s->on_stop_ud);
     if (s->num_conns != 0) {
         uint64_t deadline = h2o_now(s->loop) + SERVER_DRAIN_MS;
         h2o_context_request_shutdown(&s->ctx);

@@ -76,6 +76,9 @@ const char *api_server_url(const struct api_server *s);
 int api_server_run(struct api_server *s);
 /* Asks the loop to stop. Async-signal-safe and thread-safe. */
 void api_server_stop(struct api_server *s);
+/* FN(UD) runs on the loop thread when api_server_run begins shutting down,
+ * before connections drain: the place to answer long-polls at once. */
+void api_server_on_stop(struct api_server *s, void (*fn)(void *), void *ud);
 /* Runs FN(ARG) on the loop thread soon. Thread-safe. */
 void api_server_post(struct api_server *s, api_post_fn fn, void *arg);
 

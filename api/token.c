@@ -224,6 +224,24 @@ static int write_secret_file(const char *path, const char *text, struct api_err 
     return API_OK;
 }
 
+/* internal.token: what agents present to each other's replication
+ * endpoints. Added to older key directories that lack it. */
+static int ensure_internal_token(const char *dir, struct api_err *err)
+{
+    char path[4096], tok[128];
+    unsigned char rnd[32];
+    snprintf(path, sizeof(path), "%s/internal.token", dir);
+    if (access(path, F_OK) == 0)
+        return API_OK;
+    randombytes_buf(rnd, sizeof(rnd));
+    memcpy(tok, "shoal_internal_", 15);
+    sodium_bin2base64(tok + 15, sizeof(tok) - 15, rnd, sizeof(rnd), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    strcat(tok, "\n");
+    int rc = write_secret_file(path, tok, err);
+    sodium_memzero(tok, sizeof(tok));
+    return rc;
+}
+
 int api_token_keygen_files(const char *dir, struct api_err *err)
 {
     char kp[4096], pp[4096], ap[4096];
@@ -239,7 +257,7 @@ int api_token_keygen_files(const char *dir, struct api_err *err)
     snprintf(ap, sizeof(ap), "%s/admin.token", dir);
     have = (access(kp, F_OK) == 0) + (access(pp, F_OK) == 0) + (access(ap, F_OK) == 0);
     if (have == 3)
-        return API_OK;
+        return ensure_internal_token(dir, err);
     if (have != 0)
         return api_err_set(err, API_ECONFLICT, "'%s' holds only some of cluster.key, cluster.pub and admin.token; "
                                                "remove them all or restore the missing ones", dir);
@@ -258,7 +276,8 @@ int api_token_keygen_files(const char *dir, struct api_err *err)
     sodium_bin2base64(tok + strlen(ADMIN_PREFIX), sizeof(tok) - strlen(ADMIN_PREFIX), admin, sizeof(admin),
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     strcat(tok, "\n");
-    rc = write_secret_file(ap, tok, err);
+    if ((rc = write_secret_file(ap, tok, err)) == API_OK)
+        rc = ensure_internal_token(dir, err);
 out:
     sodium_memzero(seed, sizeof(seed));
     sodium_memzero(sk, sizeof(sk));

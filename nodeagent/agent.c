@@ -39,6 +39,8 @@
 #include "api/token.h"
 #include "api/workq.h"
 #include "nodeagent/hrana.h"
+#include "nodeagent/repl.h"
+#include "nodeagent/repl_sum.h"
 #include "nodeagent/session.h"
 #include "nodeagent/store.h"
 #include "nodeagent/streams.h"
@@ -67,6 +69,7 @@ struct agent {
     struct api_workq *workers;
     struct api_server *server;
     struct agent_streams *streams;
+    struct agent_repl *repl;
     struct route_ctx v2, v3, cursor;
 
     pthread_t controller;
@@ -95,6 +98,10 @@ void agent_config_init(struct agent_config *cfg)
     cfg->cache_kib = 256;
     cfg->max_body = (size_t)8 << 20;
     cfg->stmt_timeout_ms = 5000;
+    cfg->log_keep_bytes = (size_t)8 << 20;
+    cfg->max_lag_ms = 5000;
+    cfg->quorum_timeout_ms = 5000;
+    cfg->pull_wait_ms = 1000;
 }
 
 static void worker_exit(void)
@@ -158,6 +165,13 @@ static int assigned_here(const struct api_cluster_tenant *t, const char *node)
     return 0;
 }
 
+/* This node keeps a copy of ID and follows whoever holds its lease. */
+static void declare_replica(struct agent *a, const char *id, const struct api_cluster_tenant *t)
+{
+    int other = t->leased && strcmp(t->holder, a->cfg.node) != 0;
+    agent_repl_set_role(a->repl, id, AGENT_ROLE_REPLICA, 0, other ? t->holder : "", other ? t->holder_url : "");
+}
+
 /* Brings tenant ID on this node in line with its record. Runs on the
  * tenant's worker (one converge of a tenant at a time). */
 static void converge(struct agent *a, const char *id)
@@ -177,6 +191,7 @@ static void converge(struct agent *a, const char *id)
             return;
         if (lt->holding && agent_session_release(a->session, id, &err) != API_OK)
             log_warn("%s", err.msg);
+        agent_repl_forget(a->repl, id);
         pthread_mutex_lock(&a->mu);
         free(api_map_del(a->local, id));
         pthread_mutex_unlock(&a->mu);
@@ -202,9 +217,8 @@ static void converge(struct agent *a, const char *id)
             return;
         }
     }
-    /* A replica's file is created when it first receives data; until
-     * replication exists that means only the primary needs one now, which
-     * keeps tenant creation to one file instead of one per instance. */
+    /* A replica's file arrives with its first snapshot, so creating a
+     * tenant costs one new file, on the primary. */
     if (!lt->file_ready && strcmp(t.primary, a->cfg.node) == 0) {
         if (agent_store_create(a->store, id, &err) != API_OK) {
             log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
@@ -225,6 +239,7 @@ static void converge(struct agent *a, const char *id)
             pthread_mutex_unlock(&a->mu);
             log_info("lease released tenant=%s (no longer the desired primary)", id);
         }
+        declare_replica(a, id, &t);
         return;
     }
     /* We are the desired primary. Did we lose a key we held? The view is
@@ -236,16 +251,20 @@ static void converge(struct agent *a, const char *id)
         pthread_mutex_unlock(&a->mu);
         log_warn("lease lost tenant=%s epoch=%lld", id, (long long)lt->epoch);
     }
-    if (lt->holding)
+    if (lt->holding) {
+        agent_repl_set_role(a->repl, id, AGENT_ROLE_PRIMARY, lt->epoch, NULL, NULL);
         return;
+    }
     if (t.leased && strcmp(t.holder, a->cfg.node) != 0) {
         log_debug("lease held elsewhere tenant=%s holder=%s", id, t.holder);
+        declare_replica(a, id, &t); /* follow the holder until it lets go */
         return; /* its deletion will mark the tenant dirty again */
     }
     char holder[API_NAME_MAX];
     int64_t epoch;
     if (agent_session_acquire(a->session, id, &epoch, holder, &err) != API_OK) {
         log_warn("%s", err.msg);
+        declare_replica(a, id, &t);
         return;
     }
     pthread_mutex_lock(&a->mu);
@@ -253,6 +272,7 @@ static void converge(struct agent *a, const char *id)
     lt->epoch = epoch;
     pthread_mutex_unlock(&a->mu);
     atomic_fetch_add(&a->lease_acquisitions, 1);
+    agent_repl_set_role(a->repl, id, AGENT_ROLE_PRIMARY, epoch, NULL, NULL);
     log_info("lease acquired tenant=%s epoch=%lld", id, (long long)epoch);
 }
 
@@ -433,6 +453,7 @@ struct pipeline_job {
     char *body;
     size_t body_len;
     char *token; /* binds a new stream to the token that opened it */
+    int quorum;  /* durability quorum: acknowledge once a replica holds the write */
 };
 
 static void finish_error(struct api_pending *p, const struct api_err *err)
@@ -456,6 +477,26 @@ static int ends_with_close(const json_t *requests)
     return type != NULL && strcmp(type, "close") == 0;
 }
 
+/* Sends RESP with the tenant's position: `shoal-txid` always, the cookie
+ * after a write; under quorum durability a write waits for a replica. */
+static void finish_with_position(struct agent *a, struct pipeline_job *j, struct api_resp *resp,
+                                 const struct agent_repl_pos *before, const struct agent_repl_pos *after)
+{
+    char hex[17], cookie[160];
+    agent_hex16(after->txid, hex);
+    if (resp != NULL) {
+        api_resp_add_header(resp, "shoal-txid", hex);
+        if (after->txid != before->txid) {
+            snprintf(cookie, sizeof(cookie), "__shoal_txid=%s; Path=/t/%s/", hex, j->tenant);
+            api_resp_add_header(resp, "set-cookie", cookie);
+        }
+    }
+    if (j->quorum && after->txid > before->txid)
+        agent_repl_quorum_wait(a->repl, j->tenant, after->txid, j->pending, resp);
+    else
+        api_pending_finish(j->pending, resp);
+}
+
 /* Runs one pipeline on the tenant's worker. Without a baton and ending in
  * "close", it uses the thread's cached connection; otherwise it runs on a
  * stream with its own connection that outlives the request (batons). */
@@ -475,6 +516,10 @@ static void pipeline_job(void *arg)
     int rc;
 
     api_err_clear(&err);
+    if (agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_PRIMARY, &err) != API_OK)
+        goto fail;
+    struct agent_repl_pos before, after;
+    agent_repl_position(a->repl, j->tenant, &before);
     doc = json_loadb(j->body, j->body_len, 0, &jerr);
     if (doc == NULL || !json_is_object(doc)) {
         api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s",
@@ -545,6 +590,12 @@ static void pipeline_job(void *arg)
     if (rc != API_OK)
         goto fail;
     atomic_fetch_add(&a->pipelines, 1);
+    agent_repl_position(a->repl, j->tenant, &after);
+    if (after.broken) {
+        api_err_set(&err, API_EUNAVAILABLE, "tenant '%s': replication capture failed; the write may not be "
+                                            "replicated", j->tenant);
+        goto fail;
+    }
     if (j->cursor) {
         /* text/plain, one JSON object per line: the baton line, then entries */
         json_t *head = json_pack("{s:o,s:n}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
@@ -578,7 +629,7 @@ static void pipeline_job(void *arg)
         if (resp != NULL && body != NULL)
             api_resp_set_body(resp, "text/plain", body, len);
         free(body);
-        api_pending_finish(j->pending, resp);
+        finish_with_position(a, j, resp, &before, &after);
         json_decref(doc);
         free(j->body);
         free(j->token);
@@ -590,7 +641,7 @@ static void pipeline_job(void *arg)
         json_t *out = json_pack("{s:o,s:n,s:o}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
                                 "base_url", "results", results);
         if (resp != NULL && api_resp_set_json(resp, 200, out) == API_OK) {
-            api_pending_finish(j->pending, resp);
+            finish_with_position(a, j, resp, &before, &after);
         } else {
             api_resp_free(resp);
             api_err_set(&err, API_ENOMEM, "out of memory");
@@ -765,6 +816,7 @@ static void on_pipeline(struct api_req *r, void *ud)
         /* ro tokens read only; and a primary that could have lost its
          * session stops writing but keeps serving reads. */
         j->read_only = auth.claims.access == API_ACCESS_RO || !agent_session_writable(a->session);
+        j->quorum = strcmp(t.durability, "quorum") == 0;
         snprintf(j->tenant, sizeof(j->tenant), "%s", auth.tenant);
         j->pending = api_req_defer(r);
         api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
@@ -823,9 +875,10 @@ static void on_tenant_status(struct api_req *r, void *ud)
     struct api_cluster_tenant t;
     struct api_err err;
     struct local_tenant *lt;
-    int holding = 0, assigned, file_ready = 0;
+    struct agent_repl_pos pos;
+    int holding = 0, assigned, have_pos;
     int64_t epoch = 0;
-    char path[4096];
+    char path[4096], txid[17], ck[17];
     struct stat st;
 
     if (api_dp_authorize(r, a->pk, NULL, &auth, &err) != API_OK) {
@@ -837,18 +890,45 @@ static void on_tenant_status(struct api_req *r, void *ud)
     if ((lt = api_map_get(a->local, auth.tenant)) != NULL) {
         holding = lt->holding;
         epoch = lt->epoch;
-        file_ready = lt->file_ready;
     }
     pthread_mutex_unlock(&a->mu);
     agent_store_path(a->store, auth.tenant, path, sizeof(path));
-    json_int_t bytes = stat(path, &st) == 0 ? (json_int_t)st.st_size : 0;
+    int exists = stat(path, &st) == 0;
+    json_int_t bytes = exists ? (json_int_t)st.st_size : 0;
+    have_pos = agent_repl_position(a->repl, auth.tenant, &pos) == 0 && pos.loaded;
     const char *role = holding ? "primary" : assigned ? "replica" : "none";
-    /* a replica without a file simply has no data yet: replication fills it */
-    const char *state = holding ? "serving" : (assigned || file_ready) ? "empty" : "missing";
-    api_reply_json(r, 200,
-                   json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:n,s:n}", "tenant", auth.tenant, "node", a->cfg.node,
-                             "region", a->cfg.region, "role", role, "state", state, "epoch", (json_int_t)epoch,
-                             "bytes", bytes, "txid", "checksum"));
+    const char *state;
+    if (holding)
+        state = have_pos && pos.broken ? "broken" : "serving";
+    else if (!assigned)
+        state = "missing";
+    else if (!exists)
+        state = "bootstrapping"; /* waiting for its first snapshot */
+    else
+        state = have_pos && pos.lag_ms > 0 ? "catching_up" : "following";
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "tenant", auth.tenant, "node", a->cfg.node, "region",
+                            a->cfg.region, "role", role, "state", state, "epoch", (json_int_t)epoch, "bytes", bytes);
+    if (have_pos) {
+        agent_hex16(pos.txid, txid);
+        agent_hex16(pos.ck, ck);
+        json_object_set_new(doc, "txid", json_string(txid));
+        json_object_set_new(doc, "checksum", json_string(ck));
+        json_object_set_new(doc, "lag_ms", json_integer(holding ? 0 : pos.lag_ms));
+        agent_hex16(pos.head_txid, txid);
+        json_object_set_new(doc, "head_txid", json_string(txid));
+        json_object_set_new(doc, "log_bytes", json_integer((json_int_t)pos.log_bytes));
+        json_object_set_new(doc, "mismatches", json_integer((json_int_t)pos.mismatches));
+        json_object_set_new(doc, "snapshots", json_integer((json_int_t)pos.snapshots));
+        if (holding) {
+            agent_hex16(pos.remote_durable, txid);
+            json_object_set_new(doc, "replica_durable_txid", json_string(txid));
+        }
+    } else {
+        json_object_set_new(doc, "txid", json_null());
+        json_object_set_new(doc, "checksum", json_null());
+        json_object_set_new(doc, "lag_ms", json_null());
+    }
+    api_reply_json(r, 200, doc);
 }
 
 static void count_holding(void *ud, const char *key, void *value)
@@ -868,16 +948,19 @@ static void on_healthz(struct api_req *r, void *ud)
     tenants = api_map_len(a->local);
     api_map_foreach(a->local, count_holding, &primaries);
     pthread_mutex_unlock(&a->mu);
-    api_reply_json(r, ok ? 200 : 503,
-                   json_pack("{s:s,s:s,s:s,s:s,s:I,s:I}", "status", ok ? "ok" : "degraded", "node", a->cfg.node,
-                             "region", a->cfg.region, "session", ok ? "ok" : "lost", "tenants",
-                             (json_int_t)tenants, "primaries", (json_int_t)primaries));
+    json_t *lagging = json_array();
+    size_t nlag = agent_repl_lagging(a->repl, lagging);
+    api_reply_json(r, ok && nlag == 0 ? 200 : 503,
+                   json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:o,s:I}", "status", ok && nlag == 0 ? "ok" : "degraded",
+                             "node", a->cfg.node, "region", a->cfg.region, "session", ok ? "ok" : "lost", "tenants",
+                             (json_int_t)tenants, "primaries", (json_int_t)primaries, "lagging", lagging,
+                             "max_lag_ms", (json_int_t)a->cfg.max_lag_ms));
 }
 
 static void on_metrics(struct api_req *r, void *ud)
 {
     struct agent *a = ud;
-    char buf[4096];
+    char buf[8192];
     size_t len = 0, tenants, primaries = 0;
 
     pthread_mutex_lock(&a->mu);
@@ -897,6 +980,25 @@ static void on_metrics(struct api_req *r, void *ud)
                      tenants, primaries, (unsigned long long)atomic_load(&a->pipelines),
                      (unsigned long long)atomic_load(&a->forwarded), (unsigned long long)atomic_load(&a->replays_sent),
                      (unsigned long long)atomic_load(&a->lease_acquisitions), agent_session_writable(a->session));
+    if (n > 0 && (size_t)n < sizeof(buf) - len)
+        len += (size_t)n;
+    struct agent_repl_stats rs;
+    agent_repl_stats(a->repl, &rs);
+    n = snprintf(buf + len, sizeof(buf) - len,
+                 "# TYPE shoal_agent_repl_records_captured_total counter\n"
+                 "shoal_agent_repl_records_captured_total %llu\n"
+                 "# TYPE shoal_agent_repl_records_applied_total counter\nshoal_agent_repl_records_applied_total %llu\n"
+                 "# TYPE shoal_agent_repl_bytes_sent_total counter\nshoal_agent_repl_bytes_sent_total %llu\n"
+                 "# TYPE shoal_agent_repl_bytes_uncompressed_total counter\n"
+                 "shoal_agent_repl_bytes_uncompressed_total %llu\n"
+                 "# TYPE shoal_agent_repl_snapshots_sent_total counter\nshoal_agent_repl_snapshots_sent_total %llu\n"
+                 "# TYPE shoal_agent_repl_snapshots_installed_total counter\n"
+                 "shoal_agent_repl_snapshots_installed_total %llu\n"
+                 "# TYPE shoal_agent_repl_checksum_mismatches_total counter\n"
+                 "shoal_agent_repl_checksum_mismatches_total %llu\n"
+                 "# TYPE shoal_agent_repl_pulls_total counter\nshoal_agent_repl_pulls_total %llu\n",
+                 rs.records_captured, rs.records_applied, rs.bytes_sent, rs.bytes_raw, rs.snapshots_sent,
+                 rs.snapshots_installed, rs.mismatches, rs.pulls);
     if (n > 0 && (size_t)n < sizeof(buf) - len)
         len += (size_t)n;
     api_reply_text(r, 200, "text/plain; version=0.0.4", buf, len);
@@ -921,6 +1023,26 @@ static int lock_data_dir(struct agent *a, struct api_err *err)
     return API_OK;
 }
 
+/* The token agents present to each other's /internal/repl endpoints: the
+ * file given, else internal.token beside the cluster's public key. */
+static int load_internal_token(struct agent *a, char **out, struct api_err *err)
+{
+    char path[4096];
+    if (a->cfg.internal_token != NULL) {
+        snprintf(path, sizeof(path), "%s", a->cfg.internal_token);
+    } else {
+        const char *slash = strrchr(a->cfg.verify_key, '/');
+        if (slash == NULL)
+            snprintf(path, sizeof(path), "internal.token");
+        else
+            snprintf(path, sizeof(path), "%.*s/internal.token", (int)(slash - a->cfg.verify_key), a->cfg.verify_key);
+    }
+    int rc = api_token_load_admin(path, out, err);
+    if (rc != API_OK)
+        return api_err_wrap(err, "internal token (--internal-token)");
+    return API_OK;
+}
+
 static int add_routes(struct agent *a, struct api_err *err)
 {
     static const char *const prefixes[] = {"/t/{tenant}", ""};
@@ -942,6 +1064,8 @@ static int add_routes(struct agent *a, struct api_err *err)
         rc |= api_server_route(a->server, NULL, p, on_protobuf_probe, a);
     }
     rc |= api_server_route(a->server, "GET", "/internal/tenants/{tenant}", on_tenant_status, a);
+    if (agent_repl_routes(a->repl, a->server, err) != API_OK)
+        return API_ENOMEM;
     rc |= api_server_route(a->server, "GET", "/healthz", on_healthz, a);
     rc |= api_server_route(a->server, "GET", "/metrics", on_metrics, a);
     return rc ? api_err_set(err, API_ENOMEM, "registering routes: out of memory") : API_OK;
@@ -952,6 +1076,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
     struct agent *a = calloc(1, sizeof(*a));
     struct api_server_config scfg = {.listen = cfg->listen, .max_body = cfg->max_body, .cors = 1};
     struct agent_store_config stcfg = {.data_dir = cfg->data_dir, .cache_kib = cfg->cache_kib};
+    char *itok = NULL;
     int rc;
 
     if (a == NULL)
@@ -971,8 +1096,33 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
 
     if ((rc = lock_data_dir(a, err)) != API_OK ||
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
+        (rc = load_internal_token(a, &itok, err)) != API_OK ||
         (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
-        (rc = api_server_new(&scfg, &a->server, err)) != API_OK || (rc = add_routes(a, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK)
+        goto fail;
+    {
+        struct agent_repl_config rcfg;
+        agent_repl_config_init(&rcfg);
+        rcfg.node = cfg->node;
+        rcfg.store = a->store;
+        rcfg.workers = a->workers;
+        rcfg.internal_token = itok;
+        if (cfg->log_keep_bytes)
+            rcfg.log_keep_bytes = cfg->log_keep_bytes;
+        if (cfg->max_lag_ms > 0)
+            rcfg.max_lag_ms = cfg->max_lag_ms;
+        if (cfg->quorum_timeout_ms > 0)
+            rcfg.quorum_timeout_ms = cfg->quorum_timeout_ms;
+        if (cfg->pull_wait_ms > 0)
+            rcfg.pull_wait_ms = cfg->pull_wait_ms;
+        rc = agent_repl_new(&rcfg, &a->repl, err);
+        free(itok);
+        itok = NULL;
+        if (rc != API_OK)
+            goto fail;
+        agent_store_set_on_open(a->store, agent_repl_on_open, a->repl);
+    }
+    if ((rc = api_server_new(&scfg, &a->server, err)) != API_OK || (rc = add_routes(a, err)) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &a->etcd, err)) != API_OK)
         goto fail;
     snprintf(a->url, sizeof(a->url), "%s", cfg->advertise_url ? cfg->advertise_url : api_server_url(a->server));
@@ -996,7 +1146,6 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
             goto fail;
     }
     if ((rc = agent_streams_new(cfg->node, 1000, 10000, &a->streams, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
         (rc = api_cluster_open(a->etcd, on_view_change, a, &a->view, err)) != API_OK)
         goto fail;
     a->dirty_all = 1; /* converge everything assigned here once at start */
@@ -1010,6 +1159,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
     *out = a;
     return API_OK;
 fail:
+    free(itok);
     agent_free(a);
     return rc;
 }
@@ -1035,8 +1185,12 @@ void agent_free(struct agent *a)
         pthread_mutex_unlock(&a->mu);
         pthread_join(a->controller, NULL);
     }
-    /* Workers first: queued converge jobs still read the cluster view. */
+    /* Pullers and the hub hand work to the workers: stop them first. */
+    agent_repl_stop(a->repl);
+    /* Workers next: queued converge jobs still read the cluster view. */
     api_workq_free(a->workers); /* finishes queued work; its replies reach the loop below */
+    a->workers = NULL;
+    agent_repl_free(a->repl); /* answers what is still held before the server goes */
     api_cluster_close(a->view);
     agent_streams_free(a->streams);
     /* Revoking the session drops every tenant key this node holds in one

@@ -31,6 +31,11 @@ struct agent_config {
     int cache_kib;
     size_t max_body;
     int64_t stmt_timeout_ms;
+    const char *internal_token; /* file; NULL: internal.token beside verify_key */
+    size_t log_keep_bytes;      /* replication log compaction threshold */
+    int64_t max_lag_ms;
+    int64_t quorum_timeout_ms;
+    int64_t pull_wait_ms;
 };
 
 void agent_config_init(struct agent_config *cfg);

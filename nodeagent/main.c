@@ -19,7 +19,8 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info";
     char data_dir[512];
-    int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000;
+    int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+            quorum_timeout_ms = 5000, pull_wait_ms = 1000;
     struct api_err err;
     int rc;
 
@@ -39,6 +40,14 @@ int main(int argc, char **argv)
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
         {"stmt-timeout-ms", API_FLAG_INT, &stmt_timeout_ms, 0, "per-statement time limit (default 5000)", 0},
+        {"internal-token", API_FLAG_STRING, &cfg.internal_token, 0,
+         "file with the token agents present to each other (default: internal.token beside --verify-key)", 0},
+        {"max-lag", API_FLAG_INT, &max_lag_s, 0, "/healthz turns 503 when a replica lags longer (seconds, default 5)", 0},
+        {"quorum-timeout-ms", API_FLAG_INT, &quorum_timeout_ms, 0,
+         "how long a quorum write waits for a replica (default 5000)", 0},
+        {"log-keep", API_FLAG_SIZE, &cfg.log_keep_bytes, 0,
+         "compact a tenant's replication log beyond this many bytes (default 8 MiB)", 0},
+        {"pull-wait-ms", API_FLAG_INT, &pull_wait_ms, 0, "replication long-poll length (default 1000)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
     };
@@ -51,7 +60,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || max_open < 1 ||
-        cache_kib < 16 || stmt_timeout_ms < 0) {
+        cache_kib < 16 || stmt_timeout_ms < 0 || max_lag_s < 1 || quorum_timeout_ms < 1 || pull_wait_ms < 10 ||
+        pull_wait_ms > 60000 || (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
         fprintf(stderr, "shoal-agent: a numeric flag is out of range (see --help)\n");
         return 2;
     }
@@ -59,6 +69,9 @@ int main(int argc, char **argv)
     cfg.max_open = (size_t)max_open;
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;
+    cfg.max_lag_ms = max_lag_s * 1000;
+    cfg.quorum_timeout_ms = quorum_timeout_ms;
+    cfg.pull_wait_ms = pull_wait_ms;
     if (cfg.data_dir == NULL) {
         snprintf(data_dir, sizeof(data_dir), "./data/%s", cfg.node);
         cfg.data_dir = data_dir;

@@ -17,6 +17,8 @@ struct agent_store {
     char *data_dir;
     size_t max_open;
     int cache_kib;
+    void (*on_open)(void *, const char *, sqlite3 *);
+    void *on_open_ud;
 };
 
 struct cached {
@@ -54,6 +56,12 @@ int agent_store_new(const struct agent_store_config *cfg, struct agent_store **o
     return API_OK;
 }
 
+void agent_store_set_on_open(struct agent_store *st, void (*fn)(void *, const char *, sqlite3 *), void *ud)
+{
+    st->on_open = fn;
+    st->on_open_ud = ud;
+}
+
 void agent_store_free(struct agent_store *st)
 {
     if (st == NULL)
@@ -79,7 +87,8 @@ int agent_store_exists(const struct agent_store *st, const char *tenant)
     return access(path, F_OK) == 0;
 }
 
-static int open_db(const struct agent_store *st, const char *path, int create, sqlite3 **out, struct api_err *err)
+static int open_db(const struct agent_store *st, const char *tenant, const char *path, int create, sqlite3 **out,
+                   struct api_err *err)
 {
     sqlite3 *db = NULL;
     char pragmas[256];
@@ -92,12 +101,12 @@ static int open_db(const struct agent_store *st, const char *path, int create, s
         sqlite3_close(db);
         return code;
     }
-    /* WAL with synchronous=FULL: an acknowledged commit is on disk. Auto
-     * checkpoints stay on until replication takes over checkpointing. */
+    /* synchronous=FULL: an acknowledged commit is on disk. The journal
+     * mode is the file's own: WAL on a primary, rollback on a replica
+     * (replication switches it); a new file starts in WAL. */
     snprintf(pragmas, sizeof(pragmas),
-             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000;"
-             "PRAGMA foreign_keys=ON;",
-             st->cache_kib);
+             "%sPRAGMA synchronous=FULL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+             create ? "PRAGMA journal_mode=WAL; " : "", st->cache_kib);
     char *msg = NULL;
     if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
         api_err_set(err, API_EIO, "configure '%s': %s", path, msg ? msg : "?");
@@ -105,6 +114,8 @@ static int open_db(const struct agent_store *st, const char *path, int create, s
         sqlite3_close(db);
         return API_EIO;
     }
+    if (st->on_open != NULL && tenant != NULL)
+        st->on_open(st->on_open_ud, tenant, db);
     *out = db;
     return API_OK;
 }
@@ -121,7 +132,9 @@ int agent_store_create(struct agent_store *st, const char *tenant, struct api_er
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return api_err_set(err, API_EIO, "tenant '%s': cannot create '%s': %s", tenant, dir, strerror(errno));
     agent_store_path(st, tenant, path, sizeof(path));
-    if ((rc = open_db(st, path, 1, &db, err)) != API_OK)
+    if (access(path, F_OK) == 0)
+        return API_OK; /* never touch an existing file's journal mode */
+    if ((rc = open_db(st, NULL, path, 1, &db, err)) != API_OK)
         return api_err_wrap(err, "tenant '%s'", tenant);
     sqlite3_close(db);
     return API_OK;
@@ -170,7 +183,7 @@ void agent_store_evict(const char *tenant)
 
 int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err)
 {
-    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal", "-log", "-log.tmp", "-pos", "-snap.tmp"};
     char path[4096], p[4200];
     int rc;
 
@@ -211,7 +224,7 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
         return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
     if ((e = calloc(1, sizeof(*e))) == NULL)
         return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
-    if ((rc = open_db(st, path, 0, &e->db, err)) != API_OK) {
+    if ((rc = open_db(st, tenant, path, 0, &e->db, err)) != API_OK) {
         free(e);
         return api_err_wrap(err, "tenant '%s'", tenant);
     }
@@ -238,7 +251,7 @@ int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, 
     agent_store_path(st, tenant, path, sizeof(path));
     if (access(path, F_OK) != 0)
         return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
-    if ((rc = open_db(st, path, 0, out, err)) != API_OK)
+    if ((rc = open_db(st, tenant, path, 0, out, err)) != API_OK)
         return api_err_wrap(err, "tenant '%s'", tenant);
     return API_OK;
 }

@@ -29,6 +29,9 @@ struct agent_store_config {
 };
 
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err);
+/* FN(UD, tenant, db) runs on every connection the store opens, after its
+ * pragmas (replication installs its capture hook there). Set before use. */
+void agent_store_set_on_open(struct agent_store *st, void (*fn)(void *, const char *, sqlite3 *), void *ud);
 void agent_store_free(struct agent_store *st);
 
 /* The database path of TENANT into OUT. */
@@ -37,7 +40,8 @@ void agent_store_path(const struct agent_store *st, const char *tenant, char *ou
 int agent_store_exists(const struct agent_store *st, const char *tenant);
 /* Creates the tenant's file (WAL mode) if missing. Idempotent; any thread. */
 int agent_store_create(struct agent_store *st, const char *tenant, struct api_err *err);
-/* Removes the tenant's files. Call on the tenant's worker (it evicts the
+/* Removes the tenant's files (database, WAL, replication log and
+ * position). Call on the tenant's worker (it evicts the
  * cached connection of the calling thread first). */
 int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err);
 

@@ -371,9 +371,12 @@ static json_t *instance_report(struct orch *o, const struct api_cluster_tenant *
     const char *state = json_string_value(json_object_get(rep, "state"));
     json_object_set_new(inst, "state", json_string(state ? state : "unknown"));
     json_object_set(inst, "bytes", json_object_get(rep, "bytes") ? json_object_get(rep, "bytes") : json_null());
-    if (state != NULL && strcmp(state, "empty") == 0)
-        json_object_set_new(inst, "note", json_string("replication is not implemented yet: this replica holds an "
-                                                      "empty database"));
+    static const char *const copied[] = {"txid", "checksum", "lag_ms", "head_txid", "epoch"};
+    for (size_t i = 0; i < sizeof(copied) / sizeof(copied[0]); i++) {
+        json_t *v = json_object_get(rep, copied[i]);
+        if (v != NULL)
+            json_object_set(inst, copied[i], v);
+    }
     json_decref(rep);
     return inst;
 }

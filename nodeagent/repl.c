@@ -1,0 +1,1441 @@
+/*
+ * nodeagent/repl.c: replication state per tenant, capture on the primary,
+ * apply on replicas, snapshots (see repl.h for the design).
+ *
+ * Invariants:
+ * - Only the tenant's worker changes its files, its log pointer and its
+ *   capture state; other threads read positions under rt->mu and records
+ *   through the log's own mutex.
+ * - A primary's position (txid, ck) always equals the log's last record:
+ *   a commit counts once its record is in the log and synced.
+ * - On a primary, the pre-commit image of a page is the newest frame of the
+ *   current WAL generation holding it (rt->idx), else the database file:
+ *   the WAL only restarts after a full checkpoint.
+ */
+#include "nodeagent/repl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <lz4.h>
+
+#include "api/log.h"
+#include "api/server.h"
+#include "api/token.h"
+#include "api/workq.h"
+#include "nodeagent/repl_int.h"
+#include "nodeagent/repl_sum.h"
+#include "nodeagent/store.h"
+
+#define WAL_HDR 32
+#define FRAME_HDR 24
+#define SNAP_HDR 48
+#define SNAP_CHUNK_PAGES 64
+static const unsigned char snap_magic[4] = {'S', 'H', 'S', '1'};
+static const unsigned char pos_magic[4] = {'S', 'H', 'P', '1'};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ */
+/* page index                                                          */
+
+static void idx_clear(struct pgidx *x)
+{
+    free(x->keys);
+    free(x->vals);
+    memset(x, 0, sizeof(*x));
+}
+
+static size_t idx_slot(const struct pgidx *x, uint32_t key)
+{
+    size_t i = (size_t)(key * 2654435761u) & (x->cap - 1);
+    while (x->keys[i] != 0 && x->keys[i] != key)
+        i = (i + 1) & (x->cap - 1);
+    return i;
+}
+
+static int idx_put(struct pgidx *x, uint32_t key, uint32_t val)
+{
+    if ((x->n + 1) * 2 > x->cap) {
+        struct pgidx nx = {0};
+        nx.cap = x->cap ? x->cap * 2 : 64;
+        nx.keys = calloc(nx.cap, sizeof(uint32_t));
+        nx.vals = calloc(nx.cap, sizeof(uint32_t));
+        if (nx.keys == NULL || nx.vals == NULL) {
+            free(nx.keys);
+            free(nx.vals);
+            return -1;
+        }
+        for (size_t i = 0; i < x->cap; i++)
+            if (x->keys[i] != 0) {
+                size_t s = idx_slot(&nx, x->keys[i]);
+                nx.keys[s] = x->keys[i];
+                nx.vals[s] = x->vals[i];
+                nx.n++;
+            }
+        free(x->keys);
+        free(x->vals);
+        *x = nx;
+    }
+    size_t s = idx_slot(x, key);
+    if (x->keys[s] == 0)
+        x->n++;
+    x->keys[s] = key;
+    x->vals[s] = val;
+    return 0;
+}
+
+static int idx_get(const struct pgidx *x, uint32_t key, uint32_t *val)
+{
+    if (x->cap == 0)
+        return 0;
+    size_t s = idx_slot(x, key);
+    if (x->keys[s] == 0)
+        return 0;
+    *val = x->vals[s];
+    return 1;
+}
+
+/* Drops every page above NPAGES (after a commit shrank the database). */
+static void idx_truncate(struct pgidx *x, uint32_t npages)
+{
+    struct pgidx nx = {0};
+    int any = 0;
+    for (size_t i = 0; i < x->cap; i++)
+        if (x->keys[i] > npages)
+            any = 1;
+    if (!any)
+        return;
+    for (size_t i = 0; i < x->cap; i++)
+        if (x->keys[i] != 0 && x->keys[i] <= npages && idx_put(&nx, x->keys[i], x->vals[i]) != 0)
+            break;
+    idx_clear(x);
+    *x = nx;
+}
+
+/* ------------------------------------------------------------------ */
+/* registry                                                            */
+
+void agent_repl_config_init(struct agent_repl_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->log_keep_bytes = (size_t)8 << 20;
+    cfg->checkpoint_frames = 256;
+    cfg->quorum_timeout_ms = 5000;
+    cfg->pull_wait_ms = 1000;
+    cfg->max_lag_ms = 5000;
+}
+
+uint64_t agent_repl_key(const char *tenant)
+{
+    return api_hash_str(tenant, strlen(tenant));
+}
+
+int agent_repl_new(const struct agent_repl_config *cfg, struct agent_repl **out, struct api_err *err)
+{
+    struct agent_repl *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    r->cfg = *cfg;
+    snprintf(r->node, sizeof(r->node), "%s", cfg->node);
+    r->internal_token = strdup(cfg->internal_token ? cfg->internal_token : "");
+    pthread_mutex_init(&r->mu, NULL);
+    r->tenants = api_map_new();
+    r->pullers = api_map_new();
+    if (r->internal_token == NULL || r->tenants == NULL || r->pullers == NULL || hub_new(r, &r->hub) != 0) {
+        agent_repl_free(r);
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    }
+    *out = r;
+    return API_OK;
+}
+
+static void rt_free(void *p)
+{
+    struct rt *t = p;
+    agent_log_free(t->log);
+    idx_clear(&t->idx);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+void agent_repl_stop(struct agent_repl *r)
+{
+    if (r == NULL)
+        return;
+    pull_stop_all(r);
+    hub_stop(r->hub);
+}
+
+void agent_repl_free(struct agent_repl *r)
+{
+    if (r == NULL)
+        return;
+    pull_stop_all(r);
+    hub_free(r->hub);
+    api_map_free(r->pullers, NULL);
+    api_map_free(r->tenants, rt_free);
+    pthread_mutex_destroy(&r->mu);
+    free(r->internal_token);
+    free(r);
+}
+
+struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create)
+{
+    struct rt *t;
+    int oom = 0;
+    pthread_mutex_lock(&r->mu);
+    t = api_map_get(r->tenants, id);
+    if (t == NULL && create && (t = calloc(1, sizeof(*t))) != NULL) {
+        snprintf(t->id, sizeof(t->id), "%s", id);
+        t->r = r;
+        pthread_mutex_init(&t->mu, NULL);
+        api_map_put(r->tenants, t->id, t, &oom);
+        if (oom) {
+            pthread_mutex_destroy(&t->mu);
+            free(t);
+            t = NULL;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return t;
+}
+
+int repl_auth_ok(struct agent_repl *r, const char *authz, size_t len)
+{
+    const char *tok;
+    size_t tlen;
+    if (r->internal_token[0] == '\0' || authz == NULL || api_bearer_token(authz, len, &tok, &tlen) != 0)
+        return 0;
+    char *copy = strndup(tok, tlen);
+    int ok = copy != NULL && api_admin_token_equal(r->internal_token, copy, tlen);
+    free(copy);
+    return ok;
+}
+
+void agent_repl_set_role(struct agent_repl *r, const char *tenant, enum agent_role role, int64_t epoch,
+                         const char *upstream, const char *upstream_url)
+{
+    struct rt *t = repl_rt_get(r, tenant, 1);
+    char old[64] = "";
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    if (t->want == AGENT_ROLE_REPLICA)
+        snprintf(old, sizeof(old), "%s", t->upstream);
+    t->want = role;
+    if (role == AGENT_ROLE_PRIMARY)
+        t->epoch = epoch;
+    snprintf(t->upstream, sizeof(t->upstream), "%s", role == AGENT_ROLE_REPLICA && upstream ? upstream : "");
+    snprintf(t->upstream_url, sizeof(t->upstream_url), "%s", role == AGENT_ROLE_REPLICA && upstream_url ? upstream_url : "");
+    pthread_mutex_unlock(&t->mu);
+    pull_follow(r, tenant, old, role == AGENT_ROLE_REPLICA ? upstream : "", upstream_url);
+    if (role == AGENT_ROLE_PRIMARY)
+        hub_notify(r->hub, tenant); /* followers waiting on us may proceed */
+}
+
+void agent_repl_forget(struct agent_repl *r, const char *tenant)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    char old[64] = "";
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    if (t->want == AGENT_ROLE_REPLICA)
+        snprintf(old, sizeof(old), "%s", t->upstream);
+    agent_log_free(t->log);
+    t->log = NULL;
+    t->want = t->loaded = AGENT_ROLE_NONE;
+    t->txid = t->ck = t->head_txid = t->remote_durable = t->max_epoch_seen = 0;
+    t->need_snapshot = t->broken = t->load_requested = 0;
+    t->upstream[0] = t->upstream_url[0] = '\0';
+    idx_clear(&t->idx);
+    t->salt1 = t->salt2 = t->frames_seen = t->npages = t->page_size = 0;
+    pthread_mutex_unlock(&t->mu);
+    if (old[0])
+        pull_follow(r, tenant, old, "", "");
+}
+
+int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    struct agent_log_pos lp;
+    if (t == NULL)
+        return -1;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&t->mu);
+    out->role = t->want;
+    out->loaded = t->loaded != AGENT_ROLE_NONE;
+    out->broken = t->broken;
+    out->txid = t->txid;
+    out->ck = t->ck;
+    out->head_txid = t->head_txid > t->txid ? t->head_txid : t->txid;
+    out->lag_ms = (t->want == AGENT_ROLE_REPLICA && t->behind_since_ms) ? mono_ms() - t->behind_since_ms : 0;
+    out->remote_durable = t->remote_durable;
+    out->mismatches = t->mismatches;
+    out->snapshots = t->snapshots;
+    if (t->log != NULL) {
+        agent_log_position(t->log, &lp);
+        out->log_base = lp.base_txid;
+        out->log_bytes = lp.bytes;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return 0;
+}
+
+struct lag_ctx {
+    json_t *arr;
+    size_t n;
+    int64_t max, now;
+};
+
+static void collect_lagging(void *ud, const char *key, void *value)
+{
+    struct lag_ctx *c = ud;
+    struct rt *t = value;
+    pthread_mutex_lock(&t->mu);
+    int64_t lag = (t->want == AGENT_ROLE_REPLICA && t->behind_since_ms) ? c->now - t->behind_since_ms : 0;
+    pthread_mutex_unlock(&t->mu);
+    if (lag > c->max) {
+        json_array_append_new(c->arr, json_pack("{s:s,s:I}", "tenant", key, "lag_ms", (json_int_t)lag));
+        c->n++;
+    }
+}
+
+size_t agent_repl_lagging(struct agent_repl *r, void *json_array)
+{
+    struct lag_ctx c = {.arr = json_array, .max = r->cfg.max_lag_ms, .now = mono_ms()};
+    pthread_mutex_lock(&r->mu);
+    api_map_foreach(r->tenants, collect_lagging, &c);
+    pthread_mutex_unlock(&r->mu);
+    return c.n;
+}
+
+void agent_repl_stats(struct agent_repl *r, struct agent_repl_stats *o)
+{
+    o->records_captured = atomic_load(&r->records_captured);
+    o->records_applied = atomic_load(&r->records_applied);
+    o->bytes_sent = atomic_load(&r->bytes_sent);
+    o->bytes_raw = atomic_load(&r->bytes_raw);
+    o->snapshots_sent = atomic_load(&r->snapshots_sent);
+    o->snapshots_installed = atomic_load(&r->snapshots_installed);
+    o->mismatches = atomic_load(&r->mismatches);
+    o->pulls = atomic_load(&r->pulls);
+}
+
+void agent_repl_quorum_wait(struct agent_repl *r, const char *tenant, uint64_t txid, struct api_pending *p,
+                            struct api_resp *resp)
+{
+    hub_quorum_wait(r->hub, tenant, txid, p, resp);
+}
+
+int agent_repl_routes(struct agent_repl *r, struct api_server *s, struct api_err *err)
+{
+    if (hub_routes(r->hub, s) != 0)
+        return api_err_set(err, API_ENOMEM, "registering replication routes: out of memory");
+    return API_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* files                                                               */
+
+static void file_path(struct agent_repl *r, const char *tenant, const char *suffix, char *out, size_t cap)
+{
+    char db[4096];
+    agent_store_path(r->cfg.store, tenant, db, sizeof(db));
+    snprintf(out, cap, "%s%s", db, suffix);
+}
+
+static int read_full(int fd, void *buf, size_t len, off_t off)
+{
+    unsigned char *p = buf;
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+/* The database header's page size and file format byte (18): 2 in WAL. */
+static int db_header(const char *path, uint32_t *page_size, int *wal, off_t *size)
+{
+    unsigned char h[100];
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) != 0 || st.st_size < 100 || read_full(fd, h, 100, 0) != 0) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    uint32_t ps = (uint32_t)h[16] << 8 | h[17];
+    *page_size = ps == 1 ? 65536 : ps;
+    *wal = h[18] == 2;
+    *size = st.st_size;
+    return 0;
+}
+
+/* Creates the shard folder holding PATH. */
+static int ensure_parent(const char *path, struct api_err *err)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return API_OK;
+    *slash = '\0';
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return api_err_set(err, API_EIO, "cannot create '%s': %s", dir, strerror(errno));
+    return API_OK;
+}
+
+static int raw_exec(const char *path, const char *sql, struct api_err *err)
+{
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 5000);
+        rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    }
+    if (rc != SQLITE_OK) {
+        api_err_set(err, API_EIO, "'%s': %s: %s", path, sql, msg ? msg : db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        sqlite3_close(db);
+        return API_EIO;
+    }
+    sqlite3_close(db);
+    return API_OK;
+}
+
+static int write_pos(struct agent_repl *r, struct rt *t, struct api_err *err)
+{
+    char path[4200];
+    unsigned char buf[32];
+    file_path(r, t->id, "-pos", path, sizeof(path));
+    memcpy(buf, pos_magic, 4);
+    agent_put32(buf + 4, 0);
+    agent_put64(buf + 8, t->txid);
+    agent_put64(buf + 16, t->ck);
+    agent_put64(buf + 24, agent_crc64(0, buf, 24));
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || pwrite(fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf)) {
+        int rc = api_err_set(err, API_EIO, "tenant '%s': cannot write '%s': %s", t->id, path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    close(fd);
+    return API_OK;
+}
+
+static int read_pos(struct agent_repl *r, const char *tenant, uint64_t *txid, uint64_t *ck)
+{
+    char path[4200];
+    unsigned char buf[32];
+    file_path(r, tenant, "-pos", path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int ok = read_full(fd, buf, sizeof(buf), 0) == 0 && memcmp(buf, pos_magic, 4) == 0 &&
+             agent_get64(buf + 24) == agent_crc64(0, buf, 24);
+    close(fd);
+    if (!ok)
+        return -1;
+    *txid = agent_get64(buf + 8);
+    *ck = agent_get64(buf + 16);
+    return 0;
+}
+
+static void set_position(struct rt *t, uint64_t txid, uint64_t ck)
+{
+    pthread_mutex_lock(&t->mu);
+    t->txid = txid;
+    t->ck = ck;
+    if (t->head_txid <= txid)
+        t->behind_since_ms = 0;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int open_log(struct agent_repl *r, struct rt *t, uint64_t base_txid, uint64_t base_ck, struct api_err *err)
+{
+    char path[4200];
+    struct agent_log *log;
+    int rc;
+    if (t->log != NULL)
+        return API_OK;
+    file_path(r, t->id, "-log", path, sizeof(path));
+    if ((rc = agent_log_open(path, base_txid, base_ck, &log, err)) != API_OK)
+        return rc;
+    pthread_mutex_lock(&t->mu);
+    t->log = log;
+    pthread_mutex_unlock(&t->mu);
+    return API_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* primary: load and recovery                                          */
+
+/* Appends one record holding every page of the file (after a crash left
+ * commits that never reached the log). */
+static int log_full_image(struct rt *t, int fd, uint32_t page_size, uint32_t npages,
+                          uint64_t ck, struct api_err *err)
+{
+    struct agent_log_pos lp;
+    uint32_t lock = agent_lock_page(page_size), n = 0;
+    uint32_t *pgnos = malloc(((size_t)npages + 1) * sizeof(uint32_t));
+    unsigned char *pages = malloc(((size_t)npages + 1) * page_size), *enc = NULL;
+    size_t enc_len;
+    int rc;
+
+    if (pgnos == NULL || pages == NULL) {
+        free(pgnos);
+        free(pages);
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    }
+    for (uint32_t pg = 1; pg <= npages; pg++) {
+        if (pg == lock)
+            continue;
+        if (read_full(fd, pages + (size_t)n * page_size, page_size, (off_t)(pg - 1) * page_size) != 0) {
+            free(pgnos);
+            free(pages);
+            return api_err_set(err, API_EIO, "tenant '%s': reading page %u: %s", t->id, pg, strerror(errno));
+        }
+        pgnos[n++] = pg;
+    }
+    agent_log_position(t->log, &lp);
+    struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = lp.last_txid + 1, .pre_ck = lp.last_ck, .post_ck = ck,
+                            .time_ms = (uint64_t)now_ms(), .page_size = page_size, .commit_pages = npages, .npages = n};
+    rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err);
+    free(pgnos);
+    free(pages);
+    if (rc == API_OK && (rc = agent_log_append(t->log, enc, enc_len, err)) == API_OK)
+        rc = agent_log_sync(t->log, err);
+    free(enc);
+    if (rc == API_OK)
+        log_warn("tenant=%s recovered commits missing from the log as txid %llu (%u pages)", t->id,
+                 (unsigned long long)rec.txid, n);
+    return rc;
+}
+
+/* Brings a tenant file in WAL mode to a state where its log and file
+ * agree, with an empty WAL. Sets the capture state. */
+static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
+{
+    char db[4096], wal[4200];
+    struct stat st;
+    uint32_t page_size;
+    int is_wal, rc, crashed;
+    off_t size;
+    uint64_t ck;
+
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    snprintf(wal, sizeof(wal), "%s-wal", db);
+    if (db_header(db, &page_size, &is_wal, &size) != 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot read the database header of '%s'", t->id, db);
+    crashed = stat(wal, &st) == 0 && st.st_size > 0;
+    if (!is_wal) {
+        /* a replica being promoted: finish any apply, then switch */
+        if ((rc = raw_exec(db, "PRAGMA journal_mode=WAL", err)) != API_OK)
+            return rc;
+    } else if (crashed && (rc = raw_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", err)) != API_OK) {
+        return rc;
+    }
+    if (db_header(db, &page_size, &is_wal, &size) != 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot read '%s'", t->id, db);
+    uint32_t npages = (uint32_t)(size / page_size);
+    int fd = open(db, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot open '%s': %s", t->id, db, strerror(errno));
+    int have_log;
+    {
+        char lp[4200];
+        file_path(r, t->id, "-log", lp, sizeof(lp));
+        have_log = t->log != NULL || access(lp, F_OK) == 0;
+    }
+    if (!have_log || crashed) {
+        if (agent_file_checksum(fd, page_size, npages, &ck) != 0) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': checksumming '%s': %s", t->id, db, strerror(errno));
+            close(fd);
+            return rc;
+        }
+        if ((rc = open_log(r, t, 0, ck, err)) != API_OK) {
+            close(fd);
+            return rc;
+        }
+        struct agent_log_pos lp;
+        agent_log_position(t->log, &lp);
+        if (lp.last_ck != ck && (rc = log_full_image(t, fd, page_size, npages, ck, err)) != API_OK) {
+            close(fd);
+            return rc;
+        }
+    } else if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK) {
+        close(fd);
+        return rc;
+    }
+    close(fd);
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    idx_clear(&t->idx);
+    t->salt1 = t->salt2 = t->frames_seen = 0;
+    t->npages = npages;
+    t->page_size = page_size;
+    set_position(t, lp.last_txid, lp.last_ck);
+    pthread_mutex_lock(&t->mu);
+    t->loaded = AGENT_ROLE_PRIMARY;
+    t->broken = 0;
+    pthread_mutex_unlock(&t->mu);
+    log_debug("tenant=%s loaded as primary txid=%llu", t->id, (unsigned long long)lp.last_txid);
+    return API_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* primary: capture                                                    */
+
+/* The image of page PG before the commit being captured. */
+static int old_image(struct rt *t, int dbfd, int walfd, uint32_t pg, unsigned char *out)
+{
+    uint32_t frame;
+    if (idx_get(&t->idx, pg, &frame))
+        return read_full(walfd, out, t->page_size,
+                         WAL_HDR + (off_t)frame * (FRAME_HDR + t->page_size) + FRAME_HDR);
+    if (read_full(dbfd, out, t->page_size, (off_t)(pg - 1) * t->page_size) != 0) {
+        memset(out, 0, t->page_size); /* beyond the file: SQLite reads zeros */
+    }
+    return 0;
+}
+
+struct commit_pages {
+    uint32_t *pgnos;
+    uint32_t *frames;
+    size_t n, cap;
+};
+
+static int cp_add(struct commit_pages *c, uint32_t pg, uint32_t frame)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->pgnos[i] == pg) {
+            c->frames[i] = frame; /* a later frame of the same page wins */
+            return 0;
+        }
+    if (c->n == c->cap) {
+        size_t ncap = c->cap ? c->cap * 2 : 16;
+        uint32_t *np = realloc(c->pgnos, ncap * sizeof(uint32_t)), *nf;
+        if (np == NULL)
+            return -1;
+        c->pgnos = np;
+        if ((nf = realloc(c->frames, ncap * sizeof(uint32_t))) == NULL)
+            return -1;
+        c->frames = nf;
+        c->cap = ncap;
+    }
+    c->pgnos[c->n] = pg;
+    c->frames[c->n++] = frame;
+    return 0;
+}
+
+
+/* Turns one commit (pages C, new size COMMIT_PAGES) into a durable record. */
+static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walfd, struct commit_pages *c,
+                          uint32_t commit_pages, struct api_err *err)
+{
+    uint32_t ps = t->page_size, lock = agent_lock_page(ps);
+    uint32_t *pgnos = malloc((c->n + 1) * sizeof(uint32_t) + 0);
+    size_t cap = c->n + 1, n = 0;
+    unsigned char *pages = malloc(cap * ps), *old = malloc(ps), *enc = NULL;
+    uint64_t ck;
+    size_t enc_len;
+    int rc = API_OK;
+
+    if (pgnos == NULL || pages == NULL || old == NULL) {
+        rc = api_err_set(err, API_ENOMEM, "capture: out of memory");
+        goto out;
+    }
+    pthread_mutex_lock(&t->mu);
+    ck = t->ck;
+    pthread_mutex_unlock(&t->mu);
+    /* pages written by the commit */
+    for (size_t i = 0; i < c->n; i++) {
+        uint32_t pg = c->pgnos[i];
+        if (pg > commit_pages || pg == lock)
+            continue;
+        unsigned char *img = pages + n * ps;
+        if (read_full(walfd, img, ps, WAL_HDR + (off_t)c->frames[i] * (FRAME_HDR + ps) + FRAME_HDR) != 0) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading WAL frame %u: %s", t->id, c->frames[i],
+                             strerror(errno));
+            goto out;
+        }
+        if (pg <= t->npages) {
+            old_image(t, dbfd, walfd, pg, old);
+            ck ^= agent_page_hash(pg, old, ps);
+        }
+        ck ^= agent_page_hash(pg, img, ps);
+        pgnos[n++] = pg;
+    }
+    /* pages the commit cut off */
+    for (uint32_t pg = commit_pages + 1; pg <= t->npages; pg++) {
+        if (pg == lock)
+            continue;
+        old_image(t, dbfd, walfd, pg, old);
+        ck ^= agent_page_hash(pg, old, ps);
+    }
+    /* pages the database grew by without a frame read as zeros */
+    for (uint32_t pg = t->npages + 1; pg <= commit_pages; pg++) {
+        int seen = 0;
+        if (pg == lock)
+            continue;
+        for (size_t i = 0; i < c->n && !seen; i++)
+            seen = c->pgnos[i] == pg;
+        if (seen)
+            continue;
+        if (n == cap) {
+            void *np = realloc(pgnos, (cap * 2) * sizeof(uint32_t)), *nq;
+            if (np == NULL) {
+                rc = api_err_set(err, API_ENOMEM, "capture: out of memory");
+                goto out;
+            }
+            pgnos = np;
+            if ((nq = realloc(pages, cap * 2 * ps)) == NULL) {
+                rc = api_err_set(err, API_ENOMEM, "capture: out of memory");
+                goto out;
+            }
+            pages = nq;
+            cap *= 2;
+        }
+        memset(pages + n * ps, 0, ps);
+        ck ^= agent_page_hash(pg, pages + n * ps, ps);
+        pgnos[n++] = pg;
+    }
+    {
+        struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
+                                .time_ms = (uint64_t)now_ms(), .page_size = ps, .commit_pages = commit_pages,
+                                .npages = (uint32_t)n};
+        if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
+            (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK ||
+            (rc = agent_log_sync(t->log, err)) != API_OK)
+            goto out;
+        atomic_fetch_add(&r->records_captured, 1);
+        atomic_fetch_add(&r->bytes_raw, (unsigned long long)n * (4 + ps) + AGENT_REC_HDR);
+        /* the WAL now holds these pages for later old-image lookups */
+        for (size_t i = 0; i < c->n; i++)
+            if (c->pgnos[i] <= commit_pages && idx_put(&t->idx, c->pgnos[i], c->frames[i]) != 0) {
+                rc = api_err_set(err, API_ENOMEM, "capture: out of memory");
+                goto out;
+            }
+        if (commit_pages < t->npages)
+            idx_truncate(&t->idx, commit_pages);
+        t->npages = commit_pages;
+        set_position(t, rec.txid, ck);
+    }
+out:
+    free(pgnos);
+    free(pages);
+    free(old);
+    free(enc);
+    return rc;
+}
+
+/* Reads the frames [frames_seen, NFRAME) of the WAL and logs each commit. */
+static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_err *err)
+{
+    char db[4096], wal[4200];
+    unsigned char hdr[WAL_HDR], fh[FRAME_HDR];
+    struct commit_pages c = {0};
+    int dbfd = -1, walfd = -1, rc = API_OK;
+
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    snprintf(wal, sizeof(wal), "%s-wal", db);
+    if ((dbfd = open(db, O_RDONLY | O_CLOEXEC)) < 0 || (walfd = open(wal, O_RDONLY | O_CLOEXEC)) < 0 ||
+        read_full(walfd, hdr, WAL_HDR, 0) != 0) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': cannot read its WAL: %s", t->id, strerror(errno));
+        goto out;
+    }
+    uint32_t ps = agent_get32(hdr + 8), s1 = agent_get32(hdr + 16), s2 = agent_get32(hdr + 20);
+    if (ps != t->page_size) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': WAL page size %u differs from %u", t->id, ps, t->page_size);
+        goto out;
+    }
+    if (s1 != t->salt1 || s2 != t->salt2 || (uint32_t)nframe < t->frames_seen) {
+        /* a new WAL generation: the previous one is fully in the database file */
+        idx_clear(&t->idx);
+        t->frames_seen = 0;
+        t->salt1 = s1;
+        t->salt2 = s2;
+    }
+    for (uint32_t f = t->frames_seen; f < (uint32_t)nframe; f++) {
+        if (read_full(walfd, fh, FRAME_HDR, WAL_HDR + (off_t)f * (FRAME_HDR + ps)) != 0) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading WAL frame %u: %s", t->id, f, strerror(errno));
+            goto out;
+        }
+        if (cp_add(&c, agent_get32(fh), f) != 0) {
+            rc = api_err_set(err, API_ENOMEM, "capture: out of memory");
+            goto out;
+        }
+        uint32_t commit = agent_get32(fh + 4);
+        if (commit != 0) {
+            if ((rc = capture_commit(r, t, dbfd, walfd, &c, commit, err)) != API_OK)
+                goto out;
+            c.n = 0;
+            t->frames_seen = f + 1;
+        }
+    }
+out:
+    free(c.pgnos);
+    free(c.frames);
+    if (dbfd >= 0)
+        close(dbfd);
+    if (walfd >= 0)
+        close(walfd);
+    return rc;
+}
+
+static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
+{
+    struct rt *t = ud;
+    struct agent_repl *r = t->r;
+    struct api_err err;
+    (void)zdb;
+
+    if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
+        log_error("tenant=%s committed while not loaded as primary; marking it broken", t->id);
+        pthread_mutex_lock(&t->mu);
+        t->broken = 1;
+        pthread_mutex_unlock(&t->mu);
+        return SQLITE_OK;
+    }
+    if (capture(r, t, nframe, &err) != API_OK) {
+        log_error("tenant=%s replication capture failed, refusing further writes: %s", t->id, err.msg);
+        pthread_mutex_lock(&t->mu);
+        t->broken = 1;
+        pthread_mutex_unlock(&t->mu);
+        return SQLITE_OK;
+    }
+    hub_notify(r->hub, t->id);
+    if ((uint32_t)nframe >= r->cfg.checkpoint_frames) {
+        int nlog = 0, nckpt = 0;
+        /* PASSIVE: readers keep their snapshots; the WAL restarts once all of it is in the file */
+        sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+    }
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    if (lp.bytes > r->cfg.log_keep_bytes && agent_log_compact(t->log, r->cfg.log_keep_bytes / 2, &err) != API_OK)
+        log_warn("tenant=%s log compaction failed: %s", t->id, err.msg);
+    return SQLITE_OK;
+}
+
+void agent_repl_on_open(void *ud, const char *tenant, sqlite3 *db)
+{
+    struct agent_repl *r = ud;
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    if (t != NULL && t->loaded == AGENT_ROLE_PRIMARY)
+        sqlite3_wal_hook(db, wal_hook, t); /* also turns SQLite's auto-checkpoint off */
+}
+
+/* The WAL generation may have ended since the last capture (the last
+ * connection closed, checkpointed and deleted it): then the file holds
+ * every page and the index is stale. WALFD may be -1 (no WAL file). */
+static void sync_generation(struct rt *t, int walfd)
+{
+    unsigned char hdr[WAL_HDR];
+    if (walfd < 0 || read_full(walfd, hdr, WAL_HDR, 0) != 0 || agent_get32(hdr + 16) != t->salt1 ||
+        agent_get32(hdr + 20) != t->salt2) {
+        idx_clear(&t->idx);
+        t->frames_seen = 0;
+        t->salt1 = t->salt2 = 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* replica: apply                                                      */
+
+/* Rewrites the header fields a rollback-mode replica owns (see
+ * repl_sum.h): file format 1/1, change counter COUNTER (also as
+ * version-valid-for) and the database size. */
+static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
+{
+    p[18] = 1;
+    p[19] = 1;
+    agent_put32(p + 24, counter);
+    agent_put32(p + 28, npages);
+    agent_put32(p + 92, counter);
+}
+
+/* Applies the encoded record BUF to the replica's file through SQLite's
+ * own file handle under an EXCLUSIVE lock, so readers see all of it or
+ * none. With VERIFY, the running checksum must reach the record's post
+ * checksum (API_ECONFLICT otherwise). */
+static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, int verify,
+                        struct api_err *err)
+{
+    struct agent_rec rec;
+    size_t rl;
+    void *block = NULL;
+    const uint32_t *pgnos;
+    const unsigned char *pages;
+    sqlite3 *db;
+    sqlite3_file *fp = NULL;
+    unsigned char *old = NULL, *p1 = NULL;
+    sqlite3_int64 size;
+    int rc, in_txn = 0;
+
+    if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
+        (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK)
+        return rc;
+    uint32_t ps = rec.page_size, lock = agent_lock_page(ps);
+    if ((rc = agent_store_conn(r->cfg.store, t->id, &db, err)) != API_OK)
+        goto out;
+    if (sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = api_err_set(err, API_EUNAVAILABLE, "tenant '%s': cannot lock the replica: %s", t->id, sqlite3_errmsg(db));
+        goto out;
+    }
+    in_txn = 1;
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK || fp == NULL ||
+        fp->pMethods == NULL || fp->pMethods->xFileSize(fp, &size) != SQLITE_OK) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': no file handle for the replica", t->id);
+        goto out;
+    }
+    old = malloc(ps);
+    p1 = malloc(ps);
+    if (old == NULL || p1 == NULL) {
+        rc = api_err_set(err, API_ENOMEM, "apply: out of memory");
+        goto out;
+    }
+    uint32_t cur = (uint32_t)(size / ps), counter = 0;
+    if (cur > 0) {
+        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+            goto out;
+        }
+        uint32_t fps = (uint32_t)p1[16] << 8 | p1[17];
+        if ((fps == 1 ? 65536 : fps) != ps) {
+            rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's", t->id,
+                             ps);
+            goto out;
+        }
+        counter = agent_get32(p1 + 24);
+    }
+    counter++;
+    uint64_t ck = t->ck;
+    int wrote1 = 0;
+    for (uint32_t i = 0; i < rec.npages; i++) {
+        uint32_t pg = pgnos[i];
+        const unsigned char *img = pages + (size_t)i * ps;
+        if (pg == 0 || pg > rec.commit_pages || pg == lock)
+            continue;
+        if (pg <= cur) {
+            if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
+                rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
+                goto out;
+            }
+            ck ^= agent_page_hash(pg, old, ps);
+        }
+        ck ^= agent_page_hash(pg, img, ps);
+        if (pg == 1) {
+            memcpy(p1, img, ps);
+            normalise_page1(p1, counter, rec.commit_pages);
+            img = p1;
+            wrote1 = 1;
+        }
+        if (fp->pMethods->xWrite(fp, img, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': writing page %u", t->id, pg);
+            goto out;
+        }
+    }
+    for (uint32_t pg = rec.commit_pages + 1; pg <= cur; pg++) {
+        if (pg == lock)
+            continue;
+        if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
+            goto out;
+        }
+        ck ^= agent_page_hash(pg, old, ps);
+    }
+    if (fp->pMethods->xTruncate(fp, (sqlite3_int64)rec.commit_pages * ps) != SQLITE_OK) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': resizing the replica", t->id);
+        goto out;
+    }
+    if (!wrote1 && rec.commit_pages > 0) {
+        /* bump the change counter so other connections drop their caches */
+        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+            goto out;
+        }
+        normalise_page1(p1, counter, rec.commit_pages);
+        if (fp->pMethods->xWrite(fp, p1, (int)ps, 0) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': writing page 1", t->id);
+            goto out;
+        }
+    }
+    if (fp->pMethods->xSync(fp, SQLITE_SYNC_NORMAL) != SQLITE_OK) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': syncing the replica", t->id);
+        goto out;
+    }
+    if (verify && ck != rec.post_ck) {
+        rc = api_err_set(err, API_ECONFLICT,
+                         "tenant '%s': checksum after txid %llu is %016llx, the primary's is %016llx", t->id,
+                         (unsigned long long)rec.txid, (unsigned long long)ck, (unsigned long long)rec.post_ck);
+        goto out;
+    }
+    set_position(t, rec.txid, verify ? ck : rec.post_ck);
+    atomic_fetch_add(&r->records_applied, 1);
+    rc = API_OK;
+out:
+    if (in_txn)
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    free(old);
+    free(p1);
+    free(block);
+    return rc;
+}
+
+/* Applies the log's records after the current position. */
+static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct api_err *err)
+{
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    while (t->txid < lp.last_txid) {
+        unsigned char *buf;
+        size_t len;
+        int rc;
+        if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) != API_OK)
+            return rc;
+        rc = apply_record(r, t, buf, len, verify, err);
+        free(buf);
+        if (rc != API_OK)
+            return rc;
+    }
+    return API_OK;
+}
+
+static void mark_diverged(struct agent_repl *r, struct rt *t, const char *why)
+{
+    pthread_mutex_lock(&t->mu);
+    t->need_snapshot = 1;
+    t->mismatches++;
+    pthread_mutex_unlock(&t->mu);
+    atomic_fetch_add(&r->mismatches, 1);
+    log_warn("tenant=%s replica diverged, asking for a snapshot: %s", t->id, why);
+}
+
+static int load_replica(struct agent_repl *r, struct rt *t, struct api_err *err)
+{
+    char db[4096];
+    uint32_t page_size;
+    int is_wal, rc;
+    off_t size;
+    uint64_t ptxid, pck;
+    struct agent_log_pos lp;
+
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    if (access(db, F_OK) != 0) {
+        /* nothing here yet: a snapshot brings the first copy */
+        if ((rc = ensure_parent(db, err)) != API_OK)
+            return rc;
+        if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK)
+            return rc;
+        agent_log_position(t->log, &lp);
+        if ((lp.base_txid != 0 || lp.base_ck != AGENT_CK_EMPTY || lp.last_txid != 0) &&
+            (rc = agent_log_reset(t->log, 0, AGENT_CK_EMPTY, err)) != API_OK)
+            return rc;
+        set_position(t, 0, AGENT_CK_EMPTY);
+        goto loaded;
+    }
+    if (db_header(db, &page_size, &is_wal, &size) != 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot read the header of '%s'", t->id, db);
+    if (is_wal) {
+        /* a primary becoming a replica: settle its log and file, then leave WAL */
+        if ((rc = load_primary(r, t, err)) != API_OK ||
+            (rc = raw_exec(db, "PRAGMA journal_mode=DELETE", err)) != API_OK)
+            return rc;
+        idx_clear(&t->idx);
+        if ((rc = write_pos(r, t, err)) != API_OK)
+            return rc;
+        goto loaded;
+    }
+    if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK)
+        return rc;
+    agent_log_position(t->log, &lp);
+    if (read_pos(r, t->id, &ptxid, &pck) != 0 || ptxid > lp.last_txid || ptxid < lp.base_txid) {
+        /* no usable position: trust only a full checksum */
+        int fd = open(db, O_RDONLY | O_CLOEXEC);
+        uint64_t ck = 0;
+        if (fd >= 0) {
+            if (agent_file_checksum(fd, page_size, (uint32_t)(size / page_size), &ck) != 0)
+                ck = 0;
+            close(fd);
+        }
+        if (ck == lp.last_ck) {
+            set_position(t, lp.last_txid, ck);
+        } else {
+            set_position(t, lp.base_txid, ck);
+            mark_diverged(r, t, "no position file matches the database");
+        }
+        goto loaded;
+    }
+    set_position(t, ptxid, pck);
+    if (ptxid < lp.last_txid) {
+        /* killed between log append and apply: apply again (page images
+         * are idempotent), then check the whole file once */
+        if ((rc = apply_from_log(r, t, 0, err)) != API_OK)
+            return rc;
+        int fd = open(db, O_RDONLY | O_CLOEXEC);
+        uint64_t ck = 0;
+        if (fd >= 0 && db_header(db, &page_size, &is_wal, &size) == 0 &&
+            agent_file_checksum(fd, page_size, (uint32_t)(size / page_size), &ck) != 0)
+            ck = 0;
+        if (fd >= 0)
+            close(fd);
+        if (ck != lp.last_ck)
+            mark_diverged(r, t, "re-applied log does not reproduce the primary's checksum");
+        set_position(t, lp.last_txid, ck);
+        if ((rc = write_pos(r, t, err)) != API_OK)
+            return rc;
+        log_info("tenant=%s re-applied records up to txid %llu after a crash", t->id,
+                 (unsigned long long)lp.last_txid);
+    }
+loaded:
+    pthread_mutex_lock(&t->mu);
+    t->loaded = AGENT_ROLE_REPLICA;
+    pthread_mutex_unlock(&t->mu);
+    return API_OK;
+}
+
+int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, struct api_err *err)
+{
+    size_t off = 0;
+    int appended = 0, rc = API_OK;
+
+    if ((rc = agent_repl_ensure(r, t->id, AGENT_ROLE_REPLICA, err)) != API_OK)
+        return rc;
+    if (t->need_snapshot)
+        return API_OK;
+    while (off < len) {
+        struct agent_rec rec;
+        size_t rl;
+        struct agent_log_pos lp;
+        if ((rc = agent_rec_parse(buf + off, len - off, &rec, &rl, err)) != API_OK)
+            return rc;
+        agent_log_position(t->log, &lp);
+        if (rec.epoch < t->max_epoch_seen) {
+            log_warn("tenant=%s refusing txid %llu from epoch %llu: epoch %llu already seen", t->id,
+                     (unsigned long long)rec.txid, (unsigned long long)rec.epoch,
+                     (unsigned long long)t->max_epoch_seen);
+            break;
+        }
+        if (rec.txid <= lp.last_txid) {
+            off += rl; /* already held */
+            continue;
+        }
+        if (rec.txid != lp.last_txid + 1 || rec.pre_ck != lp.last_ck) {
+            mark_diverged(r, t, "record does not continue the local log");
+            break;
+        }
+        if ((rc = agent_log_append(t->log, buf + off, rl, err)) != API_OK)
+            return rc;
+        t->max_epoch_seen = rec.epoch;
+        appended++;
+        off += rl;
+    }
+    if (appended && (rc = agent_log_sync(t->log, err)) != API_OK)
+        return rc;
+    rc = apply_from_log(r, t, 1, err);
+    if (rc == API_ECONFLICT) {
+        mark_diverged(r, t, err->msg);
+        rc = API_OK;
+    }
+    struct api_err e2;
+    if (write_pos(r, t, &e2) != API_OK)
+        log_warn("%s", e2.msg);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* snapshots                                                           */
+
+int repl_snapshot_make(struct agent_repl *r, struct rt *t, unsigned char **out, size_t *out_len, struct api_err *err)
+{
+    char db[4096], wal[4200];
+    int rc, dbfd = -1, walfd = -1;
+    unsigned char *buf = NULL, *raw = NULL;
+    size_t cap, len = SNAP_HDR;
+    uint64_t ck = AGENT_CK_EMPTY;
+
+    if ((rc = agent_repl_ensure(r, t->id, AGENT_ROLE_PRIMARY, err)) != API_OK)
+        return rc;
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    snprintf(wal, sizeof(wal), "%s-wal", db);
+    if ((dbfd = open(db, O_RDONLY | O_CLOEXEC)) < 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot open '%s': %s", t->id, db, strerror(errno));
+    walfd = open(wal, O_RDONLY | O_CLOEXEC);
+    sync_generation(t, walfd);
+    uint32_t ps = t->page_size, lock = agent_lock_page(ps), npages = t->npages;
+    cap = SNAP_HDR + (size_t)LZ4_compressBound((int)(SNAP_CHUNK_PAGES * ps)) + 64;
+    buf = malloc(cap);
+    raw = malloc((size_t)SNAP_CHUNK_PAGES * ps);
+    if (buf == NULL || raw == NULL) {
+        rc = api_err_set(err, API_ENOMEM, "snapshot: out of memory");
+        goto fail;
+    }
+    for (uint32_t first = 1; first <= npages; first += SNAP_CHUNK_PAGES) {
+        uint32_t n = npages - first + 1 < SNAP_CHUNK_PAGES ? npages - first + 1 : SNAP_CHUNK_PAGES;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t pg = first + i;
+            unsigned char *img = raw + (size_t)i * ps;
+            if (pg == lock) {
+                memset(img, 0, ps);
+                continue;
+            }
+            if (old_image(t, dbfd, walfd, pg, img) != 0) {
+                rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u for a snapshot", t->id, pg);
+                goto fail;
+            }
+            ck ^= agent_page_hash(pg, img, ps);
+        }
+        int bound = LZ4_compressBound((int)(n * ps));
+        if (len + 8 + (size_t)bound > cap) {
+            size_t ncap = (len + 8 + (size_t)bound) * 2;
+            unsigned char *nb = realloc(buf, ncap);
+            if (nb == NULL) {
+                rc = api_err_set(err, API_ENOMEM, "snapshot: out of memory");
+                goto fail;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        int c = LZ4_compress_default((const char *)raw, (char *)buf + len + 8, (int)(n * ps), bound);
+        if (c <= 0) {
+            rc = api_err_set(err, API_EINTERNAL, "snapshot: lz4 failed");
+            goto fail;
+        }
+        agent_put32(buf + len, n * ps);
+        agent_put32(buf + len + 4, (uint32_t)c);
+        len += 8 + (size_t)c;
+    }
+    if (ck != t->ck) {
+        log_error("tenant=%s snapshot checksum %016llx differs from the tracked %016llx; serving the file's",
+                  t->id, (unsigned long long)ck, (unsigned long long)t->ck);
+        atomic_fetch_add(&r->mismatches, 1);
+        rc = api_err_set(err, API_EINTERNAL, "tenant '%s': checksum drift on the primary", t->id);
+        goto fail;
+    }
+    memcpy(buf, snap_magic, 4);
+    agent_put32(buf + 4, ps);
+    agent_put64(buf + 8, t->txid);
+    agent_put64(buf + 16, ck);
+    agent_put32(buf + 24, npages);
+    agent_put32(buf + 28, 0);
+    agent_put64(buf + 32, (uint64_t)t->epoch);
+    agent_put64(buf + 40, agent_crc64(0, buf, 40));
+    free(raw);
+    close(dbfd);
+    if (walfd >= 0)
+        close(walfd);
+    atomic_fetch_add(&r->snapshots_sent, 1);
+    *out = buf;
+    *out_len = len;
+    return API_OK;
+fail:
+    free(buf);
+    free(raw);
+    if (dbfd >= 0)
+        close(dbfd);
+    if (walfd >= 0)
+        close(walfd);
+    return rc;
+}
+
+int repl_snapshot_install(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len,
+                          struct api_err *err)
+{
+    char db[4096], tmp[4200], p[4200];
+    int rc, fd = -1;
+    unsigned char *raw = NULL;
+
+    if ((rc = agent_repl_ensure(r, t->id, AGENT_ROLE_REPLICA, err)) != API_OK)
+        return rc;
+    if (len < SNAP_HDR || memcmp(buf, snap_magic, 4) != 0 || agent_get64(buf + 40) != agent_crc64(0, buf, 40))
+        return api_err_set(err, API_EINVAL, "tenant '%s': snapshot has a bad header", t->id);
+    uint32_t ps = agent_get32(buf + 4), npages = agent_get32(buf + 24), lock;
+    uint64_t txid = agent_get64(buf + 8), want_ck = agent_get64(buf + 16), ck = AGENT_CK_EMPTY;
+    if (ps < 512 || ps > 65536 || (ps & (ps - 1)) != 0)
+        return api_err_set(err, API_EINVAL, "tenant '%s': snapshot page size %u", t->id, ps);
+    lock = agent_lock_page(ps);
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    if ((rc = ensure_parent(db, err)) != API_OK)
+        return rc;
+    snprintf(tmp, sizeof(tmp), "%s-snap.tmp", db);
+    if ((fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        return api_err_set(err, API_EIO, "cannot create '%s': %s", tmp, strerror(errno));
+    raw = malloc((size_t)SNAP_CHUNK_PAGES * ps);
+    if (raw == NULL) {
+        rc = api_err_set(err, API_ENOMEM, "snapshot: out of memory");
+        goto fail;
+    }
+    size_t off = SNAP_HDR;
+    uint32_t pg = 1;
+    while (pg <= npages) {
+        if (off + 8 > len) {
+            rc = api_err_set(err, API_EINVAL, "tenant '%s': snapshot is truncated", t->id);
+            goto fail;
+        }
+        uint32_t rawlen = agent_get32(buf + off), clen = agent_get32(buf + off + 4);
+        uint32_t n = rawlen / ps;
+        if (rawlen % ps != 0 || n == 0 || n > SNAP_CHUNK_PAGES || n > npages - pg + 1 || off + 8 + clen > len ||
+            LZ4_decompress_safe((const char *)buf + off + 8, (char *)raw, (int)clen, (int)rawlen) != (int)rawlen) {
+            rc = api_err_set(err, API_EINVAL, "tenant '%s': snapshot chunk at page %u is corrupt", t->id, pg);
+            goto fail;
+        }
+        off += 8 + clen;
+        for (uint32_t i = 0; i < n; i++, pg++) {
+            unsigned char *img = raw + (size_t)i * ps;
+            if (pg != lock)
+                ck ^= agent_page_hash(pg, img, ps);
+            if (pg == 1)
+                normalise_page1(img, 1, npages);
+        }
+        ssize_t w = pwrite(fd, raw, rawlen, (off_t)(pg - n - 1) * ps);
+        if (w != (ssize_t)rawlen) {
+            rc = api_err_set(err, API_EIO, "writing '%s': %s", tmp, strerror(errno));
+            goto fail;
+        }
+    }
+    if (ck != want_ck) {
+        rc = api_err_set(err, API_ECONFLICT, "tenant '%s': snapshot checksum %016llx, expected %016llx", t->id,
+                         (unsigned long long)ck, (unsigned long long)want_ck);
+        goto fail;
+    }
+    if (ftruncate(fd, (off_t)npages * ps) != 0 || fsync(fd) != 0) {
+        rc = api_err_set(err, API_EIO, "syncing '%s': %s", tmp, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    free(raw);
+    raw = NULL;
+    agent_store_evict(t->id);
+    if (rename(tmp, db) != 0) {
+        rc = api_err_set(err, API_EIO, "installing '%s': %s", db, strerror(errno));
+        goto fail;
+    }
+    static const char *const stale[] = {"-journal", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s%s", db, stale[i]);
+        unlink(p);
+    }
+    if ((rc = agent_log_reset(t->log, txid, ck, err)) != API_OK)
+        return rc;
+    pthread_mutex_lock(&t->mu);
+    t->need_snapshot = 0;
+    t->snapshots++;
+    if (agent_get64(buf + 32) > t->max_epoch_seen)
+        t->max_epoch_seen = agent_get64(buf + 32);
+    pthread_mutex_unlock(&t->mu);
+    set_position(t, txid, ck);
+    atomic_fetch_add(&r->snapshots_installed, 1);
+    log_info("tenant=%s snapshot installed txid=%llu pages=%u", t->id, (unsigned long long)txid, npages);
+    return write_pos(r, t, err);
+fail:
+    free(raw);
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* roles                                                               */
+
+int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err)
+{
+    struct rt *t = repl_rt_get(r, tenant, 1);
+    enum agent_role declared, loaded;
+    int broken, rc;
+
+    if (t == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    pthread_mutex_lock(&t->mu);
+    declared = t->want;
+    loaded = t->loaded;
+    broken = t->broken;
+    pthread_mutex_unlock(&t->mu);
+    if (want == AGENT_ROLE_PRIMARY && declared != AGENT_ROLE_PRIMARY)
+        return api_err_set(err, API_ENOTPRIMARY, "tenant '%s': this node is not its primary", tenant);
+    if (loaded == want) {
+        if (broken && want == AGENT_ROLE_PRIMARY)
+            return api_err_set(err, API_EUNAVAILABLE, "tenant '%s': replication capture failed; writes are refused",
+                               tenant);
+        return API_OK;
+    }
+    /* switching modes: no connection may keep the old mode's state */
+    agent_store_evict(tenant);
+    if (want == AGENT_ROLE_PRIMARY)
+        rc = load_primary(r, t, err);
+    else
+        rc = load_replica(r, t, err);
+    if (rc != API_OK) {
+        log_error("tenant=%s cannot load as %s: %s", tenant, want == AGENT_ROLE_PRIMARY ? "primary" : "replica",
+                  err->msg);
+        return rc;
+    }
+    if (want == AGENT_ROLE_PRIMARY)
+        hub_notify(r->hub, tenant);
+    return API_OK;
+}
+
+struct latch_job {
+    void (*fn)(void *);
+    void *arg;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+};
+
+static void latch_run(void *p)
+{
+    struct latch_job *j = p;
+    j->fn(j->arg);
+    pthread_mutex_lock(&j->mu);
+    j->done = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void repl_run_on_worker(struct agent_repl *r, const char *tenant, void (*fn)(void *), void *arg)
+{
+    struct latch_job j = {.fn = fn, .arg = arg};
+    pthread_mutex_init(&j.mu, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    api_workq_submit(r->cfg.workers, agent_repl_key(tenant), latch_run, &j);
+    pthread_mutex_lock(&j.mu);
+    while (!j.done)
+        pthread_cond_wait(&j.cv, &j.mu);
+    pthread_mutex_unlock(&j.mu);
+    pthread_mutex_destroy(&j.mu);
+    pthread_cond_destroy(&j.cv);
+}

@@ -1,0 +1,91 @@
+/*
+ * nodeagent/repl_int.h: state shared by the replication modules (repl.c:
+ * tenants, capture and apply; repl_hub.c: the primary's side of the
+ * transport; repl_pull.c: the replica's side). Not for other components.
+ */
+#ifndef SHOAL_NODEAGENT_REPL_INT_H
+#define SHOAL_NODEAGENT_REPL_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "api/map.h"
+#include "nodeagent/repl.h"
+#include "nodeagent/repl_log.h"
+
+/* page number -> WAL frame index, for pages the current WAL generation holds */
+struct pgidx {
+    uint32_t *keys, *vals;
+    size_t cap, n;
+};
+
+struct rt {
+    char id[64];
+    struct agent_repl *r;
+    pthread_mutex_t mu; /* guards the [mu] fields and the log pointer */
+    /* [mu] declared by the controller */
+    enum agent_role want;
+    int64_t epoch;
+    char upstream[64];
+    char upstream_url[160];
+    /* [mu] position */
+    enum agent_role loaded; /* mode the files are in; NONE = not loaded */
+    struct agent_log *log;
+    uint64_t txid, ck;
+    uint64_t head_txid;
+    int64_t behind_since_ms;
+    uint64_t remote_durable;
+    uint64_t max_epoch_seen;
+    int need_snapshot, broken, load_requested;
+    unsigned long long mismatches, snapshots;
+    /* worker only: capture state of a primary */
+    struct pgidx idx;
+    uint32_t salt1, salt2, frames_seen, npages, page_size;
+};
+
+struct hub;
+struct puller;
+
+struct agent_repl {
+    struct agent_repl_config cfg;
+    char *internal_token;
+    char node[64];
+    pthread_mutex_t mu; /* guards tenants, pullers */
+    struct api_map *tenants; /* id -> struct rt* (never freed before the engine) */
+    struct api_map *pullers; /* upstream node -> struct puller* */
+    struct hub *hub;
+    int stopped; /* [mu] no new pullers */
+    atomic_ullong records_captured, records_applied, bytes_sent, bytes_raw, snapshots_sent, snapshots_installed,
+        mismatches, pulls;
+};
+
+struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create);
+
+/* worker-side operations used by the transport */
+int repl_snapshot_make(struct agent_repl *r, struct rt *t, unsigned char **out, size_t *len, struct api_err *err);
+int repl_snapshot_install(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len,
+                          struct api_err *err);
+/* Appends records (concatenated in BUF) to the replica's log, syncs, applies. */
+int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, struct api_err *err);
+/* Runs FN(ARG) on the tenant's worker and waits for it. */
+void repl_run_on_worker(struct agent_repl *r, const char *tenant, void (*fn)(void *), void *arg);
+
+/* hub (repl_hub.c) */
+int hub_new(struct agent_repl *r, struct hub **out);
+void hub_free(struct hub *h);
+void hub_stop(struct hub *h);
+void hub_notify(struct hub *h, const char *tenant);
+void hub_quorum_wait(struct hub *h, const char *tenant, uint64_t txid, struct api_pending *p, struct api_resp *resp);
+int hub_routes(struct hub *h, struct api_server *s);
+
+/* pullers (repl_pull.c) */
+void pull_follow(struct agent_repl *r, const char *tenant, const char *old_upstream, const char *upstream,
+                 const char *url);
+void pull_stop_all(struct agent_repl *r);
+
+/* frame kinds of a pull reply: u8 kind, u8 id length, id, u32 length, payload */
+enum { PULL_RECORD = 1, PULL_SNAPSHOT = 2, PULL_NOT_PRIMARY = 3, PULL_HEAD = 4 };
+
+int repl_auth_ok(struct agent_repl *r, const char *authz, size_t len);
+
+#endif
