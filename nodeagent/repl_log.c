@@ -393,7 +393,8 @@ static int rewrite_locked(struct agent_log *log, uint64_t base_txid, uint64_t ba
     size_t drop = 0;
     while (drop < log->n && log->offsets[drop] < from)
         drop++;
-    memmove(log->offsets, log->offsets + drop, (log->n - drop) * sizeof(*log->offsets));
+    if (drop > 0 && log->n > drop)
+        memmove(log->offsets, log->offsets + drop, (log->n - drop) * sizeof(*log->offsets));
     log->n -= drop;
     for (size_t i = 0; i < log->n; i++)
         log->offsets[i] -= from - LOG_HDR;

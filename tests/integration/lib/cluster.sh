@@ -32,7 +32,7 @@ not_ok() {
     shift; local line; for line in "$@"; do echo "#   $line"; done
 }
 # is NAME WANT GOT
-is() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "want: $2" "got:  $3"; fi; }
+is() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "want: $2" "got:  $3"; return 1; fi; }
 # like NAME REGEX GOT
 like() { if [[ "$3" =~ $2 ]]; then ok "$1"; else not_ok "$1" "want match: $2" "got: $3"; fi; }
 done_testing() { echo "1..$TAP_N"; [ "$TAP_FAILED" -eq 0 ]; }
@@ -51,7 +51,7 @@ free_ports() { "$BUILD/tests/freeport" "$1"; }
 # spawn NAME CMD...: starts a daemon in the background, logs to $T_DIR/NAME.log.
 spawn() {
     local name=$1; shift
-    "$@" >"$T_DIR/$name.log" 2>&1 &
+    "$@" >>"$T_DIR/$name.log" 2>&1 &
     T_PIDS+=($!)
     T_NAMES+=("$name")
     eval "PID_${name//-/_}=$!"
@@ -93,14 +93,8 @@ start_cluster() {
     spawn orchestrator "$BUILD/orchestrator/shoal-orchestrator" --listen "127.0.0.1:${p[0]}" --etcd "$ETCD_URL" \
         --regions "$SRC/ops/regions.json" --signing-key "$T_DIR/secrets/cluster.key" \
         --admin-token-file "$T_DIR/secrets/admin.token"
-    local i=2 node region
-    for spec in n1:ams n2:iad n3:sin; do
-        node=${spec%%:*}; region=${spec##*:}
-        spawn "agent-$node" "$BUILD/nodeagent/shoal-agent" --node "$node" --region "$region" \
-            --listen "127.0.0.1:${p[$i]}" --data "$T_DIR/data/$node" --etcd "$ETCD_URL" --lease-ttl "$ttl" \
-            --verify-key "$T_DIR/secrets/cluster.pub"
-        i=$((i + 1))
-    done
+    T_TTL=$ttl
+    start_agent n1; start_agent n2; start_agent n3
     spawn router "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${p[1]}" --etcd "$ETCD_URL" \
         --verify-key "$T_DIR/secrets/cluster.pub" --regions "$SRC/ops/regions.json"
     for u in "$ORCH_URL" "$ROUTER_URL" "$AGENT_URL_n1" "$AGENT_URL_n2" "$AGENT_URL_n3"; do
@@ -109,6 +103,17 @@ start_cluster() {
     # the orchestrator sees all three agents
     wait_until 10 sh -c "curl -fsS -H 'Authorization: Bearer $ADMIN_TOKEN' $ORCH_URL/v1/nodes | jq -e '.nodes | length == 3'" \
         || { echo "Bail out! agents did not register"; show_logs; exit 1; }
+}
+
+# start_agent NODE: (re)starts agent n1 (ams), n2 (iad) or n3 (sin) on its
+# port and data directory, with $AGENT_FLAGS appended.
+start_agent() {
+    local node=$1 region url
+    case $node in n1) region=ams ;; n2) region=iad ;; n3) region=sin ;; esac
+    url=AGENT_URL_$node; url=${!url}
+    spawn "agent-$node" "$BUILD/nodeagent/shoal-agent" --node "$node" --region "$region" \
+        --listen "${url#http://}" --data "$T_DIR/data/$node" --etcd "$ETCD_URL" --lease-ttl "$T_TTL" \
+        --verify-key "$T_DIR/secrets/cluster.pub" ${AGENT_FLAGS:-}
 }
 
 # admin METHOD PATH [BODY]: prints "STATUS BODY"

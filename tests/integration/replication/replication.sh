@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# tests/integration/replication/replication.sh BUILD SRC: page-level
+# replication against real etcd and agents. Every check compares data:
+# positions, checksums recomputed from the files by tests/tools/dbtool,
+# rows, the ledger of acknowledged writes.
+BUILD=$1 SRC=$2
+. "$SRC/tests/integration/lib/cluster.sh"
+DBTOOL=$BUILD/tests/dbtool
+WORKLOAD=$SRC/tests/integration/replication/workload.mjs
+# small logs so compaction happens; short quorum timeout; quick polls
+AGENT_FLAGS="--log-keep 262144 --quorum-timeout-ms 1500 --pull-wait-ms 500"
+start_cluster 5
+
+db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
+metric() { curl -fsS "$(eval echo "\$AGENT_URL_$1")/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+# positions TENANT: "node txid checksum" per instance
+positions() {
+    admin GET "/v1/tenants/$1" >/dev/null
+    jq -r '.instances[] | "\(.node) \(.txid) \(.checksum)"' "$T_DIR/body"
+}
+in_step() { # TENANT: all instances at one non-null position
+    admin GET "/v1/tenants/$1" >/dev/null
+    jq -e '[.instances[] | [.txid, .checksum]] | (unique | length == 1) and (.[0][0] != null)' "$T_DIR/body"
+}
+token_for() { admin POST "/v1/tenants/$1/tokens" '{"access":"rw","ttl_s":3600}' >/dev/null; jq -r .token "$T_DIR/body"; }
+# check_copies TENANT LABEL: replicas' files recompute to the primary's checksum; rows equal everywhere
+check_copies() {
+    local tenant=$1 label=$2 ck n f got rows ref=""
+    if wait_until 20 in_step "$tenant"; then ok "$label: all instances reach one position"
+    else not_ok "$label: all instances reach one position" "$(positions "$tenant")"; show_logs; fi
+    ck=$(positions "$tenant" | awk 'NR==1 {print $3}')
+    for n in n2 n3; do
+        f=$(db_of "$n" "$tenant")
+        got=$("$DBTOOL" checksum "$f" | cut -d' ' -f1)
+        is "$label: $n's file recomputes to the primary's checksum" "$ck" "$got"
+    done
+    for n in n1 n2 n3; do
+        f=$(db_of "$n" "$tenant")
+        rows=$("$DBTOOL" query "$f" "SELECT (SELECT group_concat(name || ':' || sql, ';') FROM (SELECT * FROM sqlite_master ORDER BY name)), (SELECT sum(bal) || '/' || count(*) FROM acct), (SELECT count(*) || '/' || sum(length(b)) || '/' || max(id) FROM blobs), (SELECT count(*) || '/' || sum(n) FROM ledger), (SELECT quick_check FROM pragma_quick_check)" | md5sum)
+        if [ -z "$ref" ]; then ref=$rows; fi
+        is "$label: $n's rows equal n1's" "$ref" "$rows"
+    done
+}
+
+r=$(admin POST /v1/tenants '{"id":"r1","region":"ams","replicas":2}')
+is "tenant r1 created" 201 "$(status_of "$r")"
+TOK=$(token_for r1)
+URL="$AGENT_URL_n1/t/r1"
+
+# --- 1. thousands of random transactions with readers on a replica --------------
+node "$WORKLOAD" "$URL" "$TOK" 1 >/dev/null   # schema and accounts
+wait_until 10 test -n "$(db_of n2 r1)" || not_ok "n2 received its first snapshot"
+"$DBTOOL" readers "$(db_of n2 r1)" 12000 "SELECT sum(bal) = 100000 AND count(*) = 100 FROM acct" >"$T_DIR/readers.out" &
+READER=$!
+out=$(SEED=7 node "$WORKLOAD" "$URL" "$TOK" 2000)
+is "workload: 2000 transactions acknowledged" 2000 "$(jq .ok <<<"$out")" || echo "# $out"
+is "workload: nothing failed" 0 "$(jq .failed <<<"$out")"
+wait "$READER"
+read -r _ reads _ violations _ <"$T_DIR/readers.out"
+is "readers on the replica never saw a half-applied transaction" 0 "$violations"
+like "readers on the replica kept reading while records applied" '^[1-9][0-9]*$' "$reads"
+check_copies r1 "random workload"
+is "n2: no checksum mismatch after any record" 0 "$(metric n2 shoal_agent_repl_checksum_mismatches_total)"
+is "n3: no checksum mismatch after any record" 0 "$(metric n3 shoal_agent_repl_checksum_mismatches_total)"
+sent=$(metric n1 shoal_agent_repl_bytes_sent_total); raw=$(metric n1 shoal_agent_repl_bytes_uncompressed_total)
+is "lz4: bytes sent ($sent) are fewer than uncompressed ($raw)" 1 "$(awk -v a="$sent" -v b="$raw" 'BEGIN {print (a > 0 && a < b) ? 1 : 0}')"
+
+# --- 2. kill -9 of a replica while records arrive -------------------------------
+: >"$T_DIR/ledger"
+for delay in 0.3 0.7 1.1; do
+    SEED=$((30 + ${delay#*.})) TOLERATE_ERRORS=1 node "$WORKLOAD" "$URL" "$TOK" 400 "$T_DIR/ledger" >"$T_DIR/w.out" &
+    W=$!
+    sleep "$delay"
+    kill -KILL "$PID_agent_n3"; wait "$PID_agent_n3" 2>/dev/null
+    start_agent n3
+    wait "$W"
+done
+wait_until 20 curl -fsS "$AGENT_URL_n3/healthz" >/dev/null
+check_copies r1 "replica killed mid-apply"
+acked=$(sort -n "$T_DIR/ledger" | uniq | wc -l)
+have=$("$DBTOOL" query "$(db_of n3 r1)" "SELECT n FROM ledger" | sort >"$T_DIR/have"; sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l)
+is "every acknowledged write is on the restarted replica ($acked acknowledged)" 0 "$have"
+
+# --- 3. kill -9 of the primary while it commits ---------------------------------
+: >"$T_DIR/ledger"
+SEED=13 TOLERATE_ERRORS=1 node "$WORKLOAD" "$URL" "$TOK" 600 "$T_DIR/ledger" >"$T_DIR/w.out" &
+W=$!
+sleep 1
+kill -KILL "$PID_agent_n1"; wait "$PID_agent_n1" 2>/dev/null
+start_agent n1
+wait "$W"
+wait_until 20 curl -fsS "$AGENT_URL_n1/healthz" >/dev/null
+# one more write after the restart: the primary serves again
+out=$(SEED=17 node "$WORKLOAD" "$URL" "$TOK" 5)
+is "primary restarted after kill -9 takes writes again" 5 "$(jq .ok <<<"$out")" || { echo "# $out"; show_logs; }
+check_copies r1 "primary killed mid-commit"
+for n in n1 n2 n3; do
+    missing=$("$DBTOOL" query "$(db_of $n r1)" "SELECT n FROM ledger" | sort >"$T_DIR/have"; sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l)
+    is "$n holds every write acknowledged before and after the primary's crash" 0 "$missing"
+done
+
+# --- 4. snapshot bootstrap once the log no longer has the replica's TXID -------
+stop_daemon agent-n3
+out=$(SEED=19 node "$WORKLOAD" "$URL" "$TOK" 600)
+is "workload while n3 is down" 600 "$(jq .ok <<<"$out")" || echo "# $out"
+start_agent n3
+wait_until 20 curl -fsS "$AGENT_URL_n3/healthz" >/dev/null
+check_copies r1 "after log compaction"
+like "n3 caught up through a snapshot (log compacted past its TXID)" '^[1-9]' \
+    "$(metric n3 shoal_agent_repl_snapshots_installed_total)"
+
+# --- 5. a divergent replica is detected and repaired ----------------------------
+stop_daemon agent-n2
+"$DBTOOL" exec "$(db_of n2 r1)" "UPDATE acct SET bal = bal + 1; UPDATE blobs SET b = x'00' WHERE id = (SELECT max(id) FROM blobs)"
+start_agent n2
+wait_until 20 curl -fsS "$AGENT_URL_n2/healthz" >/dev/null
+out=$(SEED=23 node "$WORKLOAD" "$URL" "$TOK" 300)
+is "workload after n2 diverged" 300 "$(jq .ok <<<"$out")" || echo "# $out"
+check_copies r1 "divergent replica"
+like "n2 counted the checksum mismatch" '^[1-9]' "$(metric n2 shoal_agent_repl_checksum_mismatches_total)"
+like "n2 repaired itself from a snapshot" '^[1-9]' "$(metric n2 shoal_agent_repl_snapshots_installed_total)"
+is "n2's accounts hold the primary's total again" "100000" \
+    "$("$DBTOOL" query "$(db_of n2 r1)" "SELECT sum(bal) FROM acct")"
+
+# --- 6. quorum durability ------------------------------------------------------------
+r=$(admin POST /v1/tenants '{"id":"q1","region":"ams","replicas":2,"durability":"quorum"}')
+is "quorum tenant created" 201 "$(status_of "$r")"
+r=$(admin POST /v1/tenants '{"id":"a1","region":"ams","replicas":2,"durability":"async"}')
+is "async tenant created" 201 "$(status_of "$r")"
+QTOK=$(token_for q1); ATOK=$(token_for a1)
+sql() { # URL TOKEN SQL -> "STATUS BODY"
+    curl -sS -o "$T_DIR/sql.out" -w '%{http_code}' -H "Authorization: Bearer $2" -H 'content-type: application/json' \
+        --data-binary "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"$3\"}},{\"type\":\"close\"}]}" "$1/v2/pipeline"
+    printf ' %s' "$(cat "$T_DIR/sql.out")"
+}
+wait_until 10 in_step q1
+r=$(sql "$AGENT_URL_n1/t/q1" "$QTOK" "CREATE TABLE t(x)")
+is "quorum write with replicas up is acknowledged" 200 "$(status_of "$r")"
+kill -STOP "$PID_agent_n2" "$PID_agent_n3"
+start=$(date +%s%N)
+r=$(sql "$AGENT_URL_n1/t/q1" "$QTOK" "INSERT INTO t VALUES (1)")
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+is "quorum write with no replica reachable fails" 503 "$(status_of "$r")"
+is "... with the quorum_timeout error code" quorum_timeout "$(body_of "$r" | jq -r .error.code)"
+like "... after waiting for the quorum timeout (${took} ms)" '^(1[5-9][0-9][0-9]|[2-4][0-9][0-9][0-9])$' "$took"
+r=$(sql "$AGENT_URL_n1/t/a1" "$ATOK" "CREATE TABLE t(x)")
+is "async write with no replica reachable is acknowledged" 200 "$(status_of "$r")"
+kill -CONT "$PID_agent_n2" "$PID_agent_n3"
+r=$(sql "$AGENT_URL_n1/t/q1" "$QTOK" "INSERT INTO t VALUES (2)")
+is "quorum write once replicas are back is acknowledged" 200 "$(status_of "$r")"
+wait_until 10 in_step q1
+is "the timed-out quorum write is committed on the primary and replicated" "1,2" \
+    "$("$DBTOOL" query "$(db_of n2 q1)" "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)")"
+
+# --- positions in the admin API and health ----------------------------------------
+admin GET /v1/tenants/r1 >/dev/null
+like "show: txid is 16 hex digits" '^[0-9a-f]{16}$' "$(jq -r '.instances[0].txid' "$T_DIR/body")"
+is "show: replicas report lag 0 when caught up" "0,0" "$(jq -r '[.instances[] | select(.role=="replica") | .lag_ms] | join(",")' "$T_DIR/body")"
+is "agent healthz: no lagging tenant" "[]" "$(curl -sS "$AGENT_URL_n2/healthz" | jq -c .lagging)"
+
+done_testing
