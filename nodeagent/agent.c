@@ -102,6 +102,7 @@ void agent_config_init(struct agent_config *cfg)
     cfg->max_lag_ms = 5000;
     cfg->quorum_timeout_ms = 5000;
     cfg->pull_wait_ms = 1000;
+    cfg->catchup_timeout_ms = 2000;
 }
 
 static void worker_exit(void)
@@ -443,8 +444,26 @@ static void *controller_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* data plane                                                          */
 
+struct forward_job {
+    struct agent *a;
+    struct api_pending *pending;
+    char *url;
+    char *headers[12];
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+    char method[8];
+};
+static void forward_job(void *arg);
+static void forward_job_free(struct forward_job *j);
+
 struct pipeline_job {
     struct agent *a;
+    /* on a replica: try to answer here, else hand the request to the primary */
+    int replica, waited, accept_replay;
+    uint64_t min_txid;
+    char holder[API_NAME_MAX];
+    struct forward_job *fwd; /* NULL when forwarding is not allowed (loop guard, no primary) */
     struct api_pending *pending;
     char tenant[API_NAME_MAX];
     int version;
@@ -459,6 +478,14 @@ struct pipeline_job {
 static void finish_error(struct api_pending *p, const struct api_err *err)
 {
     api_pending_finish(p, api_dp_error_resp(err));
+}
+
+static void pipeline_job_free(struct pipeline_job *j)
+{
+    forward_job_free(j->fwd);
+    free(j->body);
+    free(j->token);
+    free(j);
 }
 
 static void exec_pragma(sqlite3 *db, const char *sql)
@@ -497,6 +524,84 @@ static void finish_with_position(struct agent *a, struct pipeline_job *j, struct
         api_pending_finish(j->pending, resp);
 }
 
+static void pipeline_job(void *arg);
+
+/* A replica cannot answer J: the primary must. With shoal-accept-replay the
+ * caller replays it there; otherwise this worker forwards it. Frees J. */
+static void send_to_primary(struct pipeline_job *j)
+{
+    struct api_err err;
+    if (j->accept_replay && j->holder[0]) {
+        struct api_resp *resp = api_resp_new(200);
+        char v[128];
+        snprintf(v, sizeof(v), "instance=%s", j->holder);
+        if (resp != NULL) {
+            api_resp_add_header(resp, "fly-replay", v);
+            api_resp_set_body(resp, "application/json", "{}", 2);
+        }
+        atomic_fetch_add(&j->a->replays_sent, 1);
+        api_pending_finish(j->pending, resp);
+    } else if (j->fwd != NULL) {
+        struct forward_job *f = j->fwd;
+        j->fwd = NULL;
+        f->pending = j->pending;
+        forward_job(f); /* frees f */
+    } else if (!j->holder[0]) {
+        api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", j->tenant);
+        finish_error(j->pending, &err);
+    } else {
+        api_err_set(&err, API_EREPLAYLOOP, "tenant '%s': request was already forwarded once and node '%s' is not "
+                                           "its primary either", j->tenant, j->a->cfg.node);
+        finish_error(j->pending, &err);
+    }
+    pipeline_job_free(j);
+}
+
+static void rerun_after_wait(void *arg, int reached)
+{
+    struct pipeline_job *j = arg;
+    (void)reached; /* the job looks at the position again */
+    api_workq_submit(j->a->workers, tenant_key(j->tenant), pipeline_job, j);
+}
+
+/* On a replica: 1 if J was handed on (to the primary, or to wait for
+ * shoal-min-txid), 0 if this replica answers it (read-only). */
+static int replica_handoff(struct pipeline_job *j)
+{
+    struct agent *a = j->a;
+    struct agent_repl_pos pos;
+    struct api_err err;
+    sqlite3 *db;
+    json_t *doc = json_loadb(j->body, j->body_len, 0, NULL);
+    json_t *requests = json_object_get(doc, "requests"), *baton = json_object_get(doc, "baton");
+    int local = 0;
+
+    if (doc == NULL || !json_is_array(requests)) {
+        json_decref(doc);
+        return 0; /* the executor reports the protocol error */
+    }
+    /* interactive transactions (batons) always live on the primary */
+    if (!json_is_string(baton) && ends_with_close(requests) &&
+        agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_REPLICA, &err) == API_OK &&
+        agent_repl_position(a->repl, j->tenant, &pos) == 0 && pos.loaded && agent_store_exists(a->store, j->tenant)) {
+        if (j->min_txid > pos.txid && !j->waited) {
+            json_decref(doc);
+            j->waited = 1;
+            agent_repl_wait_txid(a->repl, j->tenant, j->min_txid, a->cfg.catchup_timeout_ms, rerun_after_wait, j);
+            return 1;
+        }
+        local = j->min_txid <= pos.txid && agent_store_conn(a->store, j->tenant, &db, &err) == API_OK &&
+                agent_hrana_reads_only(db, requests);
+    }
+    json_decref(doc);
+    if (!local) {
+        send_to_primary(j);
+        return 1;
+    }
+    j->read_only = 1;
+    return 0;
+}
+
 /* Runs one pipeline on the tenant's worker. Without a baton and ending in
  * "close", it uses the thread's cached connection; otherwise it runs on a
  * stream with its own connection that outlives the request (batons). */
@@ -516,8 +621,12 @@ static void pipeline_job(void *arg)
     int rc;
 
     api_err_clear(&err);
-    if (agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_PRIMARY, &err) != API_OK)
+    if (j->replica) {
+        if (replica_handoff(j))
+            return;
+    } else if (agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_PRIMARY, &err) != API_OK) {
         goto fail;
+    }
     struct agent_repl_pos before, after;
     agent_repl_position(a->repl, j->tenant, &before);
     doc = json_loadb(j->body, j->body_len, 0, &jerr);
@@ -631,9 +740,7 @@ static void pipeline_job(void *arg)
         free(body);
         finish_with_position(a, j, resp, &before, &after);
         json_decref(doc);
-        free(j->body);
-        free(j->token);
-        free(j);
+        pipeline_job_free(j);
         return;
     }
     {
@@ -649,28 +756,14 @@ static void pipeline_job(void *arg)
         }
     }
     json_decref(doc);
-    free(j->body);
-    free(j->token);
-    free(j);
+    pipeline_job_free(j);
     return;
 fail:
     finish_error(j->pending, &err);
     json_decref(doc);
-    free(j->body);
-    free(j->token);
-    free(j);
+    pipeline_job_free(j);
 }
 
-struct forward_job {
-    struct agent *a;
-    struct api_pending *pending;
-    char *url;
-    char *headers[12];
-    size_t nheaders;
-    char *body;
-    size_t body_len;
-    char method[8];
-};
 
 static const char *const forwarded_headers[] = {"authorization", "content-type", "shoal-min-txid",
                                                 "shoal-consistency", "shoal-client-region", "shoal-tenant",
@@ -711,6 +804,13 @@ static void forward_job(void *arg)
         api_http_resp_fini(&up);
         atomic_fetch_add(&j->a->forwarded, 1);
     }
+    forward_job_free(j);
+}
+
+static void forward_job_free(struct forward_job *j)
+{
+    if (j == NULL)
+        return;
     for (size_t i = 0; i < j->nheaders; i++)
         free(j->headers[i]);
     free(j->url);
@@ -718,28 +818,24 @@ static void forward_job(void *arg)
     free(j);
 }
 
-static void forward(struct agent *a, struct api_req *r, const char *tenant, const char *primary_url)
+/* A forward of R to PRIMARY_URL, ready to run on a worker (NULL on OOM). */
+static struct forward_job *make_forward_job(struct agent *a, struct api_req *r, const char *primary_url)
 {
     struct forward_job *j = calloc(1, sizeof(*j));
     size_t plen, mlen, blen, len;
     const char *path = api_req_target(r, &plen), *method = api_req_method(r, &mlen), *body = api_req_body(r, &blen);
     char hdr[2048];
 
-    if (j == NULL) {
-        api_reply_errorf(r, API_ENOMEM, "out of memory");
-        return;
-    }
+    if (j == NULL)
+        return NULL;
     j->a = a;
     snprintf(j->method, sizeof(j->method), "%.*s", (int)(mlen < 7 ? mlen : 7), method);
     if (asprintf(&j->url, "%s%.*s", primary_url, (int)plen, path) < 0)
         j->url = NULL;
     j->body = malloc(blen + 1);
     if (j->url == NULL || j->body == NULL) {
-        free(j->url);
-        free(j->body);
-        free(j);
-        api_reply_errorf(r, API_ENOMEM, "out of memory");
-        return;
+        forward_job_free(j);
+        return NULL;
     }
     memcpy(j->body, body, blen);
     j->body_len = blen;
@@ -752,6 +848,16 @@ static void forward(struct agent *a, struct api_req *r, const char *tenant, cons
     }
     snprintf(hdr, sizeof(hdr), "shoal-forwarded-by: %s", a->cfg.node);
     j->headers[j->nheaders++] = strdup(hdr);
+    return j;
+}
+
+static void forward(struct agent *a, struct api_req *r, const char *tenant, const char *primary_url)
+{
+    struct forward_job *j = make_forward_job(a, r, primary_url);
+    if (j == NULL) {
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
     j->pending = api_req_defer(r);
     api_workq_submit(a->workers, tenant_key(tenant), forward_job, j);
 }
@@ -768,6 +874,57 @@ static void reply_dp_error(struct api_req *r, const struct api_err *err)
     api_reply_resp(r, api_dp_error_resp(err));
 }
 
+/* shoal-min-txid, else the __shoal_txid cookie: 0 when absent, -1 when the
+ * header is malformed. */
+static int requested_min_txid(struct api_req *r, uint64_t *out)
+{
+    size_t len;
+    const char *v = api_req_header(r, "shoal-min-txid", &len);
+    *out = 0;
+    if (v != NULL)
+        return agent_parse_hex16(v, len, out) == 0 ? 0 : -1;
+    if ((v = api_req_header(r, "cookie", &len)) != NULL) {
+        static const char name[] = "__shoal_txid=";
+        const char *end = v + len;
+        for (const char *p = v; p + sizeof(name) - 1 + 16 <= end; p++)
+            if ((p == v || p[-1] == ' ' || p[-1] == ';') && memcmp(p, name, sizeof(name) - 1) == 0) {
+                if (agent_parse_hex16(p + sizeof(name) - 1, 16, out) != 0)
+                    *out = 0; /* a stale or foreign cookie is ignored */
+                break;
+            }
+    }
+    return 0;
+}
+
+static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r, const struct route_ctx *rc,
+                                             const struct api_dp_auth *auth, const struct api_cluster_tenant *t)
+{
+    struct pipeline_job *j = calloc(1, sizeof(*j));
+    size_t blen, hlen, tlen;
+    const char *body = api_req_body(r, &blen);
+    const char *h = api_req_header(r, "authorization", &hlen), *tok = NULL;
+
+    if (j == NULL || (j->body = malloc(blen + 1)) == NULL) {
+        free(j);
+        return NULL;
+    }
+    memcpy(j->body, body, blen);
+    j->body_len = blen;
+    if (h == NULL || api_bearer_token(h, hlen, &tok, &tlen) != 0)
+        tlen = 0;
+    if ((j->token = strndup(tok ? tok : "", tlen)) == NULL) {
+        free(j->body);
+        free(j);
+        return NULL;
+    }
+    j->a = a;
+    j->version = rc->version;
+    j->cursor = rc->cursor;
+    j->quorum = strcmp(t->durability, "quorum") == 0;
+    snprintf(j->tenant, sizeof(j->tenant), "%s", auth->tenant);
+    return j;
+}
+
 static void on_pipeline(struct api_req *r, void *ud)
 {
     struct route_ctx *rc = ud;
@@ -776,7 +933,9 @@ static void on_pipeline(struct api_req *r, void *ud)
     struct api_cluster_tenant t;
     struct api_err err;
     struct local_tenant *lt;
-    int serve_here = 0;
+    struct pipeline_job *j;
+    int serve_here = 0, replica_here = 0;
+    uint64_t min_txid;
 
     if (api_dp_authorize(r, a->pk, a->cfg.tenant_domain, &auth, &err) != API_OK) {
         reply_dp_error(r, &err);
@@ -787,42 +946,46 @@ static void on_pipeline(struct api_req *r, void *ud)
         reply_dp_error(r, &err);
         return;
     }
+    if (requested_min_txid(r, &min_txid) != 0) {
+        api_err_set(&err, API_EINVAL, "shoal-min-txid must be 16 hex digits");
+        reply_dp_error(r, &err);
+        return;
+    }
     pthread_mutex_lock(&a->mu);
     lt = api_map_get(a->local, auth.tenant);
     serve_here = lt != NULL && lt->holding;
+    replica_here = lt != NULL && !lt->holding && assigned_here(&t, a->cfg.node);
     pthread_mutex_unlock(&a->mu);
+    int to_primary = header_is(r, "shoal-consistency", "primary");
+    int leased_elsewhere = t.leased && strcmp(t.holder, a->cfg.node) != 0;
 
-    if (serve_here) {
-        struct pipeline_job *j = calloc(1, sizeof(*j));
-        size_t blen;
-        const char *body = api_req_body(r, &blen);
-        if (j == NULL || (j->body = malloc(blen + 1)) == NULL) {
-            free(j);
+    if (serve_here || (replica_here && !to_primary && !rc->cursor)) {
+        if ((j = new_pipeline_job(a, r, rc, &auth, &t)) == NULL) {
             api_reply_errorf(r, API_ENOMEM, "out of memory");
             return;
         }
-        memcpy(j->body, body, blen);
-        j->body_len = blen;
-        {
-            size_t hlen, tlen;
-            const char *h = api_req_header(r, "authorization", &hlen), *tok = NULL;
-            if (h == NULL || api_bearer_token(h, hlen, &tok, &tlen) != 0)
-                tlen = 0;
-            j->token = strndup(tok ? tok : "", tlen);
-        }
-        j->a = a;
-        j->version = rc->version;
-        j->cursor = rc->cursor;
         /* ro tokens read only; and a primary that could have lost its
          * session stops writing but keeps serving reads. */
         j->read_only = auth.claims.access == API_ACCESS_RO || !agent_session_writable(a->session);
-        j->quorum = strcmp(t.durability, "quorum") == 0;
-        snprintf(j->tenant, sizeof(j->tenant), "%s", auth.tenant);
+        if (!serve_here) {
+            j->replica = 1;
+            j->min_txid = min_txid;
+            j->accept_replay = header_is(r, "shoal-accept-replay", "1");
+            if (leased_elsewhere) {
+                snprintf(j->holder, sizeof(j->holder), "%s", t.holder);
+                if (api_req_header(r, "shoal-forwarded-by", NULL) == NULL &&
+                    (j->fwd = make_forward_job(a, r, t.holder_url)) == NULL) {
+                    pipeline_job_free(j);
+                    api_reply_errorf(r, API_ENOMEM, "out of memory");
+                    return;
+                }
+            }
+        }
         j->pending = api_req_defer(r);
         api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
         return;
     }
-    if (!t.leased || strcmp(t.holder, a->cfg.node) == 0) {
+    if (!leased_elsewhere) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", auth.tenant);
         reply_dp_error(r, &err);
         return;

@@ -1023,3 +1023,63 @@ int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int ve
     *entries = arr;
     return API_OK;
 }
+
+/* ------------------------------------------------------------------ */
+/* can a replica answer this?                                          */
+
+/* 1 if every statement in SQL only reads (sqlite3_stmt_readonly). SQL that
+ * does not prepare counts as a read: running it reports the error. */
+static int sql_reads_only(sqlite3 *db, const char *sql)
+{
+    const char *tail = sql;
+    while (tail != NULL && *tail != '\0') {
+        sqlite3_stmt *st = NULL;
+        const char *next = NULL;
+        if (sqlite3_prepare_v2(db, tail, -1, &st, &next) != SQLITE_OK)
+            return 1;
+        int ro = st == NULL || sqlite3_stmt_readonly(st);
+        sqlite3_finalize(st);
+        if (!ro)
+            return 0;
+        if (next == tail)
+            break;
+        tail = next;
+    }
+    return 1;
+}
+
+static int stmt_reads_only(sqlite3 *db, const json_t *stmt)
+{
+    const char *sql = json_string_value(json_object_get(stmt, "sql"));
+    return sql != NULL && sql_reads_only(db, sql); /* sql_id needs the stream that stored it */
+}
+
+int agent_hrana_reads_only(sqlite3 *db, const json_t *requests)
+{
+    size_t i, k;
+    json_t *req;
+    json_array_foreach(requests, i, req)
+    {
+        const char *type = json_string_value(json_object_get(req, "type"));
+        if (type == NULL)
+            return 1; /* a protocol error: let the executor say so */
+        if (strcmp(type, "close") == 0 || strcmp(type, "get_autocommit") == 0)
+            continue;
+        if (strcmp(type, "execute") == 0 || strcmp(type, "describe") == 0) {
+            json_t *obj = strcmp(type, "execute") == 0 ? json_object_get(req, "stmt") : req;
+            if (!stmt_reads_only(db, obj))
+                return 0;
+        } else if (strcmp(type, "sequence") == 0) {
+            if (!stmt_reads_only(db, req))
+                return 0;
+        } else if (strcmp(type, "batch") == 0) {
+            json_t *step, *steps = json_object_get(json_object_get(req, "batch"), "steps");
+            json_array_foreach(steps, k, step)
+            if (!stmt_reads_only(db, json_object_get(step, "stmt")))
+                return 0;
+        } else {
+            return 0; /* store_sql/close_sql belong to a stream: the primary's */
+        }
+    }
+    return 1;
+}

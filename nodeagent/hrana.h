@@ -68,6 +68,11 @@ int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, in
 int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
                        struct agent_hrana_outcome *out, struct api_err *err);
 
+/* 1 if every statement of REQUESTS (a pipeline's array) only reads, so a
+ * replica may answer it; 0 if one writes or needs a stream's stored SQL.
+ * Prepares (and finalizes) each statement on DB. */
+int agent_hrana_reads_only(sqlite3 *db, const json_t *requests);
+
 /* JSON for one SQLite value as Hrana encodes it (new reference). Exposed for tests. */
 json_t *agent_hrana_value_to_json(sqlite3_value *v);
 

@@ -1,5 +1,6 @@
 /* shoal-agent: flags → agent_config → agent_run. See nodeagent/agent.h. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
@@ -17,7 +18,7 @@ static void stop(void *agent)
 int main(int argc, char **argv)
 {
     struct agent_config cfg;
-    const char *log_level = "info";
+    const char *log_level = "info", *catchup = NULL;
     char data_dir[512];
     int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000;
@@ -47,6 +48,8 @@ int main(int argc, char **argv)
          "how long a quorum write waits for a replica (default 5000)", 0},
         {"log-keep", API_FLAG_SIZE, &cfg.log_keep_bytes, 0,
          "compact a tenant's replication log beyond this many bytes (default 8 MiB)", 0},
+        {"catchup-timeout", API_FLAG_STRING, &catchup, 0,
+         "how long a replica waits for shoal-min-txid before the primary serves (e.g. 2s, 500ms; default 2s)", 0},
         {"pull-wait-ms", API_FLAG_INT, &pull_wait_ms, 0, "replication long-poll length (default 1000)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
@@ -70,6 +73,16 @@ int main(int argc, char **argv)
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;
     cfg.max_lag_ms = max_lag_s * 1000;
+    if (catchup != NULL) {
+        char *end = NULL;
+        double v = strtod(catchup, &end);
+        double ms = end && strcmp(end, "ms") == 0 ? v : end && (strcmp(end, "s") == 0 || *end == '\0') ? v * 1000 : -1;
+        if (end == catchup || ms < 0 || ms > 600000) {
+            fprintf(stderr, "shoal-agent: --catchup-timeout takes a duration such as 2s or 500ms\n");
+            return 2;
+        }
+        cfg.catchup_timeout_ms = (int64_t)ms;
+    }
     cfg.quorum_timeout_ms = quorum_timeout_ms;
     cfg.pull_wait_ms = pull_wait_ms;
     if (cfg.data_dir == NULL) {

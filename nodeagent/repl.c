@@ -348,6 +348,12 @@ void agent_repl_quorum_wait(struct agent_repl *r, const char *tenant, uint64_t t
     hub_quorum_wait(r->hub, tenant, txid, p, resp);
 }
 
+void agent_repl_wait_txid(struct agent_repl *r, const char *tenant, uint64_t txid, int64_t timeout_ms,
+                          void (*fn)(void *, int), void *arg)
+{
+    hub_txid_wait(r->hub, tenant, txid, timeout_ms, fn, arg);
+}
+
 int agent_repl_routes(struct agent_repl *r, struct api_server *s, struct api_err *err)
 {
     if (hub_routes(r->hub, s) != 0)
@@ -1172,6 +1178,7 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
     struct api_err e2;
     if (write_pos(r, t, &e2) != API_OK)
         log_warn("%s", e2.msg);
+    hub_applied(r->hub);
     return rc;
 }
 
@@ -1359,6 +1366,7 @@ int repl_snapshot_install(struct agent_repl *r, struct rt *t, const unsigned cha
     set_position(t, txid, ck);
     atomic_fetch_add(&r->snapshots_installed, 1);
     log_info("tenant=%s snapshot installed txid=%llu pages=%u", t->id, (unsigned long long)txid, npages);
+    hub_applied(r->hub);
     return write_pos(r, t, err);
 fail:
     free(raw);

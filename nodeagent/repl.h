@@ -108,6 +108,12 @@ int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_r
 void agent_repl_quorum_wait(struct agent_repl *r, const char *tenant, uint64_t txid, struct api_pending *p,
                             struct api_resp *resp);
 
+/* Calls FN(ARG, 1) once TENANT's position here reaches TXID, or FN(ARG, 0)
+ * after TIMEOUT_MS (read-your-writes on a replica). FN runs on the hub
+ * thread and must not block (submit work elsewhere). */
+void agent_repl_wait_txid(struct agent_repl *r, const char *tenant, uint64_t txid, int64_t timeout_ms,
+                          void (*fn)(void *, int), void *arg);
+
 /* Lagging replicas (lag beyond max_lag_ms): appends their IDs to OUT (a
  * jansson array). Returns the count. */
 size_t agent_repl_lagging(struct agent_repl *r, void *json_array);

@@ -61,8 +61,18 @@ struct qwait {
     int64_t deadline;
 };
 
+struct twait {
+    struct twait *next;
+    char tenant[64];
+    uint64_t txid;
+    int64_t deadline;
+    void (*fn)(void *, int);
+    void *arg;
+};
+
 struct hub {
     struct agent_repl *r;
+    struct twait *twaits;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct session *sessions;
@@ -431,6 +441,89 @@ static void resolve_waits(struct hub *h, int64_t now, int64_t *next_deadline)
 }
 
 /* ------------------------------------------------------------------ */
+/* read-your-writes waits                                              */
+
+static int applied(struct hub *h, const char *tenant, uint64_t txid)
+{
+    struct rt *t = repl_rt_get(h->r, tenant, 0);
+    int ok = 0;
+    if (t != NULL) {
+        pthread_mutex_lock(&t->mu);
+        ok = t->txid >= txid;
+        pthread_mutex_unlock(&t->mu);
+    }
+    return ok;
+}
+
+void hub_txid_wait(struct hub *h, const char *tenant, uint64_t txid, int64_t timeout_ms, void (*fn)(void *, int),
+                   void *arg)
+{
+    struct twait *w;
+    if (applied(h, tenant, txid)) {
+        fn(arg, 1);
+        return;
+    }
+    if ((w = calloc(1, sizeof(*w))) == NULL) {
+        fn(arg, 0);
+        return;
+    }
+    snprintf(w->tenant, sizeof(w->tenant), "%s", tenant);
+    w->txid = txid;
+    w->deadline = mono_ms() + timeout_ms;
+    w->fn = fn;
+    w->arg = arg;
+    pthread_mutex_lock(&h->mu);
+    if (h->stopping) {
+        pthread_mutex_unlock(&h->mu);
+        free(w);
+        fn(arg, 0);
+        return;
+    }
+    w->next = h->twaits;
+    h->twaits = w;
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void hub_applied(struct hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->twaits != NULL)
+        pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Takes the waits that are due off the list (hub->mu held); the caller
+ * runs them without the lock. */
+static struct twait *due_twaits(struct hub *h, int64_t now, int64_t *next_deadline)
+{
+    struct twait *due = NULL, **pp = &h->twaits;
+    while (*pp != NULL) {
+        struct twait *w = *pp;
+        if (applied(h, w->tenant, w->txid) || now >= w->deadline || h->stopping) {
+            *pp = w->next;
+            w->next = due;
+            due = w;
+            continue;
+        }
+        if (w->deadline < *next_deadline)
+            *next_deadline = w->deadline;
+        pp = &w->next;
+    }
+    return due;
+}
+
+static void run_twaits(struct hub *h, struct twait *due)
+{
+    while (due != NULL) {
+        struct twait *n = due->next;
+        due->fn(due->arg, applied(h, due->tenant, due->txid));
+        free(due);
+        due = n;
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* thread                                                              */
 
 static void *hub_main(void *arg)
@@ -440,6 +533,12 @@ static void *hub_main(void *arg)
     for (;;) {
         int64_t now = mono_ms(), next = now + 1000;
         resolve_waits(h, now, &next);
+        struct twait *due = due_twaits(h, now, &next);
+        if (due != NULL) {
+            pthread_mutex_unlock(&h->mu);
+            run_twaits(h, due);
+            pthread_mutex_lock(&h->mu);
+        }
         struct session **pp = &h->sessions;
         while (*pp != NULL) {
             struct session *s = *pp;
@@ -525,6 +624,7 @@ void hub_free(struct hub *h)
     }
     int64_t next = 0;
     resolve_waits(h, INT64_MAX, &next);
+    run_twaits(h, due_twaits(h, INT64_MAX, &next));
     api_map_free(h->followers, free_follower_list);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->cv);

@@ -77,6 +77,10 @@ void hub_stop(struct hub *h);
 void hub_notify(struct hub *h, const char *tenant);
 void hub_quorum_wait(struct hub *h, const char *tenant, uint64_t txid, struct api_pending *p, struct api_resp *resp);
 int hub_routes(struct hub *h, struct api_server *s);
+void hub_txid_wait(struct hub *h, const char *tenant, uint64_t txid, int64_t timeout_ms, void (*fn)(void *, int),
+                   void *arg);
+/* A replica applied something: wakes read-your-writes waiters. */
+void hub_applied(struct hub *h);
 
 /* pullers (repl_pull.c) */
 void pull_follow(struct agent_repl *r, const char *tenant, const char *old_upstream, const char *upstream,

@@ -66,11 +66,12 @@ is "router: close acknowledged, baton null" 'close null' "$(body_of "$r" | jq -r
 r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" "$SELECT")
 is "primary agent answers directly" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
 r=$(pipeline "$AGENT_URL_n1/t/acme/v3/pipeline" "$TOKEN" "$SELECT")
-is "replica agent forwards to the primary (v3)" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+is "replica agent answers a read itself (v3)" 42 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
 
 status=$(curl -sS -o /dev/null -D "$T_DIR/h" -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" \
-    -H 'shoal-accept-replay: 1' --data-binary "$SELECT" "$AGENT_URL_n3/t/acme/v2/pipeline")
-is "replica with shoal-accept-replay answers fly-replay" "instance=n2" \
+    -H 'shoal-accept-replay: 1' --data-binary '{"requests":[{"type":"execute","stmt":{"sql":"create table replay_probe(x)"}},{"type":"close"}]}' \
+    "$AGENT_URL_n3/t/acme/v2/pipeline")
+is "replica with shoal-accept-replay answers a write with fly-replay" "instance=n2" \
    "$(tr -d '\r' <"$T_DIR/h" | sed -n 's/^fly-replay: //Ip')"
 
 WRITE='{"requests":[{"type":"execute","stmt":{"sql":"create table t(id integer primary key, name text)"}},

@@ -8,7 +8,7 @@ BUILD=$1 SRC=$2
 DBTOOL=$BUILD/tests/dbtool
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 # small logs so compaction happens; short quorum timeout; quick polls
-AGENT_FLAGS="--log-keep 262144 --quorum-timeout-ms 1500 --pull-wait-ms 500"
+AGENT_FLAGS="--log-keep 262144 --quorum-timeout-ms 1500 --pull-wait-ms 500 --catchup-timeout 700ms"
 start_cluster 5
 
 db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
@@ -151,6 +151,58 @@ is "quorum write once replicas are back is acknowledged" 200 "$(status_of "$r")"
 wait_until 10 in_step q1
 is "the timed-out quorum write is committed on the primary and replicated" "1,2" \
     "$("$DBTOOL" query "$(db_of n2 q1)" "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)")"
+
+# --- 7. reads on replicas, read-your-writes ---------------------------------------
+# hreq URL TOKEN BODY [HEADER...]: prints "STATUS" and leaves headers/body in files
+hreq() {
+    local url=$1 tok=$2 body=$3; shift 3
+    local extra=() h
+    for h in "$@"; do extra+=(-H "$h"); done
+    curl -sS -D "$T_DIR/h.out" -o "$T_DIR/b.out" -w '%{http_code}' -H "Authorization: Bearer $tok" \
+        -H 'content-type: application/json' "${extra[@]}" --data-binary "$body" "$url/v2/pipeline"
+}
+hdr() { awk -v n="$1" 'BEGIN {IGNORECASE=1} { split($0, kv, ": "); if (tolower(kv[1]) == n) { sub(/\r$/, "", kv[2]); print kv[2] } }' "$T_DIR/h.out"; }
+q() { printf '{"requests":[{"type":"execute","stmt":{"sql":"%s"}},{"type":"close"}]}' "$1"; }
+wait_until 10 in_step r1
+fwd_before=$(metric n2 shoal_agent_forwarded_total)
+is "replica read: 200" 200 "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'SELECT sum(bal) FROM acct')")"
+is "replica read: the replica's own data" '"100000"' "$(jq -c '.results[0].response.result.rows[0][0].value' "$T_DIR/b.out")"
+is "replica read: shoal-txid is the replica's position" "$(positions r1 | awk '$1=="n2" {print $2}')" "$(hdr shoal-txid)"
+is "replica read: answered locally, not forwarded" "$fwd_before" "$(metric n2 shoal_agent_forwarded_total)"
+is "write sent to a replica is forwarded to the primary: 200" 200 \
+    "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'INSERT INTO ledger(n) VALUES (900000001)')")"
+wtxid=$(hdr shoal-txid)
+like "forwarded write: shoal-txid relayed from the primary" '^[0-9a-f]{16}$' "$wtxid"
+like "forwarded write: the cookie for browsers" "^__shoal_txid=$wtxid; Path=/t/r1/" "$(hdr set-cookie)"
+is "write with shoal-accept-replay on a replica: fly-replay to the primary" "instance=n1" \
+    "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'INSERT INTO ledger(n) VALUES (900000002)')" 'shoal-accept-replay: 1' >/dev/null; hdr fly-replay)"
+is "read with shoal-accept-replay on a replica is still answered there" "" \
+    "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'SELECT 1')" 'shoal-accept-replay: 1' >/dev/null; hdr fly-replay)"
+is "interactive transaction on a replica runs on the primary (baton from n1)" "n1" \
+    "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" '{"requests":[{"type":"execute","stmt":{"sql":"BEGIN"}}]}' >/dev/null; jq -r '.baton | split(".")[0]' "$T_DIR/b.out")"
+is "malformed shoal-min-txid: 400" 400 "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'SELECT 1')" 'shoal-min-txid: 12zz')"
+is "malformed shoal-min-txid: JSON error body" invalid_request "$(jq -r .error.code "$T_DIR/b.out")"
+# read-your-writes through a replica while another writer loads the primary
+SEED=41 node "$WORKLOAD" "$URL" "$TOK" 100000 >/dev/null 2>&1 &
+LOAD=$!
+misses=0; waited=0
+for i in $(seq 1 40); do
+    hreq "$URL" "$TOK" "$(q "INSERT INTO ledger(n) VALUES ($((910000000 + i)))")" >/dev/null
+    t=$(hdr shoal-txid)
+    if [ $((i % 2)) = 0 ]; then h="shoal-min-txid: $t"; else h="cookie: a=b; __shoal_txid=$t"; fi
+    hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q "SELECT count(*) FROM ledger WHERE n = $((910000000 + i))")" "$h" >/dev/null
+    [ "$(jq -r '.results[0].response.result.rows[0][0].value' "$T_DIR/b.out")" = 1 ] || misses=$((misses + 1))
+done
+kill "$LOAD" 2>/dev/null; wait "$LOAD" 2>/dev/null
+is "read-your-writes through a replica under load: 40 of 40 writes seen" 0 "$misses"
+start=$(date +%s%N)
+st=$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'SELECT count(*) FROM acct')" 'shoal-min-txid: 7fffffffffffffff')
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+is "a TXID the replica cannot reach: the primary answers after --catchup-timeout" "200 100" \
+    "$st $(jq -r '.results[0].response.result.rows[0][0].value' "$T_DIR/b.out")"
+like "... having waited the catch-up timeout (${took} ms)" '^([7-9][0-9][0-9]|[1-2][0-9][0-9][0-9])$' "$took"
+is "shoal-consistency: primary is answered by the primary" "$(positions r1 | awk '$1=="n1" {print $2}')" \
+    "$(hreq "$AGENT_URL_n2/t/r1" "$TOK" "$(q 'SELECT 1')" 'shoal-consistency: primary' >/dev/null; hdr shoal-txid)"
 
 # --- positions in the admin API and health ----------------------------------------
 admin GET /v1/tenants/r1 >/dev/null
