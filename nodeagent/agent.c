@@ -62,6 +62,7 @@ struct agent {
     char url[API_URL_MAX];
     unsigned char pk[API_TOKEN_PUBLIC_BYTES];
     int lock_fd;
+    int started_clean; /* the previous run stopped cleanly (no crash recovery needed) */
     struct api_etcd *etcd;
     struct agent_store *store;
     struct agent_session *session;
@@ -1123,7 +1124,7 @@ static void on_healthz(struct api_req *r, void *ud)
 static void on_metrics(struct api_req *r, void *ud)
 {
     struct agent *a = ud;
-    char buf[8192];
+    char buf[16384];
     size_t len = 0, tenants, primaries = 0;
 
     pthread_mutex_lock(&a->mu);
@@ -1164,6 +1165,24 @@ static void on_metrics(struct api_req *r, void *ud)
                  rs.snapshots_installed, rs.mismatches, rs.pulls);
     if (n > 0 && (size_t)n < sizeof(buf) - len)
         len += (size_t)n;
+    /* commit on the primary to apply here, as a Prometheus histogram */
+    n = snprintf(buf + len, sizeof(buf) - len, "# TYPE shoal_agent_repl_lag_seconds histogram\n");
+    if (n > 0 && (size_t)n < sizeof(buf) - len)
+        len += (size_t)n;
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < AGENT_REPL_LAG_BUCKETS; i++) {
+        cum += rs.lag_buckets[i];
+        if (i + 1 < AGENT_REPL_LAG_BUCKETS)
+            n = snprintf(buf + len, sizeof(buf) - len, "shoal_agent_repl_lag_seconds_bucket{le=\"%g\"} %llu\n",
+                         (double)agent_repl_lag_bounds_us[i] / 1e6, cum);
+        else
+            n = snprintf(buf + len, sizeof(buf) - len,
+                         "shoal_agent_repl_lag_seconds_bucket{le=\"+Inf\"} %llu\nshoal_agent_repl_lag_seconds_sum %g\n"
+                         "shoal_agent_repl_lag_seconds_count %llu\n",
+                         cum, (double)rs.lag_sum_us / 1e6, cum);
+        if (n > 0 && (size_t)n < sizeof(buf) - len)
+            len += (size_t)n;
+    }
     api_reply_text(r, 200, "text/plain; version=0.0.4", buf, len);
 }
 
@@ -1183,6 +1202,9 @@ static int lock_data_dir(struct agent *a, struct api_err *err)
     if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0)
         return api_err_set(err, API_ECONFLICT, "data directory '%s' is in use by another shoal-agent",
                            a->cfg.data_dir);
+    /* CLEAN exists only between a clean stop and the next start */
+    snprintf(path, sizeof(path), "%s/CLEAN", a->cfg.data_dir);
+    a->started_clean = unlink(path) == 0;
     return API_OK;
 }
 
@@ -1270,6 +1292,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         rcfg.store = a->store;
         rcfg.workers = a->workers;
         rcfg.internal_token = itok;
+        rcfg.verify_on_load = !a->started_clean;
         if (cfg->log_keep_bytes)
             rcfg.log_keep_bytes = cfg->log_keep_bytes;
         if (cfg->max_lag_ms > 0)
@@ -1366,7 +1389,15 @@ void agent_free(struct agent *a)
     api_map_free(a->dirty, NULL);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
-    if (a->lock_fd >= 0)
+    if (a->lock_fd >= 0) {
+        /* every connection is closed (WALs checkpointed): the next start
+         * may trust the files without checksumming them */
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/CLEAN", a->cfg.data_dir);
+        int fd = a->workers == NULL && a->controller_started ? open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+        if (fd >= 0)
+            close(fd);
         close(a->lock_fd);
+    }
     free(a);
 }

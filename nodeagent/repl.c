@@ -41,11 +41,25 @@
 static const unsigned char snap_magic[4] = {'S', 'H', 'S', '1'};
 static const unsigned char pos_magic[4] = {'S', 'H', 'P', '1'};
 
-static int64_t now_ms(void)
+static int64_t now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Replication lag histogram: commit on the primary to apply here. */
+const int64_t agent_repl_lag_bounds_us[AGENT_REPL_LAG_BUCKETS] = {
+    100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 4000, 5000, 7000, 10000, 15000, 20000, 30000,
+    50000, 100000, 200000, 500000, 1000000, 2000000, 5000000, INT64_MAX};
+
+static void observe_lag(struct agent_repl *r, int64_t us)
+{
+    size_t i = 0;
+    while (i + 1 < AGENT_REPL_LAG_BUCKETS && us > agent_repl_lag_bounds_us[i])
+        i++;
+    atomic_fetch_add(&r->lag_buckets[i], 1);
+    atomic_fetch_add(&r->lag_sum_us, (unsigned long long)(us > 0 ? us : 0));
 }
 
 static int64_t mono_ms(void)
@@ -340,6 +354,9 @@ void agent_repl_stats(struct agent_repl *r, struct agent_repl_stats *o)
     o->snapshots_installed = atomic_load(&r->snapshots_installed);
     o->mismatches = atomic_load(&r->mismatches);
     o->pulls = atomic_load(&r->pulls);
+    for (size_t i = 0; i < AGENT_REPL_LAG_BUCKETS; i++)
+        o->lag_buckets[i] = atomic_load(&r->lag_buckets[i]);
+    o->lag_sum_us = atomic_load(&r->lag_sum_us);
 }
 
 void agent_repl_quorum_wait(struct agent_repl *r, const char *tenant, uint64_t txid, struct api_pending *p,
@@ -537,7 +554,7 @@ static int log_full_image(struct rt *t, int fd, uint32_t page_size, uint32_t npa
     }
     agent_log_position(t->log, &lp);
     struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = lp.last_txid + 1, .pre_ck = lp.last_ck, .post_ck = ck,
-                            .time_ms = (uint64_t)now_ms(), .page_size = page_size, .commit_pages = npages, .npages = n};
+                            .time_us = (uint64_t)now_us(), .page_size = page_size, .commit_pages = npages, .npages = n};
     rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err);
     free(pgnos);
     free(pages);
@@ -550,8 +567,70 @@ static int log_full_image(struct rt *t, int fd, uint32_t page_size, uint32_t npa
     return rc;
 }
 
+/* The file (open read-write at FD) is at an older position of the log than
+ * its end: commits reached the log durably but their WAL frames did not
+ * reach the disk (the WAL is not synced at commit; the log is). Writes the
+ * page images of records FROM..last into the file. */
+static int roll_forward(struct rt *t, int fd, uint64_t from, struct api_err *err)
+{
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    for (uint64_t txid = from; txid <= lp.last_txid; txid++) {
+        unsigned char *buf;
+        size_t len, rl;
+        struct agent_rec rec;
+        void *block;
+        const uint32_t *pgnos;
+        const unsigned char *pages;
+        int rc;
+        if ((rc = agent_log_read(t->log, txid, &buf, &len, err)) != API_OK)
+            return rc;
+        if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
+            (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK) {
+            free(buf);
+            return rc;
+        }
+        uint32_t lock = agent_lock_page(rec.page_size);
+        for (uint32_t i = 0; i < rec.npages && rc == API_OK; i++) {
+            if (pgnos[i] == 0 || pgnos[i] > rec.commit_pages || pgnos[i] == lock)
+                continue;
+            if (pwrite(fd, pages + (size_t)i * rec.page_size, rec.page_size,
+                       (off_t)(pgnos[i] - 1) * rec.page_size) != (ssize_t)rec.page_size)
+                rc = api_err_set(err, API_EIO, "tenant '%s': rolling forward txid %llu: %s", t->id,
+                                 (unsigned long long)txid, strerror(errno));
+        }
+        if (rc == API_OK && ftruncate(fd, (off_t)rec.commit_pages * rec.page_size) != 0)
+            rc = api_err_set(err, API_EIO, "tenant '%s': rolling forward: %s", t->id, strerror(errno));
+        free(block);
+        free(buf);
+        if (rc != API_OK)
+            return rc;
+    }
+    if (fdatasync(fd) != 0)
+        return api_err_set(err, API_EIO, "tenant '%s': rolling forward: %s", t->id, strerror(errno));
+    log_warn("tenant=%s rolled the database forward from the log: txid %llu..%llu", t->id,
+             (unsigned long long)from, (unsigned long long)lp.last_txid);
+    return API_OK;
+}
+
+/* The TXID at which the log's history passes through checksum CK, or -1. */
+static int64_t log_txid_with(struct rt *t, uint64_t ck)
+{
+    struct agent_log_pos lp;
+    uint64_t pre;
+    agent_log_position(t->log, &lp);
+    for (uint64_t txid = lp.last_txid; txid > lp.base_txid; txid--)
+        if (agent_log_pre_ck(t->log, txid, &pre) == 0 && pre == ck)
+            return (int64_t)txid - 1;
+    return -1;
+}
+
 /* Brings a tenant file in WAL mode to a state where its log and file
- * agree, with an empty WAL. Sets the capture state. */
+ * agree, with an empty WAL. Sets the capture state. After a crash (a WAL
+ * left behind, or the agent did not stop cleanly) the whole file is
+ * checksummed once: a file behind the log is rolled forward from it, a file
+ * ahead of it (commits that never reached the log) is logged as one
+ * full-image record. */
 static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
 {
     char db[4096], wal[4200];
@@ -565,7 +644,7 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
     snprintf(wal, sizeof(wal), "%s-wal", db);
     if (db_header(db, &page_size, &is_wal, &size) != 0)
         return api_err_set(err, API_EIO, "tenant '%s': cannot read the database header of '%s'", t->id, db);
-    crashed = stat(wal, &st) == 0 && st.st_size > 0;
+    crashed = (stat(wal, &st) == 0 && st.st_size > 0) || r->cfg.verify_on_load;
     if (!is_wal) {
         /* a replica being promoted: finish any apply, then switch */
         if ((rc = raw_exec(db, "PRAGMA journal_mode=WAL", err)) != API_OK)
@@ -576,7 +655,7 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
     if (db_header(db, &page_size, &is_wal, &size) != 0)
         return api_err_set(err, API_EIO, "tenant '%s': cannot read '%s'", t->id, db);
     uint32_t npages = (uint32_t)(size / page_size);
-    int fd = open(db, O_RDONLY | O_CLOEXEC);
+    int fd = open(db, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return api_err_set(err, API_EIO, "tenant '%s': cannot open '%s': %s", t->id, db, strerror(errno));
     int have_log;
@@ -597,7 +676,23 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
         }
         struct agent_log_pos lp;
         agent_log_position(t->log, &lp);
-        if (lp.last_ck != ck && (rc = log_full_image(t, fd, page_size, npages, ck, err)) != API_OK) {
+        int64_t at = lp.last_ck == ck ? (int64_t)lp.last_txid : log_txid_with(t, ck);
+        if (lp.last_ck != ck && at < 0 && lp.base_ck == ck)
+            at = (int64_t)lp.base_txid;
+        if (at >= 0 && (uint64_t)at < lp.last_txid) {
+            if ((rc = roll_forward(t, fd, (uint64_t)at + 1, err)) != API_OK) {
+                close(fd);
+                return rc;
+            }
+            struct stat fst;
+            npages = fstat(fd, &fst) == 0 ? (uint32_t)(fst.st_size / page_size) : npages;
+            if (agent_file_checksum(fd, page_size, npages, &ck) != 0 || ck != lp.last_ck) {
+                rc = api_err_set(err, API_EIO, "tenant '%s': rolled forward to txid %llu but the checksum is %016llx",
+                                 t->id, (unsigned long long)lp.last_txid, (unsigned long long)ck);
+                close(fd);
+                return rc;
+            }
+        } else if (at < 0 && (rc = log_full_image(t, fd, page_size, npages, ck, err)) != API_OK) {
             close(fd);
             return rc;
         }
@@ -740,7 +835,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
     }
     {
         struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
-                                .time_ms = (uint64_t)now_ms(), .page_size = ps, .commit_pages = commit_pages,
+                                .time_us = (uint64_t)now_us(), .page_size = ps, .commit_pages = commit_pages,
                                 .npages = (uint32_t)n};
         if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
             (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK ||
@@ -897,7 +992,7 @@ static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
  * none. With VERIFY, the running checksum must reach the record's post
  * checksum (API_ECONFLICT otherwise). */
 static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, int verify,
-                        struct api_err *err)
+                        int sync, struct api_err *err)
 {
     struct agent_rec rec;
     size_t rl;
@@ -998,7 +1093,8 @@ static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char 
             goto out;
         }
     }
-    if (fp->pMethods->xSync(fp, SQLITE_SYNC_NORMAL) != SQLITE_OK) {
+    /* one sync per batch: the last record's covers the ones before it */
+    if (sync && fp->pMethods->xSync(fp, SQLITE_SYNC_NORMAL) != SQLITE_OK) {
         rc = api_err_set(err, API_EIO, "tenant '%s': syncing the replica", t->id);
         goto out;
     }
@@ -1010,6 +1106,8 @@ static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char 
     }
     set_position(t, rec.txid, verify ? ck : rec.post_ck);
     atomic_fetch_add(&r->records_applied, 1);
+    if (verify)
+        observe_lag(r, now_us() - (int64_t)rec.time_us);
     rc = API_OK;
 out:
     if (in_txn)
@@ -1020,21 +1118,40 @@ out:
     return rc;
 }
 
-/* Applies the log's records after the current position. */
+/* Makes what earlier records of a batch wrote durable (they skipped their
+ * own sync) before a failure returns and the position is written. */
+static void sync_db_file(struct agent_repl *r, struct rt *t)
+{
+    char db[4096];
+    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
+    int fd = open(db, O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        if (fdatasync(fd) != 0)
+            log_warn("tenant=%s fdatasync: %s", t->id, strerror(errno));
+        close(fd);
+    }
+}
+
+/* Applies the log's records after the current position, syncing the file
+ * once at the end of the batch. */
 static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct api_err *err)
 {
     struct agent_log_pos lp;
+    uint64_t first = t->txid;
     agent_log_position(t->log, &lp);
     while (t->txid < lp.last_txid) {
         unsigned char *buf;
         size_t len;
         int rc;
-        if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) != API_OK)
+        if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) == API_OK) {
+            rc = apply_record(r, t, buf, len, verify, t->txid + 1 == lp.last_txid, err);
+            free(buf);
+        }
+        if (rc != API_OK) {
+            if (t->txid > first)
+                sync_db_file(r, t);
             return rc;
-        rc = apply_record(r, t, buf, len, verify, err);
-        free(buf);
-        if (rc != API_OK)
-            return rc;
+        }
     }
     return API_OK;
 }

@@ -56,6 +56,7 @@ struct agent_repl_config {
     int64_t quorum_timeout_ms;  /* default 5000 */
     int64_t pull_wait_ms;       /* long-poll length (default 1000): also how soon a new tenant's first poll goes out */
     int64_t max_lag_ms;         /* /healthz turns 503 beyond this (default 5000) */
+    int verify_on_load;         /* the agent did not stop cleanly: checksum each primary once */
 };
 void agent_repl_config_init(struct agent_repl_config *cfg);
 
@@ -118,9 +119,14 @@ void agent_repl_wait_txid(struct agent_repl *r, const char *tenant, uint64_t txi
  * jansson array). Returns the count. */
 size_t agent_repl_lagging(struct agent_repl *r, void *json_array);
 
+#define AGENT_REPL_LAG_BUCKETS 26
+/* upper bounds (µs) of the lag histogram's buckets; the last is +Inf */
+extern const int64_t agent_repl_lag_bounds_us[AGENT_REPL_LAG_BUCKETS];
+
 struct agent_repl_stats {
     unsigned long long records_captured, records_applied, bytes_sent, bytes_raw, snapshots_sent,
         snapshots_installed, mismatches, pulls;
+    unsigned long long lag_buckets[AGENT_REPL_LAG_BUCKETS], lag_sum_us;
 };
 void agent_repl_stats(struct agent_repl *r, struct agent_repl_stats *out);
 

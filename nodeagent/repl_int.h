@@ -57,6 +57,7 @@ struct agent_repl {
     int stopped; /* [mu] no new pullers */
     atomic_ullong records_captured, records_applied, bytes_sent, bytes_raw, snapshots_sent, snapshots_installed,
         mismatches, pulls;
+    atomic_ullong lag_buckets[AGENT_REPL_LAG_BUCKETS], lag_sum_us;
 };
 
 struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create);

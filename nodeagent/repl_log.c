@@ -60,7 +60,7 @@ int agent_rec_encode(struct agent_rec *rec, const uint32_t *pgnos, const unsigne
     agent_put32(buf + 44, rec->commit_pages);
     agent_put32(buf + 48, rec->npages);
     agent_put32(buf + 52, rec->payload_len);
-    agent_put64(buf + 56, rec->time_ms);
+    agent_put64(buf + 56, rec->time_us);
     agent_put64(buf + AGENT_REC_HDR + (size_t)clen, agent_crc64(0, buf, AGENT_REC_HDR + (size_t)clen));
     *out = buf;
     *out_len = AGENT_REC_HDR + (size_t)clen + AGENT_REC_TRAILER;
@@ -79,7 +79,7 @@ static int parse_header(const unsigned char *buf, struct agent_rec *rec)
     rec->commit_pages = agent_get32(buf + 44);
     rec->npages = agent_get32(buf + 48);
     rec->payload_len = agent_get32(buf + 52);
-    rec->time_ms = agent_get64(buf + 56);
+    rec->time_us = agent_get64(buf + 56);
     if (rec->page_size < 512 || rec->page_size > MAX_PAGE_SIZE || (rec->page_size & (rec->page_size - 1)) != 0)
         return -1;
     if ((size_t)rec->npages * (4 + (size_t)rec->page_size) > MAX_RAW_BYTES)
@@ -491,7 +491,7 @@ void agent_log_position(struct agent_log *log, struct agent_log_pos *out)
     out->last_txid = log->last.txid;
     out->last_ck = log->last.post_ck;
     out->last_epoch = log->last.epoch;
-    out->last_time_ms = log->last.time_ms;
+    out->last_time_us = log->last.time_us;
     out->last_commit_pages = log->last.commit_pages;
     out->page_size = log->last.page_size;
     out->bytes = log->end;

@@ -4,7 +4,7 @@
  * A record is one committed write transaction as page images:
  *   header (64 bytes, big-endian): "SHR1", flags, epoch, txid, pre checksum,
  *     post checksum, page size, database size in pages after the commit,
- *     number of page images, payload length, commit time (ms since epoch)
+ *     number of page images, payload length, commit time (µs since the epoch)
  *   payload: lz4 block of [page numbers (u32 each)][page images]
  *   trailer: CRC-64 of header and payload (8 bytes)
  * A record applies only on top of (txid - 1, pre checksum).
@@ -30,7 +30,7 @@
 #define AGENT_REC_TRAILER 8
 
 struct agent_rec {
-    uint64_t epoch, txid, pre_ck, post_ck, time_ms;
+    uint64_t epoch, txid, pre_ck, post_ck, time_us;
     uint32_t page_size, commit_pages, npages, payload_len;
 };
 
@@ -71,7 +71,7 @@ int agent_log_compact(struct agent_log *log, size_t keep_bytes, struct api_err *
  * not in the log (at or below the base, or beyond the last). */
 int agent_log_read(struct agent_log *log, uint64_t txid, unsigned char **out, size_t *out_len, struct api_err *err);
 struct agent_log_pos {
-    uint64_t base_txid, base_ck, last_txid, last_ck, last_epoch, last_time_ms;
+    uint64_t base_txid, base_ck, last_txid, last_ck, last_epoch, last_time_us;
     uint32_t last_commit_pages, page_size;
     size_t bytes;
 };

@@ -101,11 +101,13 @@ static int open_db(const struct agent_store *st, const char *tenant, const char 
         sqlite3_close(db);
         return code;
     }
-    /* synchronous=FULL: an acknowledged commit is on disk. The journal
-     * mode is the file's own: WAL on a primary, rollback on a replica
-     * (replication switches it); a new file starts in WAL. */
+    /* synchronous=NORMAL: a commit does not sync the WAL, because the
+     * replication log is synced before the write is acknowledged and a
+     * primary rolls its file forward from the log after a crash (repl.c).
+     * The journal mode is the file's own: WAL on a primary, rollback on a
+     * replica (replication switches it); a new file starts in WAL. */
     snprintf(pragmas, sizeof(pragmas),
-             "%sPRAGMA synchronous=FULL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+             "%sPRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
              create ? "PRAGMA journal_mode=WAL; " : "", st->cache_kib);
     char *msg = NULL;
     if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {

@@ -99,6 +99,26 @@ for n in n1 n2 n3; do
     is "$n holds every write acknowledged before and after the primary's crash" 0 "$missing"
 done
 
+# --- 3b. the primary's WAL is lost (as after a power cut: a commit syncs the
+# replication log, not the WAL): the file is rolled forward from the log ----------
+: >"$T_DIR/ledger"
+SEED=14 TOLERATE_ERRORS=1 node "$WORKLOAD" "$URL" "$TOK" 400 "$T_DIR/ledger" >"$T_DIR/w.out" &
+W=$!
+sleep 1
+kill -KILL "$PID_agent_n1"; wait "$PID_agent_n1" 2>/dev/null
+f=$(db_of n1 r1); rm -f "$f-wal" "$f-shm"
+start_agent n1
+wait "$W"
+wait_until 20 curl -fsS "$AGENT_URL_n1/healthz" >/dev/null
+out=$(SEED=15 node "$WORKLOAD" "$URL" "$TOK" 5)
+is "primary whose WAL was lost takes writes again" 5 "$(jq .ok <<<"$out")" || { echo "# $out"; show_logs; }
+like "it rolled its file forward from the log" "rolled the database forward" "$(grep -c 'rolled the database forward' "$T_DIR/agent-n1.log" | sed 's/^[1-9][0-9]*$/rolled the database forward/')"
+check_copies r1 "primary's WAL lost"
+for n in n1 n2 n3; do
+    missing=$("$DBTOOL" query "$(db_of $n r1)" "SELECT n FROM ledger" | sort >"$T_DIR/have"; sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l)
+    is "$n holds every write acknowledged before the WAL was lost" 0 "$missing"
+done
+
 # --- 4. snapshot bootstrap once the log no longer has the replica's TXID -------
 stop_daemon agent-n3
 out=$(SEED=19 node "$WORKLOAD" "$URL" "$TOK" 600)
