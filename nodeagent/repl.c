@@ -613,6 +613,67 @@ static int roll_forward(struct rt *t, int fd, uint64_t from, struct api_err *err
     return API_OK;
 }
 
+/* The database size in pages: the header's when it is valid (its
+ * version-valid-for equals the change counter), else the file's. */
+static uint32_t logical_pages(int fd, uint32_t page_size, uint32_t file_pages)
+{
+    unsigned char h[100];
+    if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h))
+        return file_pages;
+    uint32_t n = agent_get32(h + 28);
+    if (n > 0 && agent_get32(h + 92) == agent_get32(h + 24) && n <= file_pages)
+        return n;
+    (void)page_size;
+    return file_pages;
+}
+
+/* The file matches no position of the log: it may be torn (a checkpoint
+ * cut short, its WAL lost). Applies every record of the log to a copy
+ * (page images are idempotent, and a range applied over a later state ends
+ * in the range's final state); if the copy reaches the log's last
+ * checksum it replaces the file and *FD is reopened on it. Otherwise the
+ * file is left alone (it may hold commits the log never got). */
+static int replay_whole_log(struct agent_repl *r, struct rt *t, const char *db, int *fd)
+{
+    char tmp[4200];
+    struct agent_log_pos lp;
+    struct api_err err;
+    struct stat st;
+    unsigned char buf[65536];
+    uint64_t ck;
+    int out, ok = 0;
+    (void)r;
+
+    agent_log_position(t->log, &lp);
+    if (lp.last_txid == lp.base_txid || fstat(*fd, &st) != 0)
+        return API_ENOTFOUND;
+    snprintf(tmp, sizeof(tmp), "%s-recover", db);
+    if ((out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        return API_EIO;
+    for (off_t off = 0; off < st.st_size;) {
+        ssize_t n = pread(*fd, buf, sizeof(buf), off);
+        if (n <= 0 || pwrite(out, buf, (size_t)n, off) != n)
+            goto done;
+        off += n;
+    }
+    if (roll_forward(t, out, lp.base_txid + 1, &err) != API_OK ||
+        agent_file_checksum(out, lp.page_size, lp.last_commit_pages, &ck) != 0 || ck != lp.last_ck)
+        goto done;
+    if (fsync(out) != 0 || rename(tmp, db) != 0)
+        goto done;
+    close(*fd);
+    *fd = out;
+    out = -1;
+    ok = 1;
+    log_warn("tenant=%s database matched no logged position; rebuilt it by applying its whole log", t->id);
+done:
+    if (out >= 0) {
+        close(out);
+        unlink(tmp);
+    }
+    return ok ? API_OK : API_ENOTFOUND;
+}
+
 /* The TXID at which the log's history passes through checksum CK, or -1. */
 static int64_t log_txid_with(struct rt *t, uint64_t ck)
 {
@@ -665,7 +726,10 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
         have_log = t->log != NULL || access(lp, F_OK) == 0;
     }
     if (!have_log || crashed) {
-        if (agent_file_checksum(fd, page_size, npages, &ck) != 0) {
+        /* the logical size: after a partial checkpoint the file can hold
+         * stale pages beyond it */
+        npages = logical_pages(fd, page_size, npages);
+        if (ftruncate(fd, (off_t)npages * page_size) != 0 || agent_file_checksum(fd, page_size, npages, &ck) != 0) {
             rc = api_err_set(err, API_EIO, "tenant '%s': checksumming '%s': %s", t->id, db, strerror(errno));
             close(fd);
             return rc;
@@ -679,14 +743,16 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
         int64_t at = lp.last_ck == ck ? (int64_t)lp.last_txid : log_txid_with(t, ck);
         if (lp.last_ck != ck && at < 0 && lp.base_ck == ck)
             at = (int64_t)lp.base_txid;
+        if (at < 0 && replay_whole_log(r, t, db, &fd) == API_OK) {
+            at = (int64_t)lp.last_txid; /* the file now is the log's last state */
+            ck = lp.last_ck;
+        }
         if (at >= 0 && (uint64_t)at < lp.last_txid) {
             if ((rc = roll_forward(t, fd, (uint64_t)at + 1, err)) != API_OK) {
                 close(fd);
                 return rc;
             }
-            struct stat fst;
-            npages = fstat(fd, &fst) == 0 ? (uint32_t)(fst.st_size / page_size) : npages;
-            if (agent_file_checksum(fd, page_size, npages, &ck) != 0 || ck != lp.last_ck) {
+            if (agent_file_checksum(fd, page_size, lp.last_commit_pages, &ck) != 0 || ck != lp.last_ck) {
                 rc = api_err_set(err, API_EIO, "tenant '%s': rolled forward to txid %llu but the checksum is %016llx",
                                  t->id, (unsigned long long)lp.last_txid, (unsigned long long)ck);
                 close(fd);
@@ -696,6 +762,9 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
             close(fd);
             return rc;
         }
+        struct stat fst;
+        if (fstat(fd, &fst) == 0)
+            npages = (uint32_t)(fst.st_size / page_size);
     } else if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK) {
         close(fd);
         return rc;
@@ -707,6 +776,7 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
     t->salt1 = t->salt2 = t->frames_seen = 0;
     t->npages = npages;
     t->page_size = page_size;
+    t->ckpt_txid = lp.last_txid; /* the WAL is empty: the file holds it all */
     set_position(t, lp.last_txid, lp.last_ck);
     pthread_mutex_lock(&t->mu);
     t->loaded = AGENT_ROLE_PRIMARY;
@@ -884,6 +954,7 @@ static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_er
     }
     if (s1 != t->salt1 || s2 != t->salt2 || (uint32_t)nframe < t->frames_seen) {
         /* a new WAL generation: the previous one is fully in the database file */
+        t->ckpt_txid = t->txid;
         idx_clear(&t->idx);
         t->frames_seen = 0;
         t->salt1 = s1;
@@ -941,11 +1012,16 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     if ((uint32_t)nframe >= r->cfg.checkpoint_frames) {
         int nlog = 0, nckpt = 0;
         /* PASSIVE: readers keep their snapshots; the WAL restarts once all of it is in the file */
-        sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+        if (sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt) == SQLITE_OK &&
+            nlog == nckpt)
+            t->ckpt_txid = t->txid; /* checkpoints sync the file */
     }
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
-    if (lp.bytes > r->cfg.log_keep_bytes && agent_log_compact(t->log, r->cfg.log_keep_bytes / 2, &err) != API_OK)
+    /* only what the file holds may leave the log: after a lost WAL the
+     * file is rolled forward from here */
+    if (lp.bytes > r->cfg.log_keep_bytes &&
+        agent_log_compact(t->log, r->cfg.log_keep_bytes / 2, t->ckpt_txid, &err) != API_OK)
         log_warn("tenant=%s log compaction failed: %s", t->id, err.msg);
     return SQLITE_OK;
 }
@@ -992,7 +1068,7 @@ static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
  * none. With VERIFY, the running checksum must reach the record's post
  * checksum (API_ECONFLICT otherwise). */
 static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, int verify,
-                        int sync, struct api_err *err)
+                        struct api_err *err)
 {
     struct agent_rec rec;
     size_t rl;
@@ -1093,11 +1169,8 @@ static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char 
             goto out;
         }
     }
-    /* one sync per batch: the last record's covers the ones before it */
-    if (sync && fp->pMethods->xSync(fp, SQLITE_SYNC_NORMAL) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': syncing the replica", t->id);
-        goto out;
-    }
+    /* No xSync: the record is durable in the replica's log, and after an
+     * unclean stop load_replica applies the log again. */
     if (verify && ck != rec.post_ck) {
         rc = api_err_set(err, API_ECONFLICT,
                          "tenant '%s': checksum after txid %llu is %016llx, the primary's is %016llx", t->id,
@@ -1118,40 +1191,23 @@ out:
     return rc;
 }
 
-/* Makes what earlier records of a batch wrote durable (they skipped their
- * own sync) before a failure returns and the position is written. */
-static void sync_db_file(struct agent_repl *r, struct rt *t)
-{
-    char db[4096];
-    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
-    int fd = open(db, O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-        if (fdatasync(fd) != 0)
-            log_warn("tenant=%s fdatasync: %s", t->id, strerror(errno));
-        close(fd);
-    }
-}
-
-/* Applies the log's records after the current position, syncing the file
- * once at the end of the batch. */
+/* Applies the log's records after the current position. */
 static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct api_err *err)
 {
     struct agent_log_pos lp;
-    uint64_t first = t->txid;
     agent_log_position(t->log, &lp);
     while (t->txid < lp.last_txid) {
         unsigned char *buf;
         size_t len;
         int rc;
         if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) == API_OK) {
-            rc = apply_record(r, t, buf, len, verify, t->txid + 1 == lp.last_txid, err);
+            /* no file sync: the replica's log is the durable copy, and after an
+             * unclean stop the log is applied again (load_replica) */
+            rc = apply_record(r, t, buf, len, verify, err);
             free(buf);
         }
-        if (rc != API_OK) {
-            if (t->txid > first)
-                sync_db_file(r, t);
+        if (rc != API_OK)
             return rc;
-        }
     }
     return API_OK;
 }
@@ -1204,6 +1260,35 @@ static int load_replica(struct agent_repl *r, struct rt *t, struct api_err *err)
     if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK)
         return rc;
     agent_log_position(t->log, &lp);
+    if (r->cfg.verify_on_load) {
+        /* After an unclean stop neither the file (never synced on a replica)
+         * nor the position file can be trusted: apply the whole log again
+         * (page images are idempotent, and applying a range over a later
+         * state ends in the range's final state), then check the file. */
+        set_position(t, lp.base_txid, lp.base_ck);
+        if ((rc = apply_from_log(r, t, 0, err)) == API_ECONFLICT) {
+            mark_diverged(r, t, err->msg);
+            goto loaded;
+        } else if (rc != API_OK) {
+            return rc;
+        }
+        int fd = open(db, O_RDONLY | O_CLOEXEC);
+        uint64_t ck = 0;
+        if (fd >= 0 && db_header(db, &page_size, &is_wal, &size) == 0 &&
+            agent_file_checksum(fd, page_size, (uint32_t)(size / page_size), &ck) != 0)
+            ck = 0;
+        if (fd >= 0) {
+            if (fdatasync(fd) != 0)
+                log_warn("tenant=%s fdatasync: %s", t->id, strerror(errno));
+            close(fd);
+        }
+        set_position(t, lp.last_txid, ck);
+        if (ck != lp.last_ck)
+            mark_diverged(r, t, "after an unclean stop the log does not reproduce the primary's checksum");
+        if ((rc = write_pos(r, t, err)) != API_OK)
+            return rc;
+        goto loaded;
+    }
     if (read_pos(r, t->id, &ptxid, &pck) != 0 || ptxid > lp.last_txid || ptxid < lp.base_txid) {
         /* no usable position: trust only a full checksum */
         int fd = open(db, O_RDONLY | O_CLOEXEC);
@@ -1288,6 +1373,12 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
     if (appended && (rc = agent_log_sync(t->log, err)) != API_OK)
         return rc;
     rc = apply_from_log(r, t, 1, err);
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    struct api_err ce;
+    if (rc == API_OK && lp.bytes > r->cfg.log_keep_bytes &&
+        agent_log_compact(t->log, r->cfg.log_keep_bytes / 2, t->txid, &ce) != API_OK)
+        log_warn("tenant=%s log compaction failed: %s", t->id, ce.msg);
     if (rc == API_ECONFLICT) {
         mark_diverged(r, t, err->msg);
         rc = API_OK;

@@ -41,6 +41,7 @@ struct rt {
     /* worker only: capture state of a primary */
     struct pgidx idx;
     uint32_t salt1, salt2, frames_seen, npages, page_size;
+    uint64_t ckpt_txid; /* the database file holds (synced) every commit up to here */
 };
 
 struct hub;

@@ -417,14 +417,14 @@ int agent_log_reset(struct agent_log *log, uint64_t base_txid, uint64_t base_ck,
     return rc;
 }
 
-int agent_log_compact(struct agent_log *log, size_t keep_bytes, struct api_err *err)
+int agent_log_compact(struct agent_log *log, size_t keep_bytes, uint64_t max_drop_txid, struct api_err *err)
 {
     int rc = API_OK;
     pthread_mutex_lock(&log->mu);
     if (log->end > keep_bytes && log->n > 1) {
         /* first record to keep: the oldest whose suffix fits, never the last */
         size_t k = 0;
-        while (k + 1 < log->n && log->end - log->offsets[k] > keep_bytes)
+        while (k + 1 < log->n && log->end - log->offsets[k] > keep_bytes && log->base_txid + k + 1 <= max_drop_txid)
             k++;
         if (k > 0) {
             unsigned char hdr[AGENT_REC_HDR];

@@ -64,8 +64,10 @@ int agent_log_sync(struct agent_log *log, struct api_err *err);
 /* Empties the log and sets a new base (after a snapshot). Durable. */
 int agent_log_reset(struct agent_log *log, uint64_t base_txid, uint64_t base_ck, struct api_err *err);
 /* Drops the oldest records until the file is at most KEEP_BYTES (the newest
- * record always stays). Durable (rewrite, fsync, rename). */
-int agent_log_compact(struct agent_log *log, size_t keep_bytes, struct api_err *err);
+ * record always stays), but none above MAX_DROP_TXID (a primary keeps what
+ * its database file may not hold durably yet). Durable (rewrite, fsync,
+ * rename). */
+int agent_log_compact(struct agent_log *log, size_t keep_bytes, uint64_t max_drop_txid, struct api_err *err);
 
 /* The encoded record TXID into *OUT (malloc'd). API_ENOTFOUND when TXID is
  * not in the log (at or below the base, or beyond the last). */
