@@ -21,6 +21,7 @@
 #define SHOAL_API_CLUSTER_H
 
 #include <stddef.h>
+#include <time.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -106,5 +107,7 @@ json_t *api_cluster_node_json(const struct api_cluster_node *n);
 /* CLOCK_MONOTONIC in ms, and wall-clock unix seconds. */
 int64_t api_now_ms(void);
 int64_t api_unix_now(void);
+/* The CLOCK_REALTIME instant MS from now, for pthread_cond_timedwait. */
+void api_deadline_after_ms(struct timespec *ts, int64_t ms);
 
 #endif

@@ -1,6 +1,7 @@
 /* api/map.c: chained string hash map (see map.h). */
 #include "api/map.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,4 +138,25 @@ void api_map_foreach(const struct api_map *m, void (*fn)(void *ud, const char *k
     for (size_t i = 0; i < m->nbuckets; i++)
         for (struct entry *e = m->buckets[i]; e != NULL; e = e->next)
             fn(ud, e->key, e->value);
+}
+
+int api_names_add(struct api_names *l, const char *name)
+{
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        void *nv = realloc(l->v, ncap * sizeof(*l->v));
+        if (nv == NULL)
+            return -1;
+        l->v = nv;
+        l->cap = ncap;
+    }
+    snprintf(l->v[l->n++], sizeof(l->v[0]), "%s", name);
+    return 0;
+}
+
+void api_names_free(struct api_names *l)
+{
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
 }

@@ -23,4 +23,13 @@ size_t api_map_len(const struct api_map *m);
 /* Calls FN for each entry (order unspecified); FN must not modify the map. */
 void api_map_foreach(const struct api_map *m, void (*fn)(void *ud, const char *key, void *value), void *ud);
 
+/* A growable list of names (tenant or node IDs, under 64 bytes). */
+struct api_names {
+    char (*v)[64];
+    size_t n, cap;
+};
+/* Appends NAME (truncated to 63 bytes); -1 on OOM (the list is unchanged). */
+int api_names_add(struct api_names *l, const char *name);
+void api_names_free(struct api_names *l);
+
 #endif

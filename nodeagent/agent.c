@@ -290,28 +290,10 @@ static void converge_job(void *arg)
     free(j);
 }
 
-struct id_list {
-    char (*ids)[API_NAME_MAX];
-    size_t n, cap;
-};
-
-static void id_list_add(struct id_list *l, const char *id)
-{
-    if (l->n == l->cap) {
-        size_t ncap = l->cap ? l->cap * 2 : 64;
-        void *ni = realloc(l->ids, ncap * sizeof(*l->ids));
-        if (ni == NULL)
-            return;
-        l->ids = ni;
-        l->cap = ncap;
-    }
-    snprintf(l->ids[l->n++], API_NAME_MAX, "%s", id);
-}
-
 static void collect_key(void *ud, const char *key, void *value)
 {
     (void)value;
-    id_list_add(ud, key);
+    api_names_add(ud, key);
 }
 
 static void mark_all_local_lost(struct agent *a)
@@ -368,13 +350,7 @@ static void *controller_main(void *arg)
             int64_t left = next_keepalive - api_now_ms();
             if (left > 1000)
                 left = 1000; /* the stream sweep below runs about once a second */
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (left % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            api_deadline_after_ms(&ts, left);
             pthread_cond_timedwait(&a->cv, &a->mu, &ts);
         }
         if (a->stopping)
@@ -385,7 +361,7 @@ static void *controller_main(void *arg)
             pthread_mutex_lock(&a->mu);
             continue;
         }
-        struct id_list todo = {0};
+        struct api_names todo = {0};
         int all = a->dirty_all;
         a->dirty_all = 0;
         api_map_foreach(a->dirty, collect_key, &todo);
@@ -421,7 +397,7 @@ static void *controller_main(void *arg)
             size_t n = api_cluster_tenant_page(a->view, NULL, 1u << 30, NULL, &page, &more);
             for (size_t i = 0; i < n; i++)
                 if (assigned_here(&page[i], a->cfg.node))
-                    id_list_add(&todo, page[i].id);
+                    api_names_add(&todo, page[i].id);
             free(page);
         }
         /* Each tenant converges on its own worker: tenants proceed in
@@ -432,10 +408,10 @@ static void *controller_main(void *arg)
             if (j == NULL)
                 continue;
             j->a = a;
-            snprintf(j->id, sizeof(j->id), "%s", todo.ids[i]);
+            snprintf(j->id, sizeof(j->id), "%s", todo.v[i]);
             api_workq_submit(a->workers, tenant_key(j->id), converge_job, j);
         }
-        free(todo.ids);
+        api_names_free(&todo);
         pthread_mutex_lock(&a->mu);
     }
     pthread_mutex_unlock(&a->mu);

@@ -26,6 +26,7 @@
 #include <jansson.h>
 #include <lz4.h>
 
+#include "api/cluster.h"
 #include "api/log.h"
 #include "api/server.h"
 #include "api/token.h"
@@ -64,9 +65,7 @@ static void observe_lag(struct agent_repl *r, int64_t us)
 
 static int64_t mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return api_now_ms();
 }
 
 /* ------------------------------------------------------------------ */

@@ -20,6 +20,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "api/cluster.h"
 #include "api/dataplane.h"
 #include "api/log.h"
 #include "api/names.h"
@@ -84,9 +85,7 @@ struct hub {
 
 static int64_t mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return api_now_ms();
 }
 
 static void follower_add(struct hub *h, const char *tenant, struct session *s)
@@ -313,55 +312,41 @@ static void build_tenant(struct hub *h, const char *tenant, struct cursor *c, st
     out_frame(o, PULL_HEAD, tenant, head, sizeof(head));
 }
 
-struct collect {
-    char (*ids)[64];
-    size_t n, cap;
-};
-
 static void collect_id(void *ud, const char *key, void *value)
 {
-    struct collect *c = ud;
     (void)value;
-    if (c->n == c->cap) {
-        size_t ncap = c->cap ? c->cap * 2 : 64;
-        void *ni = realloc(c->ids, ncap * sizeof(*c->ids));
-        if (ni == NULL)
-            return;
-        c->ids = ni;
-        c->cap = ncap;
-    }
-    snprintf(c->ids[c->n++], 64, "%s", key);
+    api_names_add(ud, key);
 }
 
 /* Answers session S's poll with everything dirty. hub->mu held. */
 static void answer(struct hub *h, struct session *s)
 {
     struct out o = {0};
-    struct collect ids = {0};
+    struct api_names ids = {0};
     int more = 0;
 
     api_map_foreach(s->dirty, collect_id, &ids);
     for (size_t i = 0; i < ids.n; i++) {
-        struct cursor *c = api_map_get(s->cursors, ids.ids[i]);
+        struct cursor *c = api_map_get(s->cursors, ids.v[i]);
         if (o.len >= s->max_bytes) {
             more = 1; /* stays dirty for the next poll */
             continue;
         }
-        api_map_del(s->dirty, ids.ids[i]);
+        api_map_del(s->dirty, ids.v[i]);
         if (c != NULL) {
-            build_tenant(h, ids.ids[i], c, &o, s->max_bytes);
-            struct rt *t = repl_rt_get(h->r, ids.ids[i], 0);
+            build_tenant(h, ids.v[i], c, &o, s->max_bytes);
+            struct rt *t = repl_rt_get(h->r, ids.v[i], 0);
             if (t != NULL && c->txid != AWAITING_SNAPSHOT) {
                 pthread_mutex_lock(&t->mu);
                 int behind = c->txid < t->txid;
                 pthread_mutex_unlock(&t->mu);
                 if (behind)
-                    put_dirty(s, ids.ids[i]);
+                    put_dirty(s, ids.v[i]);
             }
         }
     }
     (void)more;
-    free(ids.ids);
+    api_names_free(&ids);
     struct api_resp *resp = api_resp_new(200);
     if (resp != NULL && !o.oom) {
         api_resp_set_body(resp, "application/octet-stream", o.buf ? (const char *)o.buf : "", o.len);
@@ -557,16 +542,8 @@ static void *hub_main(void *arg)
         if (h->stopping)
             break;
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
         int64_t left = next - mono_ms();
-        if (left < 1)
-            left = 1;
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        api_deadline_after_ms(&ts, left < 1 ? 1 : left);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
     pthread_mutex_unlock(&h->mu);

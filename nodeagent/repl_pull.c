@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "api/cluster.h"
 #include "api/http.h"
 #include "api/log.h"
 #include "api/workq.h"
@@ -98,9 +99,7 @@ static void apply_job(void *arg)
         if (j->head > t->head_txid)
             t->head_txid = j->head;
         if (t->head_txid > t->txid && t->behind_since_ms == 0) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            t->behind_since_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+            t->behind_since_ms = api_now_ms();
         } else if (t->head_txid <= t->txid) {
             t->behind_since_ms = 0;
         }
@@ -158,8 +157,7 @@ static void free_jobs(struct apply_job *list)
 
 struct gather {
     struct puller *p;
-    char (*ids)[64];
-    size_t n, cap;
+    struct api_names ids;
     int all;
 };
 
@@ -167,17 +165,8 @@ static void gather_one(void *ud, const char *key, void *value)
 {
     struct gather *g = ud;
     struct ptenant *pt = value;
-    if (!g->all && pt->sent && !pt->dirty)
+    if ((!g->all && pt->sent && !pt->dirty) || api_names_add(&g->ids, key) != 0)
         return;
-    if (g->n == g->cap) {
-        size_t ncap = g->cap ? g->cap * 2 : 64;
-        void *ni = realloc(g->ids, ncap * sizeof(*g->ids));
-        if (ni == NULL)
-            return;
-        g->ids = ni;
-        g->cap = ncap;
-    }
-    snprintf(g->ids[g->n++], 64, "%s", key);
     pt->sent = 1;
     pt->dirty = 0;
 }
@@ -198,13 +187,7 @@ static void mark_dirty_each(void *ud, const char *key, void *value)
 static int sleep_or_stop(struct puller *p, int64_t ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    api_deadline_after_ms(&ts, ms);
     pthread_mutex_lock(&p->mu);
     if (!p->stopping)
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
@@ -249,10 +232,10 @@ static void *puller_main(void *arg)
 
         /* positions: load tenants not loaded yet on their workers */
         struct apply_job *loads = NULL;
-        for (size_t i = 0; i < g.n; i++) {
-            struct rt *t = repl_rt_get(r, g.ids[i], 1);
+        for (size_t i = 0; i < g.ids.n; i++) {
+            struct rt *t = repl_rt_get(r, g.ids.v[i], 1);
             if (t != NULL && t->loaded != AGENT_ROLE_REPLICA) {
-                struct apply_job *j = job_for(&loads, r, NULL, g.ids[i]);
+                struct apply_job *j = job_for(&loads, r, NULL, g.ids.v[i]);
                 if (j != NULL)
                     j->load_only = 1;
             }
@@ -261,8 +244,8 @@ static void *puller_main(void *arg)
             run_jobs(r, loads);
         free_jobs(loads);
         json_t *positions = json_object();
-        for (size_t i = 0; i < g.n; i++) {
-            struct rt *t = repl_rt_get(r, g.ids[i], 0);
+        for (size_t i = 0; i < g.ids.n; i++) {
+            struct rt *t = repl_rt_get(r, g.ids.v[i], 0);
             char a[17], b[17];
             if (t == NULL)
                 continue;
@@ -272,9 +255,9 @@ static void *puller_main(void *arg)
             agent_hex16(t->need_snapshot ? 0 : t->ck, b); /* 0 is never a checksum: asks for a snapshot */
             pthread_mutex_unlock(&t->mu);
             if (ok)
-                json_object_set_new(positions, g.ids[i], json_pack("[s,s]", a, b));
+                json_object_set_new(positions, g.ids.v[i], json_pack("[s,s]", a, b));
         }
-        free(g.ids);
+        api_names_free(&g.ids);
         json_t *req = json_pack("{s:s,s:o,s:I,s:I,s:o,s:o}", "node", r->node, "session",
                                 session[0] ? json_string(session) : json_null(), "wait_ms",
                                 (json_int_t)r->cfg.pull_wait_ms, "max_bytes", (json_int_t)(4 << 20), "positions",
