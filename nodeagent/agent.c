@@ -45,10 +45,15 @@
 #include "nodeagent/store.h"
 #include "nodeagent/streams.h"
 
+struct parked;
+
 struct local_tenant {
     int file_ready;
     int holding;   /* this agent holds the tenant's lease key */
     int64_t epoch; /* mod_revision of our key when we acquired it */
+    /* handover: while fenced, requests wait here instead of running */
+    int64_t fenced_until; /* monotonic ms; 0 = not fenced */
+    struct parked *parked;
 };
 
 struct route_ctx {
@@ -68,6 +73,8 @@ struct agent {
     struct agent_session *session;
     struct api_cluster *view;
     struct api_workq *workers;
+    struct api_workq *forwarders; /* requests relayed to other nodes: blocking HTTP off the tenant workers */
+    atomic_ullong forward_seq;
     struct api_server *server;
     struct agent_streams *streams;
     struct agent_repl *repl;
@@ -167,6 +174,9 @@ static int assigned_here(const struct api_cluster_tenant *t, const char *node)
     return 0;
 }
 
+static void flush_parked(struct agent *a, const char *id, int resume_here, const char *holder_url);
+static void expire_fences(struct agent *a);
+
 /* This node keeps a copy of ID and follows whoever holds its lease. */
 static void declare_replica(struct agent *a, const char *id, const struct api_cluster_tenant *t)
 {
@@ -194,6 +204,7 @@ static void converge(struct agent *a, const char *id)
         if (lt->holding && agent_session_release(a->session, id, &err) != API_OK)
             log_warn("%s", err.msg);
         agent_repl_forget(a->repl, id);
+        flush_parked(a, id, 0, NULL);
         pthread_mutex_lock(&a->mu);
         free(api_map_del(a->local, id));
         pthread_mutex_unlock(&a->mu);
@@ -242,6 +253,9 @@ static void converge(struct agent *a, const char *id)
             log_info("lease released tenant=%s (no longer the desired primary)", id);
         }
         declare_replica(a, id, &t);
+        /* requests held by a handover's fence go to the new primary once it holds the lease */
+        if (t.leased && strcmp(t.holder, a->cfg.node) != 0)
+            flush_parked(a, id, 0, t.holder_url);
         return;
     }
     /* We are the desired primary. Did we lose a key we held? The view is
@@ -358,6 +372,7 @@ static void *controller_main(void *arg)
         if (api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
             pthread_mutex_unlock(&a->mu);
             agent_streams_sweep(a->streams, api_now_ms(), close_stream, a);
+            expire_fences(a);
             pthread_mutex_lock(&a->mu);
             continue;
         }
@@ -522,7 +537,9 @@ static void send_to_primary(struct pipeline_job *j)
         struct forward_job *f = j->fwd;
         j->fwd = NULL;
         f->pending = j->pending;
-        forward_job(f); /* frees f */
+        /* never wait on another node on the tenant's worker: replication
+         * applies for this tenant run there */
+        api_workq_submit(j->a->forwarders, atomic_fetch_add(&j->a->forward_seq, 1), forward_job, f);
     } else if (!j->holder[0]) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", j->tenant);
         finish_error(j->pending, &err);
@@ -836,7 +853,8 @@ static void forward(struct agent *a, struct api_req *r, const char *tenant, cons
         return;
     }
     j->pending = api_req_defer(r);
-    api_workq_submit(a->workers, tenant_key(tenant), forward_job, j);
+    (void)tenant;
+    api_workq_submit(a->forwarders, atomic_fetch_add(&a->forward_seq, 1), forward_job, j);
 }
 
 static int header_is(struct api_req *r, const char *name, const char *want)
@@ -902,6 +920,263 @@ static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r,
     return j;
 }
 
+/* ------------------------------------------------------------------ */
+/* handover fence                                                      */
+
+/* A request that arrived while its tenant was fenced: it runs here if the
+ * handover aborts, or goes to the new primary if the lease moved. */
+struct parked {
+    struct parked *next;
+    struct pipeline_job *pj;
+    struct forward_job *fj; /* url holds only the path until the target is known */
+    int64_t since;
+};
+
+#define PARKED_MAX_MS 10000
+
+/* On the loop thread: parks J (and defers R) when TENANT is fenced. */
+static int park_if_fenced(struct agent *a, struct api_req *r, const char *tenant, struct pipeline_job *j)
+{
+    struct local_tenant *lt;
+    struct parked *p;
+    int64_t now = api_now_ms();
+    pthread_mutex_lock(&a->mu);
+    lt = api_map_get(a->local, tenant);
+    int fenced = lt != NULL && lt->fenced_until > now;
+    pthread_mutex_unlock(&a->mu);
+    if (!fenced)
+        return 0;
+    if ((p = calloc(1, sizeof(*p))) == NULL || (p->fj = make_forward_job(a, r, "")) == NULL) {
+        free(p);
+        pipeline_job_free(j);
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return 1;
+    }
+    p->pj = j;
+    p->since = now;
+    j->pending = api_req_defer(r);
+    p->fj->pending = j->pending;
+    pthread_mutex_lock(&a->mu);
+    lt = api_map_get(a->local, tenant);
+    if (lt != NULL) {
+        p->next = lt->parked;
+        lt->parked = p;
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (lt == NULL) { /* gone meanwhile: run it normally */
+        forward_job_free(p->fj);
+        free(p);
+        api_workq_submit(a->workers, tenant_key(tenant), pipeline_job, j);
+    }
+    return 1;
+}
+
+/* Ends ID's fence and releases what it held: run here (RESUME_HERE), sent
+ * to the primary at HOLDER_URL, or, with neither, failed with 503. Any
+ * thread that does not hold a->mu. */
+static void flush_parked(struct agent *a, const char *id, int resume_here, const char *holder_url)
+{
+    struct parked *list = NULL, *rev = NULL;
+    struct local_tenant *lt;
+    pthread_mutex_lock(&a->mu);
+    if ((lt = api_map_get(a->local, id)) != NULL) {
+        lt->fenced_until = 0;
+        list = lt->parked;
+        lt->parked = NULL;
+    }
+    pthread_mutex_unlock(&a->mu);
+    while (list != NULL) { /* oldest first */
+        struct parked *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    for (struct parked *p = rev, *n; p != NULL; p = n) {
+        n = p->next;
+        if (resume_here) {
+            forward_job_free(p->fj);
+            api_workq_submit(a->workers, tenant_key(id), pipeline_job, p->pj);
+        } else if (holder_url != NULL && holder_url[0]) {
+            char *url = NULL;
+            if (asprintf(&url, "%s%s", holder_url, p->fj->url) < 0)
+                url = NULL;
+            if (url != NULL) {
+                free(p->fj->url);
+                p->fj->url = url;
+                api_workq_submit(a->forwarders, atomic_fetch_add(&a->forward_seq, 1), forward_job, p->fj);
+            } else {
+                struct api_err err;
+                api_err_set(&err, API_ENOMEM, "out of memory");
+                finish_error(p->fj->pending, &err);
+                forward_job_free(p->fj);
+            }
+            pipeline_job_free(p->pj);
+        } else {
+            struct api_err err;
+            api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' is moving to another node; retry shortly", id);
+            finish_error(p->fj->pending, &err);
+            forward_job_free(p->fj);
+            pipeline_job_free(p->pj);
+        }
+        free(p);
+    }
+}
+
+static int internal_auth(struct agent *a, struct api_req *r)
+{
+    size_t len;
+    const char *v = api_req_header(r, "authorization", &len);
+    if (agent_repl_authorized(a->repl, v, len))
+        return 1;
+    api_reply_errorf(r, API_EUNAUTHORIZED, "internal endpoints need the cluster's internal token");
+    return 0;
+}
+
+struct fence_job {
+    struct agent *a;
+    struct api_pending *pending;
+    char tenant[API_NAME_MAX];
+};
+
+/* Runs after every request queued before the fence: the position now is final. */
+static void fence_job(void *arg)
+{
+    struct fence_job *j = arg;
+    struct agent_repl_pos pos;
+    struct api_err err;
+    struct api_resp *resp;
+    char txid[17], ck[17];
+    if (agent_repl_ensure(j->a->repl, j->tenant, AGENT_ROLE_PRIMARY, &err) != API_OK ||
+        agent_repl_position(j->a->repl, j->tenant, &pos) != 0) {
+        if (err.code == API_OK)
+            api_err_set(&err, API_ENOTPRIMARY, "tenant '%s' is not loaded here", j->tenant);
+        resp = api_resp_error(&err);
+    } else {
+        agent_hex16(pos.txid, txid);
+        agent_hex16(pos.ck, ck);
+        resp = api_resp_new(200);
+        if (resp != NULL)
+            api_resp_set_json(resp, 200, json_pack("{s:s,s:s,s:s}", "tenant", j->tenant, "txid", txid, "checksum", ck));
+    }
+    api_pending_finish(j->pending, resp);
+    free(j);
+}
+
+/* POST /internal/tenants/{tenant}/fence {"ttl_ms"}: stop starting requests
+ * for the tenant (they wait), answer with the final position. */
+static void on_fence(struct api_req *r, void *ud)
+{
+    struct agent *a = ud;
+    struct api_err err;
+    size_t len;
+    const char *tenant = api_req_param(r, "tenant", &len);
+    json_t *body = NULL;
+    if (!internal_auth(a, r))
+        return;
+    if (api_tenant_id_check(tenant, len, &err) != API_OK ||
+        (api_req_body(r, &len), len > 0 && api_req_json_object(r, &body, &err) != API_OK)) {
+        api_reply_error(r, &err);
+        return;
+    }
+    json_int_t ttl = body ? json_integer_value(json_object_get(body, "ttl_ms")) : 0;
+    json_decref(body);
+    if (ttl <= 0 || ttl > 30000)
+        ttl = 5000;
+    struct fence_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
+    snprintf(j->tenant, sizeof(j->tenant), "%.*s", (int)strcspn(tenant, "/"), tenant);
+    pthread_mutex_lock(&a->mu);
+    struct local_tenant *lt = api_map_get(a->local, j->tenant);
+    int holding = lt != NULL && lt->holding;
+    if (holding)
+        lt->fenced_until = api_now_ms() + ttl;
+    pthread_mutex_unlock(&a->mu);
+    if (!holding) {
+        free(j);
+        api_reply_errorf(r, API_ENOTPRIMARY, "node '%s' is not the primary of tenant '%s'", a->cfg.node, tenant);
+        return;
+    }
+    log_info("tenant fenced for a handover tenant=%s ttl_ms=%lld", j->tenant, (long long)ttl);
+    j->a = a;
+    j->pending = api_req_defer(r);
+    api_workq_submit(a->workers, tenant_key(j->tenant), fence_job, j);
+}
+
+/* DELETE /internal/tenants/{tenant}/fence: the handover aborted; resume. */
+static void on_unfence(struct api_req *r, void *ud)
+{
+    struct agent *a = ud;
+    struct api_err err;
+    size_t len;
+    char id[API_NAME_MAX];
+    const char *tenant = api_req_param(r, "tenant", &len);
+    if (!internal_auth(a, r))
+        return;
+    if (api_tenant_id_check(tenant, len, &err) != API_OK) {
+        api_reply_error(r, &err);
+        return;
+    }
+    snprintf(id, sizeof(id), "%.*s", (int)len, tenant);
+    pthread_mutex_lock(&a->mu);
+    struct local_tenant *lt = api_map_get(a->local, id);
+    int holding = lt != NULL && lt->holding;
+    pthread_mutex_unlock(&a->mu);
+    flush_parked(a, id, holding, NULL);
+    log_info("tenant fence lifted tenant=%s", id);
+    api_reply_empty(r, 204);
+}
+
+struct fence_check {
+    struct api_names expired;
+};
+
+static void collect_expired(void *ud, const char *key, void *value)
+{
+    struct local_tenant *lt = value;
+    int64_t now = api_now_ms();
+    if ((lt->fenced_until && now > lt->fenced_until) || (lt->parked && now - lt->parked->since > PARKED_MAX_MS))
+        api_names_add(&((struct fence_check *)ud)->expired, key);
+}
+
+/* Controller, about once a second: a fence whose handover never finished
+ * expires. Writes resume only if the lease is still ours in etcd (the
+ * orchestrator may have moved it and died before we saw the change). */
+static void expire_fences(struct agent *a)
+{
+    struct fence_check c = {0};
+    pthread_mutex_lock(&a->mu);
+    api_map_foreach(a->local, collect_expired, &c);
+    pthread_mutex_unlock(&a->mu);
+    for (size_t i = 0; i < c.expired.n; i++) {
+        const char *id = c.expired.v[i];
+        char key[256];
+        struct api_etcd_kv kv;
+        struct api_err err;
+        int64_t epoch = 0;
+        int found = 0;
+        int holding = 0;
+        pthread_mutex_lock(&a->mu);
+        struct local_tenant *lt = api_map_get(a->local, id);
+        if (lt != NULL) {
+            holding = lt->holding;
+            epoch = lt->epoch;
+        }
+        pthread_mutex_unlock(&a->mu);
+        snprintf(key, sizeof(key), "%s%s", API_CLUSTER_LEASES, id);
+        int ours = holding && api_etcd_get(a->etcd, key, &kv, &found, NULL, &err) == API_OK && found;
+        if (ours) {
+            ours = kv.mod_revision == epoch;
+            api_etcd_kv_fini(&kv);
+        }
+        log_warn("handover fence expired tenant=%s; %s", id, ours ? "resuming" : "the lease is not ours");
+        flush_parked(a, id, ours, NULL);
+    }
+    api_names_free(&c.expired);
+}
+
 static void on_pipeline(struct api_req *r, void *ud)
 {
     struct route_ctx *rc = ud;
@@ -958,6 +1233,8 @@ static void on_pipeline(struct api_req *r, void *ud)
                 }
             }
         }
+        if (serve_here && park_if_fenced(a, r, auth.tenant, j))
+            return;
         j->pending = api_req_defer(r);
         api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
         return;
@@ -1225,6 +1502,8 @@ static int add_routes(struct agent *a, struct api_err *err)
         rc |= api_server_route(a->server, NULL, p, on_protobuf_probe, a);
     }
     rc |= api_server_route(a->server, "GET", "/internal/tenants/{tenant}", on_tenant_status, a);
+    rc |= api_server_route(a->server, "POST", "/internal/tenants/{tenant}/fence", on_fence, a);
+    rc |= api_server_route(a->server, "DELETE", "/internal/tenants/{tenant}/fence", on_unfence, a);
     if (agent_repl_routes(a->repl, a->server, err) != API_OK)
         return API_ENOMEM;
     rc |= api_server_route(a->server, "GET", "/healthz", on_healthz, a);
@@ -1259,7 +1538,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
         (rc = load_internal_token(a, &itok, err)) != API_OK ||
         (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK)
+        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, worker_exit, &a->forwarders, err)) != API_OK)
         goto fail;
     {
         struct agent_repl_config rcfg;
@@ -1352,6 +1632,7 @@ void agent_free(struct agent *a)
     /* Workers next: queued converge jobs still read the cluster view. */
     api_workq_free(a->workers); /* finishes queued work; its replies reach the loop below */
     a->workers = NULL;
+    api_workq_free(a->forwarders);
     agent_repl_free(a->repl); /* answers what is still held before the server goes */
     api_cluster_close(a->view);
     agent_streams_free(a->streams);

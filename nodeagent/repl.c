@@ -233,6 +233,11 @@ struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create)
     return t;
 }
 
+int agent_repl_authorized(struct agent_repl *r, const char *authz, size_t len)
+{
+    return repl_auth_ok(r, authz, len);
+}
+
 int repl_auth_ok(struct agent_repl *r, const char *authz, size_t len)
 {
     const char *tok;

@@ -70,6 +70,9 @@ void agent_repl_free(struct agent_repl *r);
 
 uint64_t agent_repl_key(const char *tenant);
 
+/* 1 if the Authorization header value AUTHZ carries the internal token. */
+int agent_repl_authorized(struct agent_repl *r, const char *authz, size_t len);
+
 /* Registers /internal/repl/... on S. */
 int agent_repl_routes(struct agent_repl *r, struct api_server *s, struct api_err *err);
 

@@ -11,6 +11,7 @@
  * agent holds the tenant's lease, so the caller can use the tenant at once.
  */
 #include "orchestrator/orch.h"
+#include "orchestrator/orch_int.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,18 +35,6 @@
 #define ORCH_MAX_LIST 1000
 #define ORCH_DEFAULT_LIST 100
 
-struct orch {
-    struct orch_config cfg;
-    unsigned char sk[API_TOKEN_SECRET_BYTES];
-    char *admin_token;
-    struct place_regions *regions;
-    struct api_etcd *etcd;
-    struct api_cluster *view;
-    struct api_workq *workers;
-    struct api_server *server;
-    atomic_ullong job_seq;
-    atomic_ullong tenants_created, tenants_deleted, tokens_issued;
-};
 
 static __thread struct api_http_client *tl_http;
 
@@ -53,6 +42,7 @@ static void worker_exit(void)
 {
     api_http_client_free(tl_http);
     tl_http = NULL;
+    orch_handover_thread_exit();
 }
 
 void orch_config_init(struct orch_config *cfg)
@@ -70,7 +60,7 @@ void orch_config_init(struct orch_config *cfg)
 /* ------------------------------------------------------------------ */
 /* helpers                                                             */
 
-static int check_admin(struct orch *o, struct api_req *r)
+int orch_check_admin(struct orch *o, struct api_req *r)
 {
     size_t len, tlen;
     const char *v = api_req_header(r, "authorization", &len), *tok;
@@ -87,7 +77,7 @@ static int check_admin(struct orch *o, struct api_req *r)
 }
 
 /* The {id} path parameter, validated, into OUT. Replies 400 and returns 0 if bad. */
-static int tenant_param(struct api_req *r, char *out)
+int orch_tenant_param(struct api_req *r, char *out)
 {
     size_t len;
     const char *v = api_req_param(r, "id", &len);
@@ -108,7 +98,7 @@ static json_t *str_or_null(const char *s)
 }
 
 /* The node's region from the view, or "" */
-static void node_region(struct orch *o, const char *node, char *region, char *url)
+void orch_node_region(struct orch *o, const char *node, char *region, char *url)
 {
     struct api_cluster_node n;
     region[0] = url[0] = '\0';
@@ -127,7 +117,7 @@ static json_t *tenant_json(struct orch *o, const struct api_cluster_tenant *t, j
 
     api_time_format(t->created_at, created);
     if (t->leased) {
-        node_region(o, t->holder, region, url);
+        orch_node_region(o, t->holder, region, url);
         primary = json_pack("{s:s,s:o,s:s,s:I}", "node", t->holder, "region", str_or_null(region), "url",
                             t->holder_url, "epoch", (json_int_t)t->epoch);
     } else {
@@ -136,7 +126,7 @@ static json_t *tenant_json(struct orch *o, const struct api_cluster_tenant *t, j
     if (instances == NULL) {
         instances = json_array();
         for (size_t i = 0; i < t->nnodes; i++) {
-            node_region(o, t->nodes[i], region, url);
+            orch_node_region(o, t->nodes[i], region, url);
             int is_primary = t->leased ? strcmp(t->holder, t->nodes[i]) == 0 : strcmp(t->primary, t->nodes[i]) == 0;
             json_array_append_new(instances,
                                   json_pack("{s:s,s:o,s:o,s:s,s:n,s:n,s:n}", "node", t->nodes[i], "region",
@@ -271,7 +261,7 @@ static void on_create_tenant(struct api_req *r, void *ud)
     int64_t replicas = 2;
     size_t len;
 
-    if (!check_admin(o, r))
+    if (!orch_check_admin(o, r))
         return;
     if (api_req_json_object(r, &body, &err) != API_OK || api_json_only_keys(body, fields, "tenant", &err) != API_OK ||
         api_json_opt_string(body, "id", &id, &err) != API_OK ||
@@ -332,31 +322,21 @@ struct show_job {
     struct api_cluster_tenant t;
 };
 
-static json_t *instance_report(struct orch *o, const struct api_cluster_tenant *t, const char *node)
+json_t *orch_agent_status(struct orch *o, const char *url, const char *tenant)
 {
-    char region[8], url[API_URL_MAX], full[API_URL_MAX + 128], auth[1024], *tok = NULL;
+    char full[API_URL_MAX + 128], auth[1024], *tok = NULL;
     const char *hdrs[2] = {auth, NULL};
-    int is_primary = t->leased ? strcmp(t->holder, node) == 0 : strcmp(t->primary, node) == 0;
-    json_t *inst, *rep = NULL;
     struct api_http_resp resp;
     struct api_err err;
+    json_t *rep = NULL;
 
-    node_region(o, node, region, url);
-    inst = json_pack("{s:s,s:o,s:o,s:s,s:n,s:n,s:n}", "node", node, "region", str_or_null(region), "url",
-                     str_or_null(url), "role", is_primary ? "primary" : "replica", "txid", "checksum", "lag_ms");
-    if (url[0] == '\0') {
-        json_object_set_new(inst, "state", json_string("down"));
-        return inst;
-    }
     if (tl_http == NULL)
         tl_http = api_http_client_new();
     int64_t now = api_unix_now();
-    if (tl_http == NULL || api_token_sign(o->sk, t->id, API_ACCESS_RO, now, now + 60, &tok, &err) != API_OK) {
-        json_object_set_new(inst, "state", json_string("unknown"));
-        return inst;
-    }
+    if (tl_http == NULL || api_token_sign(o->sk, tenant, API_ACCESS_RO, now, now + 60, &tok, &err) != API_OK)
+        return NULL;
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", tok);
-    snprintf(full, sizeof(full), "%s/internal/tenants/%s", url, t->id);
+    snprintf(full, sizeof(full), "%s/internal/tenants/%s", url, tenant);
     struct api_http_req rq = {.method = "GET", .url = full, .headers = hdrs, .timeout_ms = 2000};
     if (api_http_do(tl_http, &rq, &resp, &err) == API_OK) {
         if (resp.status == 200)
@@ -364,6 +344,23 @@ static json_t *instance_report(struct orch *o, const struct api_cluster_tenant *
         api_http_resp_fini(&resp);
     }
     free(tok);
+    return rep;
+}
+
+static json_t *instance_report(struct orch *o, const struct api_cluster_tenant *t, const char *node)
+{
+    char region[8], url[API_URL_MAX];
+    int is_primary = t->leased ? strcmp(t->holder, node) == 0 : strcmp(t->primary, node) == 0;
+    json_t *inst, *rep = NULL;
+
+    orch_node_region(o, node, region, url);
+    inst = json_pack("{s:s,s:o,s:o,s:s,s:n,s:n,s:n}", "node", node, "region", str_or_null(region), "url",
+                     str_or_null(url), "role", is_primary ? "primary" : "replica", "txid", "checksum", "lag_ms");
+    if (url[0] == '\0') {
+        json_object_set_new(inst, "state", json_string("down"));
+        return inst;
+    }
+    rep = orch_agent_status(o, url, t->id);
     if (rep == NULL) {
         json_object_set_new(inst, "state", json_string("unreachable"));
         return inst;
@@ -402,7 +399,7 @@ static void on_show_tenant(struct api_req *r, void *ud)
     char id[API_NAME_MAX];
     struct show_job *j;
 
-    if (!check_admin(o, r) || !tenant_param(r, id))
+    if (!orch_check_admin(o, r) || !orch_tenant_param(r, id))
         return;
     if ((j = calloc(1, sizeof(*j))) == NULL) {
         api_reply_errorf(r, API_ENOMEM, "out of memory");
@@ -430,7 +427,7 @@ static void on_list_tenants(struct api_req *r, void *ud)
     struct api_err err;
     int more, q;
 
-    if (!check_admin(o, r))
+    if (!orch_check_admin(o, r))
         return;
     if ((q = api_req_query(r, "limit", limit_s, sizeof(limit_s))) != 0) {
         char *end;
@@ -504,7 +501,7 @@ static void on_delete_tenant(struct api_req *r, void *ud)
     struct delete_job *j;
     char id[API_NAME_MAX];
 
-    if (!check_admin(o, r) || !tenant_param(r, id))
+    if (!orch_check_admin(o, r) || !orch_tenant_param(r, id))
         return;
     if ((j = calloc(1, sizeof(*j))) == NULL) {
         api_reply_errorf(r, API_ENOMEM, "out of memory");
@@ -532,7 +529,7 @@ static void on_token(struct api_req *r, void *ud)
     char *tok = NULL;
     size_t blen;
 
-    if (!check_admin(o, r) || !tenant_param(r, id))
+    if (!orch_check_admin(o, r) || !orch_tenant_param(r, id))
         return;
     api_req_body(r, &blen);
     if (blen > 0 && (api_req_json_object(r, &body, &err) != API_OK ||
@@ -579,7 +576,7 @@ static void on_list_nodes(struct api_req *r, void *ud)
 {
     struct orch *o = ud;
     struct api_cluster_node *nodes;
-    if (!check_admin(o, r))
+    if (!orch_check_admin(o, r))
         return;
     size_t n = api_cluster_nodes(o->view, &nodes);
     json_t *arr = json_array();
@@ -598,7 +595,7 @@ static void on_show_node(struct api_req *r, void *ud)
     const char *v = api_req_param(r, "node", &len);
     char name[API_NAME_MAX];
 
-    if (!check_admin(o, r))
+    if (!orch_check_admin(o, r))
         return;
     if (api_node_name_check(v, len, &err) != API_OK) {
         api_reply_error(r, &err);
@@ -616,7 +613,7 @@ static void on_regions(struct api_req *r, void *ud)
 {
     struct orch *o = ud;
     struct api_cluster_node *nodes;
-    if (!check_admin(o, r))
+    if (!orch_check_admin(o, r))
         return;
     size_t nn = api_cluster_nodes(o->view, &nodes), nr = place_regions_count(o->regions);
     json_t *regions = json_array(), *rtt = json_object();
@@ -688,6 +685,25 @@ static int load_regions(struct orch *o, struct api_err *err)
     return API_OK;
 }
 
+/* The token agents want on /internal/.../fence: --internal-token, else
+ * internal.token beside the signing key. */
+static int load_internal_token(struct orch *o, struct api_err *err)
+{
+    char path[4096];
+    if (o->cfg.internal_token != NULL) {
+        snprintf(path, sizeof(path), "%s", o->cfg.internal_token);
+    } else {
+        const char *slash = strrchr(o->cfg.signing_key, '/');
+        if (slash == NULL)
+            snprintf(path, sizeof(path), "internal.token");
+        else
+            snprintf(path, sizeof(path), "%.*s/internal.token", (int)(slash - o->cfg.signing_key), o->cfg.signing_key);
+    }
+    if (api_token_load_admin(path, &o->internal_token, err) != API_OK)
+        return api_err_wrap(err, "internal token (--internal-token)");
+    return API_OK;
+}
+
 int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *err)
 {
     struct orch *o = calloc(1, sizeof(*o));
@@ -700,6 +716,8 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
     if ((rc = load_regions(o, err)) != API_OK ||
         (rc = api_token_load_secret(cfg->signing_key, o->sk, err)) != API_OK ||
         (rc = api_token_load_admin(cfg->admin_token_file, &o->admin_token, err)) != API_OK ||
+        (rc = load_internal_token(o, err)) != API_OK ||
+        (rc = orch_ops_new(&o->ops) == 0 ? API_OK : api_err_set(err, API_ENOMEM, "out of memory")) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &o->etcd, err)) != API_OK ||
         (rc = api_cluster_open(o->etcd, NULL, NULL, &o->view, err)) != API_OK ||
         (rc = api_workq_new(cfg->workers, worker_exit, &o->workers, err)) != API_OK ||
@@ -716,6 +734,7 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
     rc |= api_server_route(o->server, "GET", "/v1/regions", on_regions, o);
     rc |= api_server_route(o->server, "GET", "/healthz", on_healthz, o);
     rc |= api_server_route(o->server, "GET", "/metrics", on_metrics, o);
+    rc |= orch_handover_routes(o);
     if (rc != 0) {
         rc = api_err_set(err, API_ENOMEM, "registering routes: out of memory");
         goto fail;
@@ -747,7 +766,9 @@ void orch_free(struct orch *o)
     api_cluster_close(o->view);
     api_etcd_free(o->etcd);
     place_regions_free(o->regions);
+    orch_ops_free(o->ops);
     free(o->admin_token);
+    free(o->internal_token);
     sodium_memzero(o->sk, sizeof(o->sk));
     free(o);
 }

@@ -20,6 +20,7 @@ struct orch_config {
     const char *regions_path;
     const char *signing_key;
     const char *admin_token_file;
+    const char *internal_token; /* file; NULL: internal.token beside signing_key */
     size_t workers;
     int64_t create_wait_ms; /* how long POST /v1/tenants waits for the primary's lease */
 };

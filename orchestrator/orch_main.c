@@ -27,6 +27,8 @@ int main(int argc, char **argv)
         {"regions", API_FLAG_STRING, &cfg.regions_path, 0, "regions and latency matrix (default ops/regions.json)", 0},
         {"signing-key", API_FLAG_STRING, &cfg.signing_key, 0, "cluster signing key file (default run/secrets/cluster.key)", 0},
         {"admin-token-file", API_FLAG_STRING, &cfg.admin_token_file, 0, "admin token file (default run/secrets/admin.token)", 0},
+        {"internal-token", API_FLAG_STRING, &cfg.internal_token, 0,
+         "file with the token for agents' internal endpoints (default: internal.token beside --signing-key)", 0},
         {"create-wait-ms", API_FLAG_INT, &cfg.create_wait_ms, 0, "wait this long for a new tenant's primary (default 5000)", 0},
         {"workers", API_FLAG_INT, &workers, 0, "worker threads (default 16)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},

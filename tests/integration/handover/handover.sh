@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# tests/integration/handover/handover.sh BUILD SRC: planned handover of a
+# tenant's primary with real etcd and agents, under a steady write load
+# whose acknowledged writes are kept in a ledger and checked afterwards.
+BUILD=$1 SRC=$2
+. "$SRC/tests/integration/lib/cluster.sh"
+DBTOOL=$BUILD/tests/dbtool
+WORKLOAD=$SRC/tests/integration/replication/workload.mjs
+AGENT_FLAGS="--pull-wait-ms 500"
+start_cluster 5
+CTL=("$BUILD/orchestrator/shoalctl" --url "$ORCH_URL" --token "$ADMIN_TOKEN")
+
+db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
+in_step() {
+    admin GET "/v1/tenants/$1" >/dev/null
+    jq -e '[.instances[] | [.txid, .checksum]] | (unique | length == 1) and (.[0][0] != null)' "$T_DIR/body"
+}
+missing_acked() {
+    "$DBTOOL" query "$(db_of "$1" "$2")" "SELECT n FROM ledger" | sort >"$T_DIR/have"
+    sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l
+}
+holder() { admin GET "/v1/tenants/$1" >/dev/null; jq -r .primary.node "$T_DIR/body"; }
+
+r=$(admin POST /v1/tenants '{"id":"h1","region":"ams","replicas":2}')
+is "tenant h1 created (primary n1)" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+admin POST /v1/tenants/h1/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
+TOK=$(jq -r .token "$T_DIR/body")
+node "$WORKLOAD" "$ROUTER_URL/t/h1" "$TOK" 1 >/dev/null
+wait_until 10 in_step h1
+
+# --- the contract's shape, and hostile input ---------------------------------
+r=$(curl -sS -o "$T_DIR/b" -w '%{http_code}' -X POST --data-binary '{"to_node":"n2"}' "$ORCH_URL/v1/tenants/h1/handover")
+is "handover without the admin token: 401" 401 "$r"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"n2","to_region":"iad"}')
+is "both to_node and to_region: 400 with a JSON error" "400 invalid_request" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"n2","extra":1}')
+is "an unknown field: 400" 400 "$(status_of "$r")"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":')
+is "bad JSON: 400 invalid_json" "400 invalid_json" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"../x"}')
+is "a hostile node name: 400" 400 "$(status_of "$r")"
+r=$(admin POST /v1/tenants/nope/handover '{"to_node":"n2"}')
+is "an unknown tenant: 404 tenant_not_found" "404 tenant_not_found" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"n1"}')
+is "to the node that already is primary: 409" 409 "$(status_of "$r")"
+r=$(admin POST /v1/tenants/h1/handover '{"to_region":"gru"}')
+is "to a region without a replica: 409 saying so" "409 no replica" "$(status_of "$r") $(body_of "$r" | jq -r .error.message | grep -o 'no replica')"
+r=$(admin GET /v1/operations/op-nothing)
+is "an unknown operation: 404 operation_not_found" "404 operation_not_found" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+
+# --- a lagging or unreachable target: refused, the primary keeps serving -------
+kill -STOP "$PID_agent_n3"
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"n3"}')
+is "handover to a stopped node: 202 with a running operation" "202 running" "$(status_of "$r") $(body_of "$r" | jq -r .state)"
+OP=$(body_of "$r" | jq -r .id)
+r=$(admin POST /v1/tenants/h1/handover '{"to_node":"n2"}')
+is "a second concurrent handover of the same tenant: 409" 409 "$(status_of "$r")"
+done_op() { admin GET "/v1/operations/$OP" >/dev/null; jq -e '.state != "running"' "$T_DIR/body"; }
+wait_until 20 done_op
+is "the handover to the stopped node fails" failed "$(jq -r .state "$T_DIR/body")"
+like "... saying why" "lagging|did not reach" "$(jq -r .error "$T_DIR/body")"
+kill -CONT "$PID_agent_n3"
+is "the old primary still holds the tenant" n1 "$(holder h1)"
+out=$(SEED=3 node "$WORKLOAD" "$ROUTER_URL/t/h1" "$TOK" 20)
+is "and takes writes" 20 "$(jq .ok <<<"$out")" || echo "# $out"
+
+# --- 30 handovers under a steady write load ----------------------------------
+: >"$T_DIR/ledger"
+SEED=5 CONC=4 TOLERATE_ERRORS=1 node "$WORKLOAD" "$AGENT_URL_n2/t/h1" "$TOK" 1000000 "$T_DIR/ledger" >"$T_DIR/w.out" &
+W=$!
+sleep 0.5
+failed_ops=0; stalls=()
+for i in $(seq 1 30); do
+    case $((i % 3)) in 1) to=n2 ;; 2) to=n3 ;; 0) to=n1 ;; esac
+    r=$(admin POST "/v1/tenants/h1/handover?wait=1" "{\"to_node\":\"$to\"}")
+    if [ "$(body_of "$r" | jq -r .state)" = done ]; then stalls+=("$(body_of "$r" | jq -r .stall_ms)")
+    else failed_ops=$((failed_ops + 1)); echo "# handover $i: $(body_of "$r")"; fi
+done
+kill -TERM "$W"; wait "$W" 2>/dev/null
+is "30 handovers in a row under writes all finish" 0 "$failed_ops"
+is "the last one left the primary on n1" n1 "$(holder h1)"
+acked=$(wc -l <"$T_DIR/ledger")
+like "writes were acknowledged throughout ($acked)" '^[1-9][0-9]{2,}$' "$acked"
+sorted=$(printf '%s\n' "${stalls[@]}" | sort -n)
+echo "# write stall per handover (ms): p50 $(sed -n "$(( (${#stalls[@]} + 1) / 2 ))p" <<<"$sorted") max $(tail -1 <<<"$sorted")"
+if wait_until 20 in_step h1; then ok "every instance reaches one position afterwards"
+else not_ok "every instance reaches one position afterwards" "$(cat "$T_DIR/body")"; fi
+for n in n1 n2 n3; do
+    is "$n holds every acknowledged write" 0 "$(missing_acked $n h1)"
+done
+is "n3's file recomputes to the primary's checksum" "$(jq -r '.instances[0].checksum' "$T_DIR/body")" \
+    "$("$DBTOOL" checksum "$(db_of n3 h1)" | cut -d' ' -f1)"
+
+# --- shoalctl ---------------------------------------------------------------------
+out=$("${CTL[@]}" handover h1 --to-region sin 2>&1); rc=$?
+is "shoalctl handover exits 0" 0 "$rc"
+like "shoalctl shows the steps" "fence.*confirm.*lease moved.*promoted" "$(tr '\n' ' ' <<<"$out")"
+like "shoalctl ends with the stall and the final txid" "stall [0-9]+ ms, final txid [0-9a-f]{16}" "$(tail -1 <<<"$out")"
+is "the tenant's region follows its primary" "sin n3" "$(admin GET /v1/tenants/h1 >/dev/null; jq -r '"\(.region) \(.primary.node)"' "$T_DIR/body")"
+out=$("${CTL[@]}" handover h1 --to-node n3 2>&1); rc=$?
+is "shoalctl handover to the current primary exits 1" 1 "$rc"
+
+done_testing
