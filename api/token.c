@@ -340,3 +340,18 @@ int api_token_load_admin(const char *path, char **out, struct api_err *err)
     sodium_memzero(buf, sizeof(buf));
     return API_OK;
 }
+
+int api_token_load_beside(const char *path, const char *sibling, const char *name, char **out, struct api_err *err)
+{
+    char buf[4096];
+    if (path != NULL) {
+        snprintf(buf, sizeof(buf), "%s", path);
+    } else {
+        const char *slash = strrchr(sibling, '/');
+        if (slash == NULL)
+            snprintf(buf, sizeof(buf), "%s", name);
+        else
+            snprintf(buf, sizeof(buf), "%.*s/%s", (int)(slash - sibling), sibling, name);
+    }
+    return api_token_load_admin(buf, out, err);
+}

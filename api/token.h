@@ -67,6 +67,10 @@ int api_token_load_admin(const char *path, char **out, struct api_err *err);
 
 /* Extracts the token from an "Authorization: Bearer <t>" value; returns 0 and
  * sets *TOK and *TOK_LEN (borrowed from VALUE), or -1 if it is not a bearer value. */
+/* Loads a token file: PATH if given, else NAME in the folder of SIBLING
+ * (how the internal token defaults to the file beside the cluster keys). */
+int api_token_load_beside(const char *path, const char *sibling, const char *name, char **out, struct api_err *err);
+
 int api_bearer_token(const char *value, size_t len, const char **tok, size_t *tok_len);
 
 #endif

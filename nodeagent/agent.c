@@ -1465,18 +1465,7 @@ static int lock_data_dir(struct agent *a, struct api_err *err)
  * file given, else internal.token beside the cluster's public key. */
 static int load_internal_token(struct agent *a, char **out, struct api_err *err)
 {
-    char path[4096];
-    if (a->cfg.internal_token != NULL) {
-        snprintf(path, sizeof(path), "%s", a->cfg.internal_token);
-    } else {
-        const char *slash = strrchr(a->cfg.verify_key, '/');
-        if (slash == NULL)
-            snprintf(path, sizeof(path), "internal.token");
-        else
-            snprintf(path, sizeof(path), "%.*s/internal.token", (int)(slash - a->cfg.verify_key), a->cfg.verify_key);
-    }
-    int rc = api_token_load_admin(path, out, err);
-    if (rc != API_OK)
+    if (api_token_load_beside(a->cfg.internal_token, a->cfg.verify_key, "internal.token", out, err) != API_OK)
         return api_err_wrap(err, "internal token (--internal-token)");
     return API_OK;
 }

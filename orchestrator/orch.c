@@ -689,17 +689,8 @@ static int load_regions(struct orch *o, struct api_err *err)
  * internal.token beside the signing key. */
 static int load_internal_token(struct orch *o, struct api_err *err)
 {
-    char path[4096];
-    if (o->cfg.internal_token != NULL) {
-        snprintf(path, sizeof(path), "%s", o->cfg.internal_token);
-    } else {
-        const char *slash = strrchr(o->cfg.signing_key, '/');
-        if (slash == NULL)
-            snprintf(path, sizeof(path), "internal.token");
-        else
-            snprintf(path, sizeof(path), "%.*s/internal.token", (int)(slash - o->cfg.signing_key), o->cfg.signing_key);
-    }
-    if (api_token_load_admin(path, &o->internal_token, err) != API_OK)
+    if (api_token_load_beside(o->cfg.internal_token, o->cfg.signing_key, "internal.token", &o->internal_token, err) !=
+        API_OK)
         return api_err_wrap(err, "internal token (--internal-token)");
     return API_OK;
 }

@@ -4,21 +4,11 @@
 # whose acknowledged writes are kept in a ledger and checked afterwards.
 BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
-DBTOOL=$BUILD/tests/dbtool
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 AGENT_FLAGS="--pull-wait-ms 500"
 start_cluster 5
 CTL=("$BUILD/orchestrator/shoalctl" --url "$ORCH_URL" --token "$ADMIN_TOKEN")
 
-db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
-in_step() {
-    admin GET "/v1/tenants/$1" >/dev/null
-    jq -e '[.instances[] | [.txid, .checksum]] | (unique | length == 1) and (.[0][0] != null)' "$T_DIR/body"
-}
-missing_acked() {
-    "$DBTOOL" query "$(db_of "$1" "$2")" "SELECT n FROM ledger" | sort >"$T_DIR/have"
-    sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l
-}
 holder() { admin GET "/v1/tenants/$1" >/dev/null; jq -r .primary.node "$T_DIR/body"; }
 
 r=$(admin POST /v1/tenants '{"id":"h1","region":"ams","replicas":2}')

@@ -135,3 +135,18 @@ pipeline() {
 
 status_of() { printf '%s' "${1%% *}"; }
 body_of() { printf '%s' "${1#* }"; }
+
+# --- replication helpers (dbtool must be built: $BUILD/tests/dbtool) ---------------
+DBTOOL=$BUILD/tests/dbtool
+# db_of NODE TENANT: the tenant's database file on that node
+db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
+# in_step TENANT: every instance reports one non-null position (leaves the tenant in $T_DIR/body)
+in_step() {
+    admin GET "/v1/tenants/$1" >/dev/null
+    jq -e '[.instances[] | [.txid, .checksum]] | (unique | length == 1) and (.[0][0] != null)' "$T_DIR/body"
+}
+# missing_acked NODE TENANT: acknowledged ledger numbers ($T_DIR/ledger) the node's file lacks
+missing_acked() {
+    "$DBTOOL" query "$(db_of "$1" "$2")" "SELECT n FROM ledger" | sort >"$T_DIR/have"
+    sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l
+}

@@ -5,27 +5,16 @@
 # rows, the ledger of acknowledged writes.
 BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
-DBTOOL=$BUILD/tests/dbtool
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 # small logs so compaction happens; short quorum timeout; quick polls
 AGENT_FLAGS="--log-keep 262144 --quorum-timeout-ms 1500 --pull-wait-ms 500 --catchup-timeout 700ms"
 start_cluster 5
 
-db_of() { ls "$T_DIR"/data/"$1"/tenants/*/"$2".db 2>/dev/null | head -n1; }
 metric() { curl -fsS "$(eval echo "\$AGENT_URL_$1")/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 # positions TENANT: "node txid checksum" per instance
 positions() {
     admin GET "/v1/tenants/$1" >/dev/null
     jq -r '.instances[] | "\(.node) \(.txid) \(.checksum)"' "$T_DIR/body"
-}
-in_step() { # TENANT: all instances at one non-null position
-    admin GET "/v1/tenants/$1" >/dev/null
-    jq -e '[.instances[] | [.txid, .checksum]] | (unique | length == 1) and (.[0][0] != null)' "$T_DIR/body"
-}
-# missing_acked NODE TENANT: acknowledged ledger numbers ($T_DIR/ledger) the node's file lacks
-missing_acked() {
-    "$DBTOOL" query "$(db_of "$1" "$2")" "SELECT n FROM ledger" | sort >"$T_DIR/have"
-    sort "$T_DIR/ledger" | comm -23 - "$T_DIR/have" | wc -l
 }
 token_for() { admin POST "/v1/tenants/$1/tokens" '{"access":"rw","ttl_s":3600}' >/dev/null; jq -r .token "$T_DIR/body"; }
 # check_copies TENANT LABEL: replicas' files recompute to the primary's checksum; rows equal everywhere
