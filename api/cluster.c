@@ -76,10 +76,15 @@ json_t *api_cluster_tenant_record_json(const struct api_cluster_tenant *t)
     json_t *nodes = json_array();
     for (size_t i = 0; i < t->nnodes; i++)
         json_array_append_new(nodes, json_string(t->nodes[i]));
-    return json_pack("{s:s,s:s,s:s,s:s,s:i,s:s,s:o,s:I,s:I}", "id", t->id, "region", t->region, "placement",
-                     t->placement, "durability", t->durability, "replicas", t->replicas, "primary", t->primary,
-                     "nodes", nodes, "generation", (json_int_t)t->generation, "created_at",
-                     (json_int_t)t->created_at);
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s,s:o,s:I,s:I}", "id", t->id, "region", t->region, "placement",
+                            t->placement, "durability", t->durability, "replicas", t->replicas, "primary", t->primary,
+                            "nodes", nodes, "generation", (json_int_t)t->generation, "created_at",
+                            (json_int_t)t->created_at);
+    if (doc != NULL && t->failover_at > 0)
+        json_object_set_new(doc, "failover", json_pack("{s:I,s:s,s:I}", "at", (json_int_t)t->failover_at, "from",
+                                                       t->failover_from, "lost_txids",
+                                                       (json_int_t)t->failover_lost_txids));
+    return doc;
 }
 
 static int copy_str(char *dst, size_t cap, json_t *v)
@@ -120,6 +125,12 @@ int api_cluster_tenant_record_parse(const char *json, size_t len, struct api_clu
     t.replicas = (int)json_integer_value(json_object_get(doc, "replicas"));
     t.generation = json_integer_value(json_object_get(doc, "generation"));
     t.created_at = json_integer_value(json_object_get(doc, "created_at"));
+    json_t *fo = json_object_get(doc, "failover");
+    if (json_is_object(fo)) {
+        t.failover_at = json_integer_value(json_object_get(fo, "at"));
+        t.failover_lost_txids = json_integer_value(json_object_get(fo, "lost_txids"));
+        copy_str(t.failover_from, sizeof(t.failover_from), json_object_get(fo, "from"));
+    }
     json_decref(doc);
     *out = t;
     return API_OK;

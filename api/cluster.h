@@ -55,6 +55,11 @@ struct api_cluster_tenant {
     size_t nnodes;
     int64_t generation;
     int64_t created_at;
+    /* the last unplanned failover, if any: when, from which node, and how
+     * many TXIDs of the dead primary no replica had (async durability) */
+    int64_t failover_at;
+    char failover_from[API_NAME_MAX];
+    int64_t failover_lost_txids;
     int64_t create_revision; /* of the tenant key */
     /* the lease, if some agent holds it */
     int leased;

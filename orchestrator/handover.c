@@ -41,6 +41,8 @@
 #define FENCE_TTL_MS 5000
 
 struct op {
+    char kind[16];
+    json_t *extra; /* more fields of the operation (failover: lost_txids) */
     char id[33];
     char tenant[API_NAME_MAX];
     char from[API_NAME_MAX], to[API_NAME_MAX];
@@ -85,6 +87,7 @@ static void op_free(void *p)
 {
     struct op *op = p;
     json_decref(op->steps);
+    json_decref(op->extra);
     free(op);
 }
 
@@ -101,17 +104,30 @@ void orch_ops_free(struct orch_ops *ops)
 /* The contract's operation shape. Call with ops->mu held. */
 static json_t *op_json(const struct op *op)
 {
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:O}", "id", op->id, "kind", "handover", "tenant", op->tenant,
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:O}", "id", op->id, "kind", op->kind, "tenant", op->tenant,
                           "from", op->from, "to", op->to, "state", op->state, "steps", op->steps);
     json_object_set_new(j, "stall_ms", op->stall_ms >= 0 ? json_integer(op->stall_ms) : json_null());
     json_object_set_new(j, "final_txid", op->final_txid[0] ? json_string(op->final_txid) : json_null());
     if (op->error[0])
         json_object_set_new(j, "error", json_string(op->error));
+    if (op->extra != NULL)
+        json_object_update(j, op->extra);
     return j;
 }
 
 static void op_step(struct orch *o, struct op *op, const char *step, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+void orch_op_step(struct orch *o, struct op *op, const char *step, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    op_step(o, op, step, "%s", detail);
+}
+
 static void op_step(struct orch *o, struct op *op, const char *step, const char *fmt, ...)
 {
     char detail[512];
@@ -124,6 +140,13 @@ static void op_step(struct orch *o, struct op *op, const char *step, const char 
                                                step, "detail", detail));
     pthread_mutex_unlock(&o->ops->mu);
     log_info("handover op=%s tenant=%s step=%s %s", op->id, op->tenant, step, detail);
+}
+
+static void op_finish(struct orch *o, struct op *op, const char *state, const char *error);
+
+void orch_op_finish(struct orch *o, struct op *op, const char *state, const char *error)
+{
+    op_finish(o, op, state, error);
 }
 
 static void op_finish(struct orch *o, struct op *op, const char *state, const char *error)
@@ -197,16 +220,6 @@ static int fence_call(struct orch *o, const char *method, const char *url, const
     return rc;
 }
 
-struct holder_is {
-    const char *tenant, *node;
-};
-
-static int holder_is(void *ud, struct api_cluster *c)
-{
-    struct holder_is *h = ud;
-    struct api_cluster_tenant t;
-    return api_cluster_tenant_locked(c, h->tenant, &t) && t.leased && strcmp(t.holder, h->node) == 0;
-}
 
 /* The one etcd txn: delete the old primary's key (it must still be at
  * EPOCH) and make TO the desired primary (the record must be unchanged). */
@@ -352,8 +365,8 @@ static void handover_job(void *arg)
     }
     op_step(o, op, "lease moved", "record names %s; %s's key (epoch %lld) deleted", op->to, op->from, (long long)epoch);
     /* 5. the target takes the key and promotes itself */
-    struct holder_is h = {op->tenant, op->to};
-    if (!api_cluster_wait(o->view, holder_is, &h, api_now_ms() + PROMOTE_MS)) {
+    struct orch_holder_is h = {op->tenant, op->to};
+    if (!api_cluster_wait(o->view, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
         snprintf(err_msg, sizeof(err_msg), "%s did not take the lease within %d ms", op->to, PROMOTE_MS);
         op_finish(o, op, "failed", err_msg);
         return;
@@ -367,6 +380,65 @@ static void handover_job(void *arg)
     snprintf(op->final_txid, sizeof(op->final_txid), "%s", ptxid);
     pthread_mutex_unlock(&o->ops->mu);
     op_finish(o, op, "done", NULL);
+}
+
+struct op *orch_op_start(struct orch *o, const char *kind, const char *tenant, const char *from, const char *to,
+                         char busy_id[40], int *oom)
+{
+    struct op *op = calloc(1, sizeof(*op));
+    unsigned char rnd[8];
+    *oom = 0;
+    busy_id[0] = '\0';
+    if (op == NULL || (op->steps = json_array()) == NULL) {
+        free(op);
+        *oom = 1;
+        return NULL;
+    }
+    randombytes_buf(rnd, sizeof(rnd));
+    memcpy(op->id, "op-", 3);
+    sodium_bin2hex(op->id + 3, sizeof(op->id) - 3, rnd, sizeof(rnd));
+    snprintf(op->kind, sizeof(op->kind), "%s", kind);
+    snprintf(op->tenant, sizeof(op->tenant), "%s", tenant);
+    snprintf(op->from, sizeof(op->from), "%s", from);
+    snprintf(op->to, sizeof(op->to), "%s", to);
+    snprintf(op->state, sizeof(op->state), "running");
+    op->stall_ms = -1;
+    op->t0 = api_now_ms();
+    pthread_mutex_lock(&o->ops->mu);
+    struct op *busy = api_map_get(o->ops->running, tenant);
+    if (busy == NULL) {
+        api_map_put(o->ops->running, op->tenant, op, oom);
+        if (!*oom)
+            api_map_put(o->ops->by_id, op->id, op, oom);
+        if (*oom)
+            api_map_del(o->ops->running, op->tenant);
+    } else {
+        snprintf(busy_id, 40, "%s", busy->id);
+    }
+    pthread_mutex_unlock(&o->ops->mu);
+    if (busy != NULL || *oom) {
+        op_free(op);
+        return NULL;
+    }
+    return op;
+}
+
+void orch_op_result(struct orch *o, struct op *op, int64_t stall_ms, const char *final_txid, json_t *extra)
+{
+    pthread_mutex_lock(&o->ops->mu);
+    op->stall_ms = stall_ms;
+    snprintf(op->final_txid, sizeof(op->final_txid), "%s", final_txid ? final_txid : "");
+    json_decref(op->extra);
+    op->extra = extra;
+    pthread_mutex_unlock(&o->ops->mu);
+}
+
+int orch_op_running(struct orch *o, const char *tenant)
+{
+    pthread_mutex_lock(&o->ops->mu);
+    int busy = api_map_get(o->ops->running, tenant) != NULL;
+    pthread_mutex_unlock(&o->ops->mu);
+    return busy;
 }
 
 /* ------------------------------------------------------------------ */
@@ -438,42 +510,16 @@ static void on_handover(struct api_req *r, void *ud)
     json_decref(body);
     body = NULL;
 
-    struct op *op = calloc(1, sizeof(*op));
-    struct handover_job *j = calloc(1, sizeof(*j));
-    unsigned char rnd[8];
-    if (op == NULL || j == NULL || (op->steps = json_array()) == NULL) {
-        free(op);
-        free(j);
-        api_reply_errorf(r, API_ENOMEM, "out of memory");
-        return;
-    }
-    randombytes_buf(rnd, sizeof(rnd));
-    memcpy(op->id, "op-", 3);
-    sodium_bin2hex(op->id + 3, sizeof(op->id) - 3, rnd, sizeof(rnd));
-    snprintf(op->tenant, sizeof(op->tenant), "%s", id);
-    snprintf(op->from, sizeof(op->from), "%s", t.holder);
-    snprintf(op->to, sizeof(op->to), "%s", to);
-    snprintf(op->state, sizeof(op->state), "running");
-    op->stall_ms = -1;
-    op->t0 = api_now_ms();
+    char busy_id[40] = "";
     int oom = 0;
-    pthread_mutex_lock(&o->ops->mu);
-    struct op *busy = api_map_get(o->ops->running, id);
-    if (busy == NULL) {
-        api_map_put(o->ops->running, op->tenant, op, &oom);
-        if (!oom)
-            api_map_put(o->ops->by_id, op->id, op, &oom);
-    }
-    pthread_mutex_unlock(&o->ops->mu);
-    if (busy != NULL || oom) {
-        char busy_id[40];
-        snprintf(busy_id, sizeof(busy_id), "%s", busy ? busy->id : "");
-        op_free(op);
+    struct handover_job *j = calloc(1, sizeof(*j));
+    struct op *op = j ? orch_op_start(o, "handover", id, t.holder, to, busy_id, &oom) : NULL;
+    if (op == NULL) {
         free(j);
-        if (oom)
-            api_reply_errorf(r, API_ENOMEM, "out of memory");
-        else
+        if (busy_id[0])
             api_reply_errorf(r, API_ECONFLICT, "tenant '%s' is already being handed over (operation %s)", id, busy_id);
+        else
+            api_reply_errorf(r, API_ENOMEM, "out of memory");
         return;
     }
     log_info("handover requested op=%s tenant=%s from=%s to=%s", op->id, id, op->from, op->to);

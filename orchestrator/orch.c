@@ -60,6 +60,13 @@ void orch_config_init(struct orch_config *cfg)
 /* ------------------------------------------------------------------ */
 /* helpers                                                             */
 
+int orch_holder_is(void *ud, struct api_cluster *c)
+{
+    struct orch_holder_is *h = ud;
+    struct api_cluster_tenant t;
+    return api_cluster_tenant_locked(c, h->tenant, &t) && t.leased && strcmp(t.holder, h->node) == 0;
+}
+
 int orch_check_admin(struct orch *o, struct api_req *r)
 {
     size_t len, tlen;
@@ -134,9 +141,21 @@ static json_t *tenant_json(struct orch *o, const struct api_cluster_tenant *t, j
                                             is_primary ? "primary" : "replica", "txid", "checksum", "lag_ms"));
         }
     }
-    return json_pack("{s:s,s:s,s:s,s:s,s:i,s:o,s:o,s:s}", "id", t->id, "region", t->region, "placement",
+    json_t *failover = json_null();
+    if (t->failover_at > 0) {
+        char at[21];
+        api_time_format(t->failover_at, at);
+        failover = json_pack("{s:s,s:s,s:I}", "at", at, "from", t->failover_from, "lost_txids",
+                             (json_int_t)t->failover_lost_txids);
+    }
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:i,s:o,s:o,s:s}", "id", t->id, "region", t->region, "placement",
                      t->placement, "durability", t->durability, "replicas", t->replicas, "primary", primary,
                      "instances", instances, "created_at", created);
+    if (doc != NULL)
+        json_object_set_new(doc, "last_failover", failover);
+    else
+        json_decref(failover);
+    return doc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -704,14 +723,15 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
     if (o == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     o->cfg = *cfg;
+    pthread_mutex_init(&o->failover_mu, NULL);
     if ((rc = load_regions(o, err)) != API_OK ||
         (rc = api_token_load_secret(cfg->signing_key, o->sk, err)) != API_OK ||
         (rc = api_token_load_admin(cfg->admin_token_file, &o->admin_token, err)) != API_OK ||
         (rc = load_internal_token(o, err)) != API_OK ||
         (rc = orch_ops_new(&o->ops) == 0 ? API_OK : api_err_set(err, API_ENOMEM, "out of memory")) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &o->etcd, err)) != API_OK ||
-        (rc = api_cluster_open(o->etcd, NULL, NULL, &o->view, err)) != API_OK ||
         (rc = api_workq_new(cfg->workers, worker_exit, &o->workers, err)) != API_OK ||
+        (rc = api_cluster_open(o->etcd, orch_failover_on_change, o, &o->view, err)) != API_OK ||
         (rc = api_server_new(&scfg, &o->server, err)) != API_OK)
         goto fail;
     rc = 0;
@@ -730,6 +750,9 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
         rc = api_err_set(err, API_ENOMEM, "registering routes: out of memory");
         goto fail;
     }
+    atomic_store(&o->failover_ready, 1);
+    /* tenants whose primary died while no orchestrator ran */
+    orch_failover_on_change(o, API_CLUSTER_ALL, "", 0);
     log_info("listening on %s", api_server_url(o->server));
     *out = o;
     return API_OK;
@@ -752,6 +775,9 @@ void orch_free(struct orch *o)
 {
     if (o == NULL)
         return;
+    pthread_mutex_lock(&o->failover_mu);
+    atomic_store(&o->failover_ready, 0); /* the view hands no more work to the workers */
+    pthread_mutex_unlock(&o->failover_mu);
     api_workq_free(o->workers);
     api_server_free(o->server);
     api_cluster_close(o->view);
@@ -761,5 +787,6 @@ void orch_free(struct orch *o)
     free(o->admin_token);
     free(o->internal_token);
     sodium_memzero(o->sk, sizeof(o->sk));
+    pthread_mutex_destroy(&o->failover_mu);
     free(o);
 }

@@ -5,6 +5,7 @@
 #ifndef SHOAL_ORCHESTRATOR_ORCH_INT_H
 #define SHOAL_ORCHESTRATOR_ORCH_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include <jansson.h>
@@ -32,9 +33,16 @@ struct orch {
     atomic_ullong tenants_created, tenants_deleted, tokens_issued, handovers_done, handovers_failed;
     char *internal_token;   /* what agents' /internal endpoints want */
     struct orch_ops *ops;   /* operations (handover.c) */
+    atomic_int failover_ready; /* workers exist: the view may hand work over */
+    pthread_mutex_t failover_mu; /* orders that hand-over against shutdown */
 };
 
 /* orch.c helpers */
+/* api_cluster_wait predicate: TENANT's lease is held by NODE. */
+struct orch_holder_is {
+    const char *tenant, *node;
+};
+int orch_holder_is(void *ud, struct api_cluster *c);
 int orch_check_admin(struct orch *o, struct api_req *r);
 int orch_tenant_param(struct api_req *r, char *out);
 void orch_node_region(struct orch *o, const char *node, char *region, char *url);
@@ -45,6 +53,20 @@ json_t *orch_agent_status(struct orch *o, const char *url, const char *tenant);
 int orch_ops_new(struct orch_ops **out);
 void orch_ops_free(struct orch_ops *ops);
 int orch_handover_routes(struct orch *o);
+/* Operations: start one for TENANT (NULL if one runs: its id in BUSY_ID, or
+ * *OOM), record steps and results, finish it (state "done" or "failed"). */
+struct op;
+struct op *orch_op_start(struct orch *o, const char *kind, const char *tenant, const char *from, const char *to,
+                         char busy_id[40], int *oom);
+void orch_op_step(struct orch *o, struct op *op, const char *step, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void orch_op_result(struct orch *o, struct op *op, int64_t stall_ms, const char *final_txid, json_t *extra);
+void orch_op_finish(struct orch *o, struct op *op, const char *state, const char *error);
+int orch_op_running(struct orch *o, const char *tenant);
+
+/* failover.c: the view's change callback (watch thread) */
+void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted);
+
 /* Frees the calling worker's HTTP client (workq on_exit). */
 void orch_handover_thread_exit(void);
 

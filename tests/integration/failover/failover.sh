@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# tests/integration/failover/failover.sh BUILD SRC: kill -9 of a primary's
+# agent under writes; the orchestrator promotes the most caught-up replica;
+# quorum tenants lose nothing acknowledged; the old primary rejoins.
+BUILD=$1 SRC=$2
+. "$SRC/tests/integration/lib/cluster.sh"
+WORKLOAD=$SRC/tests/integration/replication/workload.mjs
+AGENT_FLAGS="--pull-wait-ms 300"
+TTL=2
+start_cluster $TTL
+
+holder() { admin GET "/v1/tenants/$1" >/dev/null; jq -r '.primary.node // "none"' "$T_DIR/body"; }
+for spec in fa:async fq:quorum; do
+    id=${spec%%:*}; dur=${spec##*:}
+    r=$(admin POST /v1/tenants "{\"id\":\"$id\",\"region\":\"ams\",\"replicas\":2,\"durability\":\"$dur\"}")
+    is "tenant $id ($dur) created on n1" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+    admin POST "/v1/tenants/$id/tokens" '{"access":"rw","ttl_s":3600}' >/dev/null
+    eval "TOK_$id=$(jq -r .token "$T_DIR/body")"
+    node "$WORKLOAD" "$ROUTER_URL/t/$id" "$(eval echo "\$TOK_$id")" 1 >/dev/null
+    wait_until 10 in_step "$id"
+done
+
+: >"$T_DIR/ledger_fa"; : >"$T_DIR/ledger_fq"
+SEED=3 CONC=2 TOLERATE_ERRORS=1 node "$WORKLOAD" "$ROUTER_URL/t/fa" "$TOK_fa" 1500 "$T_DIR/ledger_fa" >"$T_DIR/wa.out" &
+WA=$!
+SEED=4 CONC=2 TOLERATE_ERRORS=1 node "$WORKLOAD" "$ROUTER_URL/t/fq" "$TOK_fq" 1500 "$T_DIR/ledger_fq" >"$T_DIR/wq.out" &
+WQ=$!
+sleep 2
+before=$(wc -l <"$T_DIR/ledger_fq")
+killed_at=$(date +%s%N)
+kill -KILL "$PID_agent_n1"; wait "$PID_agent_n1" 2>/dev/null
+moved() { local h; h=$(holder fa); [ "$h" != n1 ] && [ "$h" != none ] && h=$(holder fq) && [ "$h" != n1 ] && [ "$h" != none ]; }
+if wait_until $((TTL + 8)) moved; then
+    took=$(( ($(date +%s%N) - killed_at) / 1000000 ))
+    ok "both tenants have a new primary after kill -9 of n1 (${took} ms; lease TTL ${TTL} s)"
+else
+    not_ok "both tenants have a new primary after kill -9 of n1" "fa: $(holder fa), fq: $(holder fq)"; show_logs
+fi
+like "failover happened within TTL + 2 s" '^[0-9]+$' "$([ "${took:-99999}" -le $(( (TTL + 2) * 1000 )) ] && echo "$took")"
+wait "$WA" "$WQ"
+after=$(wc -l <"$T_DIR/ledger_fq")
+like "writes were acknowledged after the failover too ($before before, $after in all)" '^1$' "$([ "$after" -gt "$before" ] && echo 1)"
+
+NEW=$(holder fq)
+wait_until 20 in_step fq
+is "quorum tenant: the new primary $NEW holds every acknowledged write" 0 \
+    "$(cp "$T_DIR/ledger_fq" "$T_DIR/ledger"; missing_acked "$NEW" fq)"
+admin GET /v1/tenants/fa >/dev/null
+is "async tenant: the failover is shown on the tenant" "n1" "$(jq -r '.last_failover.from' "$T_DIR/body")"
+lost=$(jq -r '.last_failover.lost_txids' "$T_DIR/body")
+like "async tenant: the TXIDs lost are counted ($lost)" '^[0-9]+$' "$lost"
+NEWA=$(holder fa)
+missing=$(cp "$T_DIR/ledger_fa" "$T_DIR/ledger"; missing_acked "$NEWA" fa)
+like "async tenant: acknowledged writes missing ($missing) are no more than the TXIDs counted as lost ($lost)" '^1$' \
+    "$([ "$missing" -le "$lost" ] && echo 1)"
+admin GET /v1/tenants/fq >/dev/null
+is "quorum tenant: nothing lost" 0 "$(jq -r '.last_failover.lost_txids' "$T_DIR/body")"
+
+# --- the deposed primary returns and rejoins as a replica ---------------------------
+start_agent n1
+wait_until 20 curl -fsS "$AGENT_URL_n1/healthz" >/dev/null
+out=$(SEED=8 node "$WORKLOAD" "$ROUTER_URL/t/fa" "$TOK_fa" 20)
+is "writes go on with n1 back" 20 "$(jq .ok <<<"$out")"
+for id in fa fq; do
+    if wait_until 20 in_step $id; then ok "$id: n1 rejoined and holds the new primary's position"
+    else not_ok "$id: n1 rejoined and holds the new primary's position" "$(cat "$T_DIR/body")"; fi
+    is "$id: n1 is a replica now" replica "$(jq -r '.instances[] | select(.node=="n1") | .role' "$T_DIR/body")"
+    is "$id: n1's file recomputes to the primary's checksum" "$(jq -r '.instances[0].checksum' "$T_DIR/body")" \
+        "$("$DBTOOL" checksum "$(db_of n1 $id)" | cut -d' ' -f1)"
+done
+
+done_testing
