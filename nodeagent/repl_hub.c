@@ -815,9 +815,35 @@ static void on_snapshot(struct api_req *req, void *ud)
     api_workq_submit(h->r->cfg.workers, agent_repl_key(j->tenant), snapshot_job, j);
 }
 
+/* POST /internal/repl/kick {"session"}: the follower has new tenants for
+ * this primary; its held poll returns now so the next one can name them. */
+static void on_kick(struct api_req *req, void *ud)
+{
+    struct hub *h = ud;
+    json_t *body = NULL;
+    struct api_err err;
+    if (!authorized(h, req))
+        return;
+    if (api_req_json_object(req, &body, &err) != API_OK) {
+        api_reply_error(req, &err);
+        return;
+    }
+    const char *sid = json_string_value(json_object_get(body, "session"));
+    pthread_mutex_lock(&h->mu);
+    struct session *s = h->sessions;
+    while (s != NULL && (sid == NULL || strcmp(s->id, sid) != 0))
+        s = s->next;
+    if (s != NULL && s->pending != NULL)
+        answer(h, s);
+    pthread_mutex_unlock(&h->mu);
+    json_decref(body);
+    api_reply_empty(req, 204);
+}
+
 int hub_routes(struct hub *h, struct api_server *s)
 {
     api_server_on_stop(s, hub_stop_hook, h);
     return api_server_route(s, "POST", "/internal/repl/pull", on_pull, h) |
+           api_server_route(s, "POST", "/internal/repl/kick", on_kick, h) |
            api_server_route(s, "GET", "/internal/repl/snapshot/{tenant}", on_snapshot, h);
 }

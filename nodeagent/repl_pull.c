@@ -36,6 +36,8 @@ struct puller {
     struct api_map *tenants; /* id -> struct ptenant* */
     struct api_map *drops;   /* id -> (void *)1 */
     int stopping, started, reset;
+    int polling;      /* a long-poll is in flight ... */
+    char session[64]; /* ... in this session */
     atomic_int cancel;
     pthread_t thread;
 };
@@ -228,6 +230,7 @@ static void *puller_main(void *arg)
         api_map_free(p->drops, NULL);
         p->drops = api_map_new();
         snprintf(url, sizeof(url), "%s/internal/repl/pull", p->url);
+        int idle = api_map_len(p->tenants) == 0;
         pthread_mutex_unlock(&p->mu);
 
         /* positions: load tenants not loaded yet on their workers */
@@ -260,7 +263,8 @@ static void *puller_main(void *arg)
         api_names_free(&g.ids);
         json_t *req = json_pack("{s:s,s:o,s:I,s:I,s:o,s:o}", "node", r->node, "session",
                                 session[0] ? json_string(session) : json_null(), "wait_ms",
-                                (json_int_t)r->cfg.pull_wait_ms, "max_bytes", (json_int_t)(4 << 20), "positions",
+                                /* nothing followed here any more: deliver the drops, do not wait */
+                                (json_int_t)(idle ? 0 : r->cfg.pull_wait_ms), "max_bytes", (json_int_t)(4 << 20), "positions",
                                 positions, "drop", drops);
         char *body = json_dumps(req, JSON_COMPACT);
         json_decref(req);
@@ -270,7 +274,14 @@ static void *puller_main(void *arg)
                                   .max_body = (size_t)256 << 20, .cancel = &p->cancel};
         struct api_http_resp resp;
         struct api_err err;
+        pthread_mutex_lock(&p->mu);
+        p->polling = 1;
+        snprintf(p->session, sizeof(p->session), "%s", session);
+        pthread_mutex_unlock(&p->mu);
         int rc = http && body ? api_http_do(http, &rq, &resp, &err) : API_ENOMEM;
+        pthread_mutex_lock(&p->mu);
+        p->polling = 0;
+        pthread_mutex_unlock(&p->mu);
         free(body);
         atomic_fetch_add(&r->pulls, 1);
         if (rc != API_OK || resp.status != 200) {
@@ -399,9 +410,30 @@ static struct puller *puller_get(struct agent_repl *r, const char *node, const c
     return p;
 }
 
+/* Asks URL's hub to answer SESSION's held poll now (new tenants to name). */
+static void kick(struct agent_repl *r, const char *url, const char *session)
+{
+    char full[300], auth[600], body[128];
+    const char *hdrs[] = {auth, "content-type: application/json", NULL};
+    struct api_http_client *c = api_http_client_new();
+    struct api_http_resp resp;
+    struct api_err err;
+    if (c == NULL)
+        return;
+    snprintf(full, sizeof(full), "%s/internal/repl/kick", url);
+    snprintf(auth, sizeof(auth), "authorization: Bearer %s", r->internal_token);
+    snprintf(body, sizeof(body), "{\"session\":\"%s\"}", session);
+    struct api_http_req rq = {.method = "POST", .url = full, .headers = hdrs, .body = body, .body_len = strlen(body),
+                              .timeout_ms = 1000};
+    if (api_http_do(c, &rq, &resp, &err) == API_OK)
+        api_http_resp_fini(&resp);
+    api_http_client_free(c);
+}
+
 void pull_follow(struct agent_repl *r, const char *tenant, const char *old, const char *upstream, const char *url)
 {
     int oom;
+    char kick_url[160] = "", kick_session[64] = "";
     pthread_mutex_lock(&r->mu);
     if (r->stopped) {
         pthread_mutex_unlock(&r->mu);
@@ -431,6 +463,10 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
                 api_map_put(p->tenants, tenant, pt, &oom);
                 if (oom)
                     free(pt);
+                else if (p->polling && p->session[0]) {
+                    snprintf(kick_url, sizeof(kick_url), "%s", p->url);
+                    snprintf(kick_session, sizeof(kick_session), "%s", p->session);
+                }
             }
             /* an idle puller wakes now; a polling one includes the tenant in
              * its next poll (polls last at most pull_wait_ms) */
@@ -439,6 +475,8 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
         }
     }
     pthread_mutex_unlock(&r->mu);
+    if (kick_url[0])
+        kick(r, kick_url, kick_session);
 }
 
 static void stop_one(void *ud, const char *key, void *value)
