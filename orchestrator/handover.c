@@ -289,18 +289,26 @@ struct handover_job {
     struct op *op;
 };
 
+static void run_handover(struct orch *o, struct op *op);
+
 static void handover_job(void *arg)
 {
     struct handover_job *j = arg;
     struct orch *o = j->o;
     struct op *op = j->op;
+    free(j);
+    run_handover(o, op);
+}
+
+/* Runs the steps of OP and finishes it. Blocks (a worker thread). */
+static void run_handover(struct orch *o, struct op *op)
+{
     struct api_cluster_tenant t;
     char region[8], from_url[API_URL_MAX], to_url[API_URL_MAX], err_msg[600];
     char ptxid[17], pck[17], ttxid[17], tck[17];
     struct api_err err;
     json_t *fin = NULL;
     int64_t deadline, fenced_at;
-    free(j);
 
     if (!api_cluster_tenant(o->view, op->tenant, &t) || !t.leased || strcmp(t.holder, op->from) != 0) {
         op_finish(o, op, "failed", "the tenant's primary changed before the handover started");
@@ -566,8 +574,178 @@ static void on_operation(struct api_req *r, void *ud)
     api_reply_json(r, 200, doc);
 }
 
+/* ------------------------------------------------------------------ */
+/* drain: hand over every primary on a node                            */
+
+#define DRAIN_CONCURRENCY 4
+
+struct drain {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t running, done, failed;
+};
+
+struct drain_item {
+    struct orch *o;
+    struct drain *d;
+    struct op *op;
+};
+
+static void drain_item_job(void *arg)
+{
+    struct drain_item *it = arg;
+    run_handover(it->o, it->op);
+    pthread_mutex_lock(&it->o->ops->mu);
+    int ok = strcmp(it->op->state, "done") == 0;
+    pthread_mutex_unlock(&it->o->ops->mu);
+    pthread_mutex_lock(&it->d->mu);
+    it->d->running--;
+    if (ok)
+        it->d->done++;
+    else
+        it->d->failed++;
+    pthread_cond_signal(&it->d->cv);
+    pthread_mutex_unlock(&it->d->mu);
+    free(it);
+}
+
+/* A replica of T to take its primary: alive, not NODE; the tenant's own
+ * region first. */
+static const char *drain_target(struct orch *o, const struct api_cluster_tenant *t, const char *node)
+{
+    struct api_cluster_node n;
+    const char *any = NULL;
+    for (size_t i = 0; i < t->nnodes; i++) {
+        if (strcmp(t->nodes[i], node) == 0 || !api_cluster_node(o->view, t->nodes[i], &n))
+            continue;
+        if (strcmp(n.region, t->region) == 0)
+            return t->nodes[i];
+        if (any == NULL)
+            any = t->nodes[i];
+    }
+    return any;
+}
+
+struct drain_job {
+    struct orch *o;
+    struct op *op;
+};
+
+/* Hands over every tenant the node leads, DRAIN_CONCURRENCY at a time;
+ * each is its own handover operation, listed as a step of the drain. */
+static void drain_job(void *arg)
+{
+    struct drain_job *j = arg;
+    struct orch *o = j->o;
+    struct op *op = j->op;
+    struct drain d = {.running = 0};
+    struct api_cluster_tenant *page;
+    int more;
+    size_t total = 0, skipped = 0;
+    free(j);
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_cond_init(&d.cv, NULL);
+    size_t n = api_cluster_tenant_page(o->view, NULL, 1u << 30, NULL, &page, &more);
+    for (size_t i = 0; i < n; i++) {
+        if (!page[i].leased || strcmp(page[i].holder, op->from) != 0)
+            continue;
+        total++;
+        const char *to = drain_target(o, &page[i], op->from);
+        char busy[40];
+        int oom;
+        struct op *sub = to ? orch_op_start(o, "handover", page[i].id, op->from, to, busy, &oom) : NULL;
+        struct drain_item *it = sub ? calloc(1, sizeof(*it)) : NULL;
+        if (it == NULL) {
+            if (sub != NULL)
+                op_finish(o, sub, "failed", "out of memory");
+            skipped++;
+            op_step(o, op, "skipped", "%s: %s", page[i].id, to == NULL ? "no live replica to take it" : "busy");
+            continue;
+        }
+        op_step(o, op, "handover", "%s -> %s (operation %s)", page[i].id, to, sub->id);
+        it->o = o;
+        it->d = &d;
+        it->op = sub;
+        pthread_mutex_lock(&d.mu);
+        while (d.running >= DRAIN_CONCURRENCY)
+            pthread_cond_wait(&d.cv, &d.mu);
+        d.running++;
+        pthread_mutex_unlock(&d.mu);
+        api_workq_submit(o->workers, atomic_fetch_add(&o->job_seq, 1), drain_item_job, it);
+    }
+    free(page);
+    pthread_mutex_lock(&d.mu);
+    while (d.running > 0)
+        pthread_cond_wait(&d.cv, &d.mu);
+    size_t done = d.done, failed = d.failed + skipped;
+    pthread_mutex_unlock(&d.mu);
+    pthread_mutex_destroy(&d.mu);
+    pthread_cond_destroy(&d.cv);
+    orch_op_result(o, op, -1, NULL,
+                   json_pack("{s:I,s:I,s:I}", "total", (json_int_t)total, "moved", (json_int_t)done, "failed",
+                             (json_int_t)failed));
+    op_step(o, op, "drained", "%zu of %zu primaries moved off %s, %zu failed", done, total, op->from, failed);
+    if (failed > 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "%zu of %zu handovers failed", failed, total);
+        op_finish(o, op, "failed", msg);
+    } else {
+        op_finish(o, op, "done", NULL);
+    }
+}
+
+static void on_drain(struct api_req *r, void *ud)
+{
+    struct orch *o = ud;
+    struct api_cluster_node n;
+    struct api_err err;
+    size_t len;
+    char node[API_NAME_MAX], key[API_NAME_MAX + 8], busy[40], wait[8];
+    int oom;
+    const char *v = api_req_param(r, "node", &len);
+
+    if (!orch_check_admin(o, r))
+        return;
+    if (api_node_name_check(v, len, &err) != API_OK) {
+        api_reply_error(r, &err);
+        return;
+    }
+    snprintf(node, sizeof(node), "%.*s", (int)len, v);
+    if (!api_cluster_node(o->view, node, &n)) {
+        api_reply_errorf(r, API_ENONODE, "node '%s' is not registered", node);
+        return;
+    }
+    /* one drain per node at a time: the running map is keyed by "node:<name>" */
+    snprintf(key, sizeof(key), "node:%s", node);
+    struct drain_job *j = calloc(1, sizeof(*j));
+    struct op *op = j ? orch_op_start(o, "drain", key, node, "*", busy, &oom) : NULL;
+    if (op == NULL) {
+        free(j);
+        if (busy[0])
+            api_reply_errorf(r, API_ECONFLICT, "node '%s' is already being drained (operation %s)", node, busy);
+        else
+            api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
+    j->o = o;
+    j->op = op;
+    log_info("drain requested op=%s node=%s", op->id, node);
+    if (api_req_query(r, "wait", wait, sizeof(wait)) == 1 && strcmp(wait, "0") != 0) {
+        pthread_mutex_lock(&o->ops->mu);
+        op->waiter = api_req_defer(r);
+        pthread_mutex_unlock(&o->ops->mu);
+    } else {
+        pthread_mutex_lock(&o->ops->mu);
+        json_t *doc = op_json(op);
+        pthread_mutex_unlock(&o->ops->mu);
+        api_reply_json(r, 202, doc);
+    }
+    api_workq_submit(o->workers, atomic_fetch_add(&o->job_seq, 1), drain_job, j);
+}
+
 int orch_handover_routes(struct orch *o)
 {
     return api_server_route(o->server, "POST", "/v1/tenants/{id}/handover", on_handover, o) |
+           api_server_route(o->server, "POST", "/v1/nodes/{node}/drain", on_drain, o) |
            api_server_route(o->server, "GET", "/v1/operations/{op}", on_operation, o);
 }

@@ -90,4 +90,19 @@ is "the tenant's region follows its primary" "sin n3" "$(admin GET /v1/tenants/h
 out=$("${CTL[@]}" handover h1 --to-node n3 2>&1); rc=$?
 is "shoalctl handover to the current primary exits 1" 1 "$rc"
 
+# --- drain: every primary leaves a node ----------------------------------------
+for i in 1 2 3; do admin POST /v1/tenants "{\"id\":\"d$i\",\"region\":\"ams\",\"replicas\":2}" >/dev/null; done
+on_n1=$(admin GET "/v1/tenants?limit=1000" >/dev/null; jq '[.tenants[] | select(.primary.node == "n1")] | length' "$T_DIR/body")
+like "n1 leads some tenants before the drain ($on_n1)" '^[1-9]' "$on_n1"
+r=$(admin POST /v1/nodes/n9/drain)
+is "draining an unknown node: 404 node_not_found" "404 node_not_found" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+r=$(admin POST "/v1/nodes/n1/drain?wait=1")
+is "drain of n1 finishes" "200 drain done" "$(status_of "$r") $(body_of "$r" | jq -r '"\(.kind) \(.state)"')"
+is "... having moved every primary it led" "$on_n1 $on_n1 0" "$(body_of "$r" | jq -r '"\(.total) \(.moved) \(.failed)"')"
+is "no tenant is led by n1 any more" 0 \
+    "$(admin GET "/v1/tenants?limit=1000" >/dev/null; jq '[.tenants[] | select(.primary.node == "n1")] | length' "$T_DIR/body")"
+out=$("${CTL[@]}" nodes drain n2 2>&1); rc=$?
+is "shoalctl nodes drain exits 0" 0 "$rc"
+like "shoalctl nodes drain names the operation" "op-[0-9a-f]+" "$out"
+
 done_testing
