@@ -70,4 +70,25 @@ for id in fa fq; do
         "$("$DBTOOL" checksum "$(db_of n1 $id)" | cut -d' ' -f1)"
 done
 
+# --- a primary paused past its TTL must not acknowledge a write after waking ------
+r=$(admin POST /v1/tenants '{"id":"fs","region":"iad","replicas":2,"durability":"async"}')
+is "tenant fs created on n2" "201 n2" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+admin POST /v1/tenants/fs/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
+TOK_fs=$(jq -r .token "$T_DIR/body")
+node "$WORKLOAD" "$ROUTER_URL/t/fs" "$TOK_fs" 1 >/dev/null
+wait_until 10 in_step fs
+kill -STOP "$PID_agent_n2"
+gone() { local h; h=$(holder fs); [ "$h" != n2 ] && [ "$h" != none ]; }
+if wait_until $((TTL + 8)) gone; then ok "a new primary takes fs while n2 is paused ($(holder fs))"
+else not_ok "a new primary takes fs while n2 is paused" "$(holder fs)"; fi
+NEWS=$(holder fs)
+: >"$T_DIR/ledger"
+kill -CONT "$PID_agent_n2"
+# straight at the woken agent, before it has caught up with etcd
+SEED=12 TOLERATE_ERRORS=1 node "$WORKLOAD" "$AGENT_URL_n2/t/fs" "$TOK_fs" 30 "$T_DIR/ledger" >"$T_DIR/ws.out"
+echo "# writes sent to the woken n2: $(cat "$T_DIR/ws.out")"
+wait_until 20 in_step fs
+is "every write acknowledged through the woken n2 is on the new primary $NEWS" 0 "$(missing_acked "$NEWS" fs)"
+is "n2 rejoined as a replica of fs" replica "$(jq -r '.instances[] | select(.node=="n2") | .role' "$T_DIR/body")"
+
 done_testing
