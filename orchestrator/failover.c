@@ -47,7 +47,7 @@ static void fail_over(struct orch *o, const char *id)
     int have = 0;
     char url[API_URL_MAX];
 
-    if (!api_cluster_tenant(o->view, id, &t) || t.leased || orch_op_running(o, id))
+    if (!orch_is_leader(o) || !api_cluster_tenant(o->view, id, &t) || t.leased || orch_op_running(o, id))
         return;
     if (api_cluster_node(o->view, t.primary, &n))
         return; /* its primary's agent is alive: it takes the lease back itself */
@@ -183,7 +183,7 @@ void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char 
     struct fo_job *j;
     int check_one = kind == API_CLUSTER_LEASE && deleted;
     int check_all = kind == API_CLUSTER_ALL || (kind == API_CLUSTER_NODE && deleted);
-    if ((!check_one && !check_all) || (j = calloc(1, sizeof(*j))) == NULL)
+    if ((!check_one && !check_all) || !orch_is_leader(o) || (j = calloc(1, sizeof(*j))) == NULL)
         return;
     j->o = o;
     if (check_one)

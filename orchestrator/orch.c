@@ -55,6 +55,7 @@ void orch_config_init(struct orch_config *cfg)
     cfg->admin_token_file = "run/secrets/admin.token";
     cfg->workers = 16;
     cfg->create_wait_ms = 5000;
+    cfg->leader_ttl_s = 5;
 }
 
 /* ------------------------------------------------------------------ */
@@ -660,7 +661,8 @@ static void on_healthz(struct api_req *r, void *ud)
     struct api_cluster_node *nodes;
     size_t nn = api_cluster_nodes(o->view, &nodes);
     free(nodes);
-    api_reply_json(r, 200, json_pack("{s:s,s:I,s:I,s:I}", "status", "ok", "etcd_revision",
+    api_reply_json(r, 200, json_pack("{s:s,s:s,s:I,s:I,s:I}", "status", "ok", "role",
+                                     orch_is_leader(o) ? "leader" : "standby", "etcd_revision",
                                      (json_int_t)api_cluster_revision(o->view), "tenants",
                                      (json_int_t)api_cluster_tenant_count(o->view), "nodes", (json_int_t)nn));
 }
@@ -751,8 +753,10 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
         goto fail;
     }
     atomic_store(&o->failover_ready, 1);
-    /* tenants whose primary died while no orchestrator ran */
-    orch_failover_on_change(o, API_CLUSTER_ALL, "", 0);
+    if (orch_leader_start(o, &o->election) != 0) {
+        rc = api_err_set(err, API_EINTERNAL, "cannot start the leader election thread");
+        goto fail;
+    }
     log_info("listening on %s", api_server_url(o->server));
     *out = o;
     return API_OK;
@@ -775,6 +779,7 @@ void orch_free(struct orch *o)
 {
     if (o == NULL)
         return;
+    orch_leader_stop(o->election); /* a standby takes over at once */
     pthread_mutex_lock(&o->failover_mu);
     atomic_store(&o->failover_ready, 0); /* the view hands no more work to the workers */
     pthread_mutex_unlock(&o->failover_mu);

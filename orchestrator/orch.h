@@ -23,6 +23,7 @@ struct orch_config {
     const char *internal_token; /* file; NULL: internal.token beside signing_key */
     size_t workers;
     int64_t create_wait_ms; /* how long POST /v1/tenants waits for the primary's lease */
+    int64_t leader_ttl_s;   /* leader election lease (default 5) */
 };
 
 void orch_config_init(struct orch_config *cfg);

@@ -35,6 +35,8 @@ struct orch {
     struct orch_ops *ops;   /* operations (handover.c) */
     atomic_int failover_ready; /* workers exist: the view may hand work over */
     pthread_mutex_t failover_mu; /* orders that hand-over against shutdown */
+    atomic_int leader;           /* this orchestrator runs the control loops */
+    struct orch_leader *election;
 };
 
 /* orch.c helpers */
@@ -63,6 +65,12 @@ void orch_op_step(struct orch *o, struct op *op, const char *step, const char *f
 void orch_op_result(struct orch *o, struct op *op, int64_t stall_ms, const char *final_txid, json_t *extra);
 void orch_op_finish(struct orch *o, struct op *op, const char *state, const char *error);
 int orch_op_running(struct orch *o, const char *tenant);
+
+/* leader.c: one orchestrator runs the control loops */
+struct orch_leader;
+int orch_leader_start(struct orch *o, struct orch_leader **out);
+void orch_leader_stop(struct orch_leader *l);
+int orch_is_leader(struct orch *o);
 
 /* failover.c: the view's change callback (watch thread) */
 void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted);

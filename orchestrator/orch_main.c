@@ -30,6 +30,8 @@ int main(int argc, char **argv)
         {"internal-token", API_FLAG_STRING, &cfg.internal_token, 0,
          "file with the token for agents' internal endpoints (default: internal.token beside --signing-key)", 0},
         {"create-wait-ms", API_FLAG_INT, &cfg.create_wait_ms, 0, "wait this long for a new tenant's primary (default 5000)", 0},
+        {"leader-ttl", API_FLAG_INT, &cfg.leader_ttl_s, 0,
+         "leader election lease in seconds: a standby takes over this long after the leader dies (default 5)", 0},
         {"workers", API_FLAG_INT, &workers, 0, "worker threads (default 16)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
@@ -37,7 +39,7 @@ int main(int argc, char **argv)
     if ((rc = api_flags_parse(argc, argv, "shoal-orchestrator", "Admin API and control loops of a Shoal cluster.",
                               flags)) >= 0)
         return rc;
-    if (workers < 1 || workers > 256 || cfg.create_wait_ms < 0) {
+    if (workers < 1 || workers > 256 || cfg.create_wait_ms < 0 || cfg.leader_ttl_s < 2 || cfg.leader_ttl_s > 3600) {
         fprintf(stderr, "shoal-orchestrator: bad flag value (see --help)\n");
         return 2;
     }

@@ -6,6 +6,7 @@ BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 AGENT_FLAGS="--pull-wait-ms 300"
+ORCH_FLAGS="--leader-ttl 2"
 TTL=2
 start_cluster $TTL
 
@@ -90,5 +91,24 @@ echo "# writes sent to the woken n2: $(cat "$T_DIR/ws.out")"
 wait_until 20 in_step fs
 is "every write acknowledged through the woken n2 is on the new primary $NEWS" 0 "$(missing_acked "$NEWS" fs)"
 is "n2 rejoined as a replica of fs" replica "$(jq -r '.instances[] | select(.node=="n2") | .role' "$T_DIR/body")"
+
+# --- two orchestrators: one leads, the other takes over when it dies ----------------
+p2=$(free_ports 1)
+spawn orchestrator2 "$BUILD/orchestrator/shoal-orchestrator" --listen "127.0.0.1:$p2" --etcd "$ETCD_URL" \
+    --regions "$SRC/ops/regions.json" --signing-key "$T_DIR/secrets/cluster.key" \
+    --admin-token-file "$T_DIR/secrets/admin.token" --leader-ttl 2
+wait_until 20 curl -fsS "http://127.0.0.1:$p2/healthz"
+is "the first orchestrator leads" leader "$(curl -fsS "$ORCH_URL/healthz" | jq -r .role)"
+is "the second stands by" standby "$(curl -fsS "http://127.0.0.1:$p2/healthz" | jq -r .role)"
+kill -KILL "$PID_orchestrator"; wait "$PID_orchestrator" 2>/dev/null
+ORCH_URL="http://127.0.0.1:$p2"
+leads() { curl -fsS "$ORCH_URL/healthz" | jq -e '.role == "leader"'; }
+if wait_until 8 leads; then ok "the standby leads once the leader is killed"; else not_ok "the standby leads once the leader is killed"; fi
+r=$(admin POST /v1/tenants '{"id":"fz","region":"sin","replicas":2,"durability":"quorum"}')
+is "the new leader creates tenants (fz on n3)" "201 n3" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+wait_until 10 in_step fz
+kill -KILL "$PID_agent_n3"; wait "$PID_agent_n3" 2>/dev/null
+movedz() { local h; h=$(holder fz); [ "$h" != n3 ] && [ "$h" != none ]; }
+if wait_until $((TTL + 8)) movedz; then ok "the new leader fails fz over ($(holder fz))"; else not_ok "the new leader fails fz over" "$(holder fz)"; fi
 
 done_testing

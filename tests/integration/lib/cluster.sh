@@ -92,7 +92,7 @@ start_cluster() {
     AGENT_URL_n3="http://127.0.0.1:${p[4]}"
     spawn orchestrator "$BUILD/orchestrator/shoal-orchestrator" --listen "127.0.0.1:${p[0]}" --etcd "$ETCD_URL" \
         --regions "$SRC/ops/regions.json" --signing-key "$T_DIR/secrets/cluster.key" \
-        --admin-token-file "$T_DIR/secrets/admin.token"
+        --admin-token-file "$T_DIR/secrets/admin.token" ${ORCH_FLAGS:-}
     T_TTL=$ttl
     start_agent n1; start_agent n2; start_agent n3
     spawn router "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${p[1]}" --etcd "$ETCD_URL" \
