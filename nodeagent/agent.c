@@ -289,6 +289,9 @@ static void converge(struct agent *a, const char *id)
     pthread_mutex_unlock(&a->mu);
     atomic_fetch_add(&a->lease_acquisitions, 1);
     agent_repl_set_role(a->repl, id, AGENT_ROLE_PRIMARY, epoch, NULL, NULL);
+    /* a fence left from a handover away from us that never completed (the
+     * target died; failover chose us again) ends: we hold a new epoch */
+    flush_parked(a, id, 1, NULL);
     log_info("lease acquired tenant=%s epoch=%lld", id, (long long)epoch);
 }
 
@@ -350,26 +353,31 @@ static void close_stream(void *ud, const char *tenant, sqlite3 *db, struct agent
     api_workq_submit(a->workers, tenant_key(tenant), close_stream_job, j);
 }
 
+/* Idle streams and orphaned handover fences are looked for this often. */
+#define SWEEP_MS 500
+
 static void *controller_main(void *arg)
 {
     struct agent *a = arg;
     int64_t interval = a->cfg.lease_ttl_s * 1000 / 3;
     int64_t next_keepalive = api_now_ms() + interval;
+    int64_t next_sweep = api_now_ms() + SWEEP_MS;
     struct api_err err;
 
     pthread_mutex_lock(&a->mu);
     while (!a->stopping) {
-        while (!a->stopping && api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
+        while (!a->stopping && api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive &&
+               api_now_ms() < next_sweep) {
             struct timespec ts;
-            int64_t left = next_keepalive - api_now_ms();
-            if (left > 1000)
-                left = 1000; /* the stream sweep below runs about once a second */
-            api_deadline_after_ms(&ts, left);
+            int64_t wake = next_keepalive < next_sweep ? next_keepalive : next_sweep;
+            api_deadline_after_ms(&ts, wake - api_now_ms());
             pthread_cond_timedwait(&a->cv, &a->mu, &ts);
         }
         if (a->stopping)
             break;
-        if (api_map_len(a->dirty) == 0 && !a->dirty_all && api_now_ms() < next_keepalive) {
+        /* on its own clock, so a busy stream of changes cannot starve it */
+        if (api_now_ms() >= next_sweep) {
+            next_sweep = api_now_ms() + SWEEP_MS;
             pthread_mutex_unlock(&a->mu);
             agent_streams_sweep(a->streams, api_now_ms(), close_stream, a);
             expire_fences(a);
@@ -942,7 +950,9 @@ static int park_if_fenced(struct agent *a, struct api_req *r, const char *tenant
     int64_t now = api_now_ms();
     pthread_mutex_lock(&a->mu);
     lt = api_map_get(a->local, tenant);
-    int fenced = lt != NULL && lt->fenced_until > now;
+    /* past its TTL a fence still holds until expire_fences has checked
+     * etcd: only a lease that is still ours may take writes again */
+    int fenced = lt != NULL && lt->fenced_until != 0;
     pthread_mutex_unlock(&a->mu);
     if (!fenced)
         return 0;
@@ -1166,13 +1176,36 @@ static void expire_fences(struct agent *a)
         }
         pthread_mutex_unlock(&a->mu);
         snprintf(key, sizeof(key), "%s%s", API_CLUSTER_LEASES, id);
-        int ours = holding && api_etcd_get(a->etcd, key, &kv, &found, NULL, &err) == API_OK && found;
-        if (ours) {
-            ours = kv.mod_revision == epoch;
+        int asked = holding && api_etcd_get(a->etcd, key, &kv, &found, NULL, &err) == API_OK;
+        int ours = asked && found && kv.mod_revision == epoch;
+        if (asked && found)
             api_etcd_kv_fini(&kv);
+        if (holding && !asked) {
+            /* etcd cannot say: the fence stays, asked again next sweep;
+             * only requests parked too long are answered (503) */
+            pthread_mutex_lock(&a->mu);
+            lt = api_map_get(a->local, id);
+            int old = lt != NULL && lt->parked != NULL && api_now_ms() - lt->parked->since > PARKED_MAX_MS;
+            pthread_mutex_unlock(&a->mu);
+            if (old) {
+                flush_parked(a, id, 0, NULL);
+                pthread_mutex_lock(&a->mu);
+                if ((lt = api_map_get(a->local, id)) != NULL)
+                    lt->fenced_until = api_now_ms();
+                pthread_mutex_unlock(&a->mu);
+            }
+            log_warn("handover fence expired tenant=%s; etcd unreachable (%s), still fenced", id, err.msg);
+            continue;
         }
         log_warn("handover fence expired tenant=%s; %s", id, ours ? "resuming" : "the lease is not ours");
         flush_parked(a, id, ours, NULL);
+        if (!ours) { /* whoever holds it now (or nobody): converge decides */
+            pthread_mutex_lock(&a->mu);
+            if ((lt = api_map_get(a->local, id)) != NULL)
+                lt->holding = 0;
+            mark_dirty_locked(a, id);
+            pthread_mutex_unlock(&a->mu);
+        }
     }
     api_names_free(&c.expired);
 }
