@@ -177,6 +177,21 @@ static void fo_job(void *arg)
     free(j);
 }
 
+void orch_failover_check(struct orch *o, const char *tenant)
+{
+    struct fo_job *j;
+    if (!orch_is_leader(o) || (j = calloc(1, sizeof(*j))) == NULL)
+        return;
+    j->o = o;
+    snprintf(j->tenant, sizeof(j->tenant), "%s", tenant);
+    pthread_mutex_lock(&o->failover_mu);
+    if (atomic_load(&o->failover_ready))
+        api_workq_submit(o->workers, atomic_fetch_add(&o->job_seq, 1), fo_job, j);
+    else
+        free(j);
+    pthread_mutex_unlock(&o->failover_mu);
+}
+
 void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted)
 {
     struct orch *o = ud;

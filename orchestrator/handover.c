@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "api/failpoint.h"
 #include "api/http.h"
 #include "api/jsonutil.h"
 #include "api/log.h"
@@ -349,6 +350,7 @@ static void run_handover(struct orch *o, struct op *op)
     snprintf(pck, sizeof(pck), "%s", json_string_value(json_object_get(fin, "checksum")) ?: "");
     json_decref(fin);
     op_step(o, op, "fence", "%s stopped taking writes at txid %s checksum %s", op->from, ptxid, pck);
+    api_failpoint("handover-after-fence");
     /* 3. the target holds exactly the final position */
     deadline = api_now_ms() + CONFIRM_MS;
     for (;;) {
@@ -364,6 +366,7 @@ static void run_handover(struct orch *o, struct op *op)
         usleep(2000);
     }
     op_step(o, op, "confirm", "%s holds txid %s checksum %s", op->to, ttxid, tck);
+    api_failpoint("handover-after-confirm");
     /* 4. the lease moves in one txn */
     if (move_lease(o, op->tenant, epoch, op->to, &err) != API_OK) {
         snprintf(err_msg, sizeof(err_msg), "moving the lease failed: %s", err.msg);
@@ -372,11 +375,15 @@ static void run_handover(struct orch *o, struct op *op)
         return;
     }
     op_step(o, op, "lease moved", "record names %s; %s's key (epoch %lld) deleted", op->to, op->from, (long long)epoch);
+    api_failpoint("handover-after-move");
     /* 5. the target takes the key and promotes itself */
     struct orch_holder_is h = {op->tenant, op->to};
     if (!api_cluster_wait(o->view, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
         snprintf(err_msg, sizeof(err_msg), "%s did not take the lease within %d ms", op->to, PROMOTE_MS);
         op_finish(o, op, "failed", err_msg);
+        /* the record names a target that may be dead: if its node is gone
+         * (now or when its session expires), failover picks a replica */
+        orch_failover_check(o, op->tenant);
         return;
     }
     int64_t stall = api_now_ms() - fenced_at;

@@ -73,6 +73,8 @@ void orch_leader_stop(struct orch_leader *l);
 int orch_is_leader(struct orch *o);
 
 /* failover.c: the view's change callback (watch thread) */
+/* Queues a failover check of TENANT (a handover left it without a holder). */
+void orch_failover_check(struct orch *o, const char *tenant);
 void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted);
 
 /* Frees the calling worker's HTTP client (workq on_exit). */
