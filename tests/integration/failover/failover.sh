@@ -37,7 +37,8 @@ if wait_until $((TTL + 8)) moved; then
 else
     not_ok "both tenants have a new primary after kill -9 of n1" "fa: $(holder fa), fq: $(holder fq)"; show_logs
 fi
-like "failover happened within TTL + 2 s" '^[0-9]+$' "$([ "${took:-99999}" -le $(( (TTL + 2) * 1000 )) ] && echo "$took")"
+# how fast is ops/bench/failover's business (tests assert no wall-clock speed)
+echo "# failover took ${took:-?} ms with a lease TTL of ${TTL} s"
 wait "$WA" "$WQ"
 after=$(wc -l <"$T_DIR/ledger_fq")
 like "writes were acknowledged after the failover too ($before before, $after in all)" '^1$' "$([ "$after" -gt "$before" ] && echo 1)"

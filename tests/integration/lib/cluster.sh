@@ -68,13 +68,18 @@ stop_daemon() {
 
 show_logs() { local f; for f in "$T_DIR"/*.log; do echo "# --- $f"; tail -n 30 "$f" | sed 's/^/#   /'; done; }
 
+# start_etcd: picks its ports once; calling it again (after the test stopped
+# etcd) restarts it on the same ports and data directory.
 start_etcd() {
-    local ports; ports=($(free_ports 2))
-    ETCD_URL="http://127.0.0.1:${ports[0]}"
+    if [ -z "${ETCD_PEER_PORT:-}" ]; then
+        local ports; ports=($(free_ports 2))
+        ETCD_URL="http://127.0.0.1:${ports[0]}"
+        ETCD_PEER_PORT=${ports[1]}
+    fi
     spawn etcd etcd --name t --data-dir "$T_DIR/etcd" \
         --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
-        --listen-peer-urls "http://127.0.0.1:${ports[1]}" --initial-advertise-peer-urls "http://127.0.0.1:${ports[1]}" \
-        --initial-cluster "t=http://127.0.0.1:${ports[1]}"
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "t=http://127.0.0.1:$ETCD_PEER_PORT"
     wait_until 20 curl -fsS "$ETCD_URL/health" || { echo "Bail out! etcd did not start"; show_logs; exit 1; }
 }
 
@@ -90,9 +95,7 @@ start_cluster() {
     AGENT_URL_n1="http://127.0.0.1:${p[2]}"
     AGENT_URL_n2="http://127.0.0.1:${p[3]}"
     AGENT_URL_n3="http://127.0.0.1:${p[4]}"
-    spawn orchestrator "$BUILD/orchestrator/shoal-orchestrator" --listen "127.0.0.1:${p[0]}" --etcd "$ETCD_URL" \
-        --regions "$SRC/ops/regions.json" --signing-key "$T_DIR/secrets/cluster.key" \
-        --admin-token-file "$T_DIR/secrets/admin.token" ${ORCH_FLAGS:-}
+    start_orchestrator
     T_TTL=$ttl
     start_agent n1; start_agent n2; start_agent n3
     spawn router "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${p[1]}" --etcd "$ETCD_URL" \
@@ -103,6 +106,15 @@ start_cluster() {
     # the orchestrator sees all three agents
     wait_until 10 sh -c "curl -fsS -H 'Authorization: Bearer $ADMIN_TOKEN' $ORCH_URL/v1/nodes | jq -e '.nodes | length == 3'" \
         || { echo "Bail out! agents did not register"; show_logs; exit 1; }
+}
+
+# start_orchestrator: (re)starts the orchestrator on $ORCH_URL with
+# $ORCH_FLAGS, and $ORCH_FAILPOINTS as SHOAL_FAILPOINTS (api/failpoint.h).
+start_orchestrator() {
+    spawn orchestrator env SHOAL_FAILPOINTS="${ORCH_FAILPOINTS:-}" "$BUILD/orchestrator/shoal-orchestrator" \
+        --listen "${ORCH_URL#http://}" --etcd "$ETCD_URL" \
+        --regions "$SRC/ops/regions.json" --signing-key "$T_DIR/secrets/cluster.key" \
+        --admin-token-file "$T_DIR/secrets/admin.token" ${ORCH_FLAGS:-}
 }
 
 # start_agent NODE: (re)starts agent n1 (ams), n2 (iad) or n3 (sin) on its
@@ -128,7 +140,7 @@ admin() {
 # pipeline URL TOKEN BODY: prints "STATUS BODY"
 pipeline() {
     local status
-    status=$(curl -sS -o "$T_DIR/pbody" -D "$T_DIR/pheaders" -w '%{http_code}' -X POST \
+    status=$(curl -sS -m 30 -o "$T_DIR/pbody" -D "$T_DIR/pheaders" -w '%{http_code}' -X POST \
         ${2:+-H "Authorization: Bearer $2"} -H 'content-type: application/json' --data-binary "$3" "$1")
     printf '%s %s' "$status" "$(cat "$T_DIR/pbody")"
 }
