@@ -164,9 +164,11 @@ uint32_t place_rtt_ms(const struct place_regions *r, size_t a, size_t b)
     return (a < r->n && b < r->n) ? r->rtt[a][b] : UINT32_MAX;
 }
 
-static int has_room(const struct place_node *n)
+/* A node in a region the topology does not know is never chosen: its RTTs
+ * are unknown. */
+static int has_room(const struct place_regions *r, const struct place_node *n)
 {
-    return n->healthy && n->region >= 0 && (n->capacity == 0 || n->tenants < n->capacity);
+    return n->healthy && n->region >= 0 && (size_t)n->region < r->n && (n->capacity == 0 || n->tenants < n->capacity);
 }
 
 /* Fewer tenants first, then fewer primaries, then the lower index. */
@@ -181,11 +183,12 @@ static int less_loaded(const struct place_node *nodes, size_t a, size_t b)
 
 /* The least loaded node with room in REGION (or any region if -1) not in
  * USED; returns -1 if none. */
-static long best_in_region(const struct place_node *nodes, size_t nnodes, int region, const unsigned char *used)
+static long best_in_region(const struct place_regions *r, const struct place_node *nodes, size_t nnodes, int region,
+                           const unsigned char *used)
 {
     long best = -1;
     for (size_t i = 0; i < nnodes; i++) {
-        if (used[i] || !has_room(&nodes[i]) || (region >= 0 && nodes[i].region != region))
+        if (used[i] || !has_room(r, &nodes[i]) || (region >= 0 && nodes[i].region != region))
             continue;
         if (best < 0 || less_loaded(nodes, i, (size_t)best))
             best = (long)i;
@@ -211,12 +214,12 @@ int place_new_tenant(const struct place_regions *regions, const struct place_nod
     memset(&d, 0, sizeof(d));
 
     if (req->region >= 0) {
-        primary = best_in_region(nodes, nnodes, req->region, used);
+        primary = best_in_region(regions, nodes, nnodes, req->region, used);
     } else if (req->client_region >= 0) {
         /* the nearest region to the caller that has room */
         uint32_t best_rtt = UINT32_MAX;
         for (size_t i = 0; i < nnodes; i++) {
-            if (!has_room(&nodes[i]))
+            if (!has_room(regions, &nodes[i]))
                 continue;
             uint32_t rtt = regions->rtt[req->client_region][nodes[i].region];
             if (primary < 0 || rtt < best_rtt || (rtt == best_rtt && less_loaded(nodes, i, (size_t)primary))) {
@@ -225,7 +228,7 @@ int place_new_tenant(const struct place_regions *regions, const struct place_nod
             }
         }
     } else {
-        primary = best_in_region(nodes, nnodes, -1, used);
+        primary = best_in_region(regions, nodes, nnodes, -1, used);
     }
     if (primary < 0) {
         free(used);
@@ -244,7 +247,7 @@ int place_new_tenant(const struct place_regions *regions, const struct place_nod
             long pick = -1;
             uint32_t pick_rtt = UINT32_MAX;
             for (size_t i = 0; i < nnodes; i++) {
-                if (used[i] || !has_room(&nodes[i]) || (pass == 0 && region_used[nodes[i].region]))
+                if (used[i] || !has_room(regions, &nodes[i]) || (pass == 0 && region_used[nodes[i].region]))
                     continue;
                 uint32_t rtt = regions->rtt[pr][nodes[i].region];
                 if (pick < 0 || rtt < pick_rtt || (rtt == pick_rtt && less_loaded(nodes, i, (size_t)pick))) {
@@ -263,6 +266,106 @@ int place_new_tenant(const struct place_regions *regions, const struct place_nod
     if (d.nreplicas < req->replicas)
         return PLACE_ENOCAPACITY;
     *out = d;
+    return PLACE_OK;
+}
+
+void place_move_policy_init(struct place_move_policy *p)
+{
+    p->min_gain_permille = 200;
+    p->min_writes = 100;
+    p->min_dwell_ms = 60 * 60 * 1000;
+}
+
+/* sum over r of writes[r] * rtt(c, r). Cannot overflow: the caller checked
+ * that the writes total at most PLACE_MOVE_WRITES_MAX (2^36) and an RTT is at
+ * most 10000 ms (< 2^14), so the sum stays below 2^50. */
+static uint64_t write_cost(const struct place_regions *regions, const uint64_t *writes, size_t c)
+{
+    uint64_t sum = 0;
+    for (size_t r = 0; r < regions->n; r++)
+        sum += writes[r] * regions->rtt[c][r];
+    return sum;
+}
+
+int place_move_decide(const struct place_regions *regions, const struct place_move_facts *facts,
+                      const struct place_move_policy *policy, struct place_move *out)
+{
+    struct place_move m;
+    uint64_t total = 0, cur_cost, best_cost;
+    size_t cur, best;
+
+    if (regions == NULL || facts == NULL || policy == NULL || out == NULL || facts->writes == NULL ||
+        facts->room == NULL || facts->nregions != regions->n || policy->min_gain_permille > 1000)
+        return PLACE_EINVAL;
+    if (facts->current < 0 || (size_t)facts->current >= regions->n)
+        return PLACE_EUNKNOWN_REGION;
+    for (size_t r = 0; r < regions->n; r++) {
+        /* checked term by term so that the total itself cannot wrap */
+        if (facts->writes[r] > PLACE_MOVE_WRITES_MAX || total + facts->writes[r] > PLACE_MOVE_WRITES_MAX)
+            return PLACE_EINVAL;
+        total += facts->writes[r];
+    }
+    cur = (size_t)facts->current;
+    cur_cost = best_cost = write_cost(regions, facts->writes, cur);
+    best = cur;
+    /* Strictly cheaper only, in index order: a tie keeps the current region,
+     * and among other regions of equal cost the lower index comes first. */
+    for (size_t r = 0; r < regions->n; r++) {
+        if (r == cur || !facts->room[r])
+            continue;
+        uint64_t c = write_cost(regions, facts->writes, r);
+        if (c < best_cost) {
+            best_cost = c;
+            best = r;
+        }
+    }
+    memset(&m, 0, sizeof(m));
+    m.region = (int)cur;
+    m.best = (int)best;
+    m.writes = total;
+    m.current_ms = total ? (double)cur_cost / (double)total : 0.0;
+    m.best_ms = total ? (double)best_cost / (double)total : 0.0;
+    if (total < policy->min_writes)
+        m.reason = PLACE_STAY_IDLE;
+    else if (best == cur)
+        m.reason = PLACE_STAY_BEST;
+    /* gain / cur_cost > permille / 1000, kept in integers so that a gain of
+     * exactly the threshold never moves on a rounding error; below 2^60 */
+    else if ((cur_cost - best_cost) * 1000 <= (uint64_t)policy->min_gain_permille * cur_cost)
+        m.reason = PLACE_STAY_GAIN;
+    /* checked after the gain so the log says a move is wanted but held back */
+    else if (facts->now_ms < facts->last_move_ms || facts->now_ms - facts->last_move_ms < policy->min_dwell_ms)
+        m.reason = PLACE_STAY_DWELL;
+    else {
+        m.reason = PLACE_MOVE_GO;
+        m.move = 1;
+        m.region = (int)best;
+    }
+    *out = m;
+    return PLACE_OK;
+}
+
+const char *place_move_reason_str(enum place_move_reason reason)
+{
+    switch (reason) {
+    case PLACE_MOVE_GO: return "move";
+    case PLACE_STAY_IDLE: return "idle";
+    case PLACE_STAY_BEST: return "best";
+    case PLACE_STAY_GAIN: return "gain";
+    case PLACE_STAY_DWELL: return "dwell";
+    }
+    return "unknown";
+}
+
+int place_regions_with_room(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
+                            unsigned char *room, size_t nregions)
+{
+    if (regions == NULL || room == NULL || nregions != regions->n || (nnodes > 0 && nodes == NULL))
+        return PLACE_EINVAL;
+    memset(room, 0, nregions);
+    for (size_t i = 0; i < nnodes; i++)
+        if (has_room(regions, &nodes[i]))
+            room[nodes[i].region] = 1;
     return PLACE_OK;
 }
 

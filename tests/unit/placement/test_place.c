@@ -1,4 +1,5 @@
-/* Unit tests for placement/: the regions document and new-tenant placement. */
+/* Unit tests for placement/: the regions document, new-tenant placement and
+ * the decision to move a primary nearer its writers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -181,6 +182,306 @@ static void unknown_regions_and_no_nodes_are_errors(void **state)
     assert_string_equal(place_status_str(PLACE_ENOCAPACITY), "not enough healthy nodes with room");
 }
 
+/* ---- moving a primary ---- */
+
+#define NREG 10 /* ops/regions.json */
+#define MIN (60 * 1000ULL)
+
+struct move_case {
+    uint64_t writes[NREG];
+    unsigned char room[NREG];
+    struct place_move_facts f;
+    struct place_move_policy p;
+};
+
+/* A tenant in CURRENT whose last move was long ago, every region with room,
+ * no writes yet, the default policy. */
+static void move_case_init(struct move_case *c, const char *current)
+{
+    memset(c, 0, sizeof(*c));
+    assert_int_equal(place_regions_count(regions), NREG);
+    memset(c->room, 1, sizeof(c->room));
+    c->f.current = R(current);
+    c->f.writes = c->writes;
+    c->f.room = c->room;
+    c->f.nregions = NREG;
+    c->f.last_move_ms = 0;
+    c->f.now_ms = 24 * 60 * MIN;
+    place_move_policy_init(&c->p);
+}
+
+static struct place_move decide(struct move_case *c)
+{
+    struct place_move m;
+    memset(&m, 0xff, sizeof(m));
+    assert_int_equal(place_move_decide(regions, &c->f, &c->p, &m), PLACE_OK);
+    return m;
+}
+
+static void the_default_policy_is_twenty_percent_a_hundred_writes_and_an_hour(void **state)
+{
+    struct place_move_policy p;
+    (void)state;
+    place_move_policy_init(&p);
+    assert_int_equal(p.min_gain_permille, 200);
+    assert_int_equal(p.min_writes, 100);
+    assert_int_equal(p.min_dwell_ms, 3600000);
+    assert_string_equal(place_move_reason_str(PLACE_MOVE_GO), "move");
+    assert_string_equal(place_move_reason_str(PLACE_STAY_IDLE), "idle");
+    assert_string_equal(place_move_reason_str(PLACE_STAY_BEST), "best");
+    assert_string_equal(place_move_reason_str(PLACE_STAY_GAIN), "gain");
+    assert_string_equal(place_move_reason_str(PLACE_STAY_DWELL), "dwell");
+}
+
+static void the_primary_moves_to_the_region_with_the_least_write_weighted_rtt(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "sin");
+    c.writes[R("iad")] = 60;
+    c.writes[R("ams")] = 40;
+    struct place_move m = decide(&c);
+    /* sin: 60*220 + 40*157 = 19480; iad: 40*80 = 3200 beats lhr 60*75 + 40*7 =
+     * 4780 and ams 60*80 = 4800: not the region with most writes' neighbour */
+    assert_int_equal(m.move, 1);
+    assert_int_equal(m.reason, PLACE_MOVE_GO);
+    assert_int_equal(m.region, R("iad"));
+    assert_int_equal(m.best, R("iad"));
+    assert_int_equal(m.writes, 100);
+    assert_true(m.current_ms == 194.8);
+    assert_true(m.best_ms == 32.0);
+}
+
+static void an_idle_tenant_never_moves(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "ams");
+    struct place_move m = decide(&c); /* no writes at all */
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_IDLE);
+    assert_int_equal(m.region, R("ams"));
+    assert_int_equal(m.best, R("ams")); /* every cost is 0: the tie keeps ams */
+    assert_true(m.current_ms == 0.0 && m.best_ms == 0.0);
+    c.writes[R("syd")] = 99; /* every write from the far side of the world, one too few */
+    m = decide(&c);
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_IDLE);
+    assert_int_equal(m.region, R("ams"));
+    assert_int_equal(m.best, R("syd"));
+    assert_true(m.current_ms == 245.0 && m.best_ms == 0.0);
+    c.writes[R("syd")] = 100;
+    m = decide(&c);
+    assert_int_equal(m.move, 1);
+    assert_int_equal(m.region, R("syd"));
+}
+
+static void ties_keep_the_current_region_then_take_the_lower_index(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "ams");
+    c.writes[R("ams")] = 500;
+    c.writes[R("lhr")] = 500; /* ams and lhr both cost 3.5 ms per write */
+    struct place_move m = decide(&c);
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_BEST);
+    assert_int_equal(m.best, R("ams"));
+    assert_true(m.current_ms == 3.5 && m.best_ms == 3.5);
+    c.f.current = R("lhr");
+    m = decide(&c);
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_BEST);
+    assert_int_equal(m.best, R("lhr"));
+    c.f.current = R("sin");
+    m = decide(&c);
+    assert_int_equal(m.move, 1);
+    assert_int_equal(m.region, R("ams")); /* index 0 before lhr's 2 */
+    assert_true(m.current_ms == 161.0 && m.best_ms == 3.5);
+}
+
+static void regions_without_room_are_never_chosen_but_the_current_one_stays_eligible(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "ams");
+    c.writes[R("syd")] = 1000;
+    c.room[R("syd")] = 0;
+    struct place_move m = decide(&c);
+    assert_int_equal(m.region, R("sin")); /* 92 ms from syd, the nearest with room */
+    assert_true(m.best_ms == 92.0);
+    c.room[R("sin")] = 0;
+    m = decide(&c);
+    assert_int_equal(m.region, R("nrt")); /* 108 ms */
+    memset(c.room, 0, sizeof(c.room)); /* no room anywhere, not even in ams */
+    m = decide(&c);
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_BEST);
+    assert_int_equal(m.best, R("ams"));
+    assert_true(m.current_ms == 245.0 && m.best_ms == 245.0);
+}
+
+static void regions_with_room_come_from_the_node_list(void **state)
+{
+    struct place_node nodes[4];
+    unsigned char room[NREG];
+    (void)state;
+    three_regions(nodes);
+    nodes[3] = (struct place_node){.name = "n4", .region = R("syd"), .healthy = 1, .capacity = 3, .tenants = 3};
+    nodes[1].healthy = 0;
+    assert_int_equal(place_regions_with_room(regions, nodes, 4, room, NREG), PLACE_OK);
+    for (int r = 0; r < NREG; r++)
+        assert_int_equal(room[r], r == R("ams") || r == R("sin"));
+    assert_int_equal(place_regions_with_room(regions, nodes, 4, room, NREG - 1), PLACE_EINVAL);
+}
+
+/* Three regions 100 ms apart: with X writes from aaa and Y from bbb a primary
+ * in aaa costs 100*Y and one in bbb 100*X, so the gain is 1 - X/Y exactly. */
+static void a_gain_of_exactly_the_threshold_does_not_move(void **state)
+{
+    const char *doc = "{\"regions\":[{\"code\":\"aaa\"},{\"code\":\"bbb\"},{\"code\":\"ccc\"}],"
+                      "\"rtt_ms\":{\"aaa\":{\"bbb\":100,\"ccc\":100},\"bbb\":{\"ccc\":100}}}";
+    struct place_regions *r3;
+    char msg[128];
+    uint64_t writes[3] = {80, 100, 0};
+    unsigned char room[3] = {1, 1, 1};
+    struct place_move_facts f = {.current = 0, .writes = writes, .room = room, .nregions = 3, .now_ms = 1};
+    struct place_move_policy p = {.min_gain_permille = 200, .min_writes = 1, .min_dwell_ms = 0};
+    struct place_move m;
+    (void)state;
+    assert_int_equal(place_regions_parse(doc, strlen(doc), &r3, msg, sizeof(msg)), PLACE_OK);
+    assert_int_equal(place_move_decide(r3, &f, &p, &m), PLACE_OK); /* gain 20 % exactly */
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_GAIN);
+    assert_int_equal(m.best, 1);
+    assert_true(m.current_ms == 10000.0 / 180 && m.best_ms == 8000.0 / 180);
+    writes[0] = 79; /* 21 % */
+    assert_int_equal(place_move_decide(r3, &f, &p, &m), PLACE_OK);
+    assert_int_equal(m.move, 1);
+    assert_int_equal(m.region, 1);
+    writes[0] = 99; /* 1 % clears a threshold of 0: any strict gain moves */
+    p.min_gain_permille = 0;
+    assert_int_equal(place_move_decide(r3, &f, &p, &m), PLACE_OK);
+    assert_int_equal(m.move, 1);
+    writes[0] = 100; /* but a tie never moves */
+    assert_int_equal(place_move_decide(r3, &f, &p, &m), PLACE_OK);
+    assert_int_equal(m.reason, PLACE_STAY_BEST);
+    writes[0] = 0; /* 1000 permille: nothing can gain more than everything */
+    p.min_gain_permille = 1000;
+    assert_int_equal(place_move_decide(r3, &f, &p, &m), PLACE_OK);
+    assert_int_equal(m.reason, PLACE_STAY_GAIN);
+    assert_true(m.best_ms == 0.0);
+    place_regions_free(r3);
+}
+
+static void no_move_within_the_dwell_time_even_when_it_would_pay(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "ams");
+    c.writes[R("nrt")] = 500;
+    c.f.last_move_ms = 1000;
+    c.f.now_ms = 1000 + c.p.min_dwell_ms - 1;
+    struct place_move m = decide(&c);
+    assert_int_equal(m.move, 0);
+    assert_int_equal(m.reason, PLACE_STAY_DWELL);
+    assert_int_equal(m.region, R("ams"));
+    assert_int_equal(m.best, R("nrt"));
+    c.f.now_ms = 1000 + c.p.min_dwell_ms;
+    m = decide(&c);
+    assert_int_equal(m.move, 1);
+    assert_int_equal(m.region, R("nrt"));
+    c.f.now_ms = 999; /* a clock that stepped back */
+    m = decide(&c);
+    assert_int_equal(m.reason, PLACE_STAY_DWELL);
+}
+
+/* Drives 15-minute windows for 8 hours, all writes from iad in odd windows
+ * and from sin in even ones, applying every move: the primary moves at most
+ * once per dwell time, at exactly the predicted times. */
+static void alternating_traffic_moves_at_most_once_per_dwell_time(void **state)
+{
+    struct move_case c;
+    uint64_t moves_at[64];
+    size_t nmoves = 0;
+    (void)state;
+    move_case_init(&c, "iad");
+    for (uint64_t w = 1; w <= 32; w++) {
+        memset(c.writes, 0, sizeof(c.writes));
+        c.writes[(w % 2) ? R("iad") : R("sin")] = 200;
+        c.f.now_ms = w * 15 * MIN;
+        struct place_move m = decide(&c);
+        if (m.move) {
+            moves_at[nmoves++] = w * 15;
+            c.f.current = m.region;
+            c.f.last_move_ms = c.f.now_ms;
+        } else {
+            assert_int_not_equal(m.reason, PLACE_STAY_GAIN); /* 100 % gain each time */
+        }
+    }
+    /* sin wins at 30 min but the dwell holds until 60; then iad wins at 75,
+     * 105 (dwell) and 135; and so on every 75 minutes */
+    const uint64_t want[] = {60, 135, 210, 285, 360, 435};
+    assert_int_equal(nmoves, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < nmoves; i++)
+        assert_int_equal(moves_at[i], want[i]);
+}
+
+/* Traffic that shifts a little either way (45/55, then 55/45 between ams and
+ * sin) never tips the tenant, even without any dwell time: moving back asks
+ * for the same 20 % gain the other way. A 40/60 split does. */
+static void traffic_near_the_middle_does_not_flap_without_a_dwell_time(void **state)
+{
+    struct move_case c;
+    (void)state;
+    move_case_init(&c, "ams");
+    c.p.min_dwell_ms = 0;
+    for (int w = 0; w < 20; w++) {
+        c.writes[R("ams")] = (w % 2) ? 55 : 45;
+        c.writes[R("sin")] = (w % 2) ? 45 : 55;
+        c.f.now_ms = (uint64_t)w * 15 * MIN;
+        struct place_move m = decide(&c);
+        assert_int_equal(m.move, 0);
+        assert_int_equal(m.region, R("ams"));
+        /* 45/55: sin gains 1570/8635 = 18 %; 55/45: ams is already best */
+        assert_int_equal(m.reason, (w % 2) ? PLACE_STAY_BEST : PLACE_STAY_GAIN);
+    }
+    c.writes[R("ams")] = 40;
+    c.writes[R("sin")] = 60;
+    struct place_move m = decide(&c);
+    assert_int_equal(m.move, 1); /* (60 - 40) / 60 = 33 % */
+    assert_int_equal(m.region, R("sin"));
+}
+
+static void bad_move_arguments_are_rejected(void **state)
+{
+    struct move_case c;
+    struct place_move m;
+    (void)state;
+    move_case_init(&c, "ams");
+    c.f.nregions = NREG - 1;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EINVAL);
+    c.f.nregions = NREG;
+    c.f.current = NREG;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EUNKNOWN_REGION);
+    c.f.current = -1;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EUNKNOWN_REGION);
+    c.f.current = 0;
+    c.p.min_gain_permille = 1001;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EINVAL);
+    c.p.min_gain_permille = 200;
+    c.writes[1] = PLACE_MOVE_WRITES_MAX;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_OK);
+    c.writes[2] = 1;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EINVAL);
+    c.writes[1] = UINT64_MAX;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EINVAL);
+    c.writes[1] = 0;
+    c.f.room = NULL;
+    assert_int_equal(place_move_decide(regions, &c.f, &c.p, &m), PLACE_EINVAL);
+    assert_int_equal(place_move_decide(regions, NULL, &c.p, &m), PLACE_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +493,17 @@ int main(void)
         cmocka_unit_test(full_or_unhealthy_nodes_are_skipped),
         cmocka_unit_test(replicas_use_one_node_each_and_share_regions_only_when_needed),
         cmocka_unit_test(unknown_regions_and_no_nodes_are_errors),
+        cmocka_unit_test(the_default_policy_is_twenty_percent_a_hundred_writes_and_an_hour),
+        cmocka_unit_test(the_primary_moves_to_the_region_with_the_least_write_weighted_rtt),
+        cmocka_unit_test(an_idle_tenant_never_moves),
+        cmocka_unit_test(ties_keep_the_current_region_then_take_the_lower_index),
+        cmocka_unit_test(regions_without_room_are_never_chosen_but_the_current_one_stays_eligible),
+        cmocka_unit_test(regions_with_room_come_from_the_node_list),
+        cmocka_unit_test(a_gain_of_exactly_the_threshold_does_not_move),
+        cmocka_unit_test(no_move_within_the_dwell_time_even_when_it_would_pay),
+        cmocka_unit_test(alternating_traffic_moves_at_most_once_per_dwell_time),
+        cmocka_unit_test(traffic_near_the_middle_does_not_flap_without_a_dwell_time),
+        cmocka_unit_test(bad_move_arguments_are_rejected),
     };
     return cmocka_run_group_tests_name("placement", tests, setup, teardown);
 }
