@@ -196,6 +196,31 @@ static long best_in_region(const struct place_regions *r, const struct place_nod
     return best;
 }
 
+/* The next replica for a tenant whose primary is in region PR: a node with
+ * room not in USED, in a region not in REGION_USED if there is one, else in
+ * any region; nearest to PR first, then least loaded. -1 if none. The caller
+ * marks the pick in USED and REGION_USED. */
+static long pick_replica(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes, int pr,
+                         const unsigned char *used, const unsigned char *region_used)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        long pick = -1;
+        uint32_t pick_rtt = UINT32_MAX;
+        for (size_t i = 0; i < nnodes; i++) {
+            if (used[i] || !has_room(regions, &nodes[i]) || (pass == 0 && region_used[nodes[i].region]))
+                continue;
+            uint32_t rtt = regions->rtt[pr][nodes[i].region];
+            if (pick < 0 || rtt < pick_rtt || (rtt == pick_rtt && less_loaded(nodes, i, (size_t)pick))) {
+                pick = (long)i;
+                pick_rtt = rtt;
+            }
+        }
+        if (pick >= 0)
+            return pick;
+    }
+    return -1;
+}
+
 int place_new_tenant(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
                      const struct place_request *req, struct place_decision *out)
 {
@@ -239,33 +264,61 @@ int place_new_tenant(const struct place_regions *regions, const struct place_nod
 
     /* Replicas: other regions first, nearest to the primary first, one
      * instance per region in that pass; then any node left, nearest first. */
-    int pr = nodes[primary].region;
     unsigned char region_used[PLACE_MAX_REGIONS] = {0};
-    region_used[pr] = 1;
-    for (int pass = 0; pass < 2 && d.nreplicas < req->replicas; pass++) {
-        while (d.nreplicas < req->replicas) {
-            long pick = -1;
-            uint32_t pick_rtt = UINT32_MAX;
-            for (size_t i = 0; i < nnodes; i++) {
-                if (used[i] || !has_room(regions, &nodes[i]) || (pass == 0 && region_used[nodes[i].region]))
-                    continue;
-                uint32_t rtt = regions->rtt[pr][nodes[i].region];
-                if (pick < 0 || rtt < pick_rtt || (rtt == pick_rtt && less_loaded(nodes, i, (size_t)pick))) {
-                    pick = (long)i;
-                    pick_rtt = rtt;
-                }
-            }
-            if (pick < 0)
-                break;
-            used[pick] = 1;
-            region_used[nodes[pick].region] = 1;
-            d.replicas[d.nreplicas++] = (size_t)pick;
-        }
+    region_used[nodes[primary].region] = 1;
+    while (d.nreplicas < req->replicas) {
+        long pick = pick_replica(regions, nodes, nnodes, nodes[primary].region, used, region_used);
+        if (pick < 0)
+            break;
+        used[pick] = 1;
+        region_used[nodes[pick].region] = 1;
+        d.replicas[d.nreplicas++] = (size_t)pick;
     }
     free(used);
     if (d.nreplicas < req->replicas)
         return PLACE_ENOCAPACITY;
     *out = d;
+    return PLACE_OK;
+}
+
+int place_replacement(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
+                      const struct place_decision *current, size_t lost, size_t *out)
+{
+    unsigned char *used, region_used[PLACE_MAX_REGIONS] = {0};
+    int lost_listed = 0;
+    long pick;
+
+    if (regions == NULL || nodes == NULL || current == NULL || out == NULL || current->primary >= nnodes ||
+        current->nreplicas > sizeof(current->replicas) / sizeof(current->replicas[0]) || lost == current->primary)
+        return PLACE_EINVAL;
+    for (size_t k = 0; k < current->nreplicas; k++) {
+        if (current->replicas[k] >= nnodes)
+            return PLACE_EINVAL;
+        lost_listed |= current->replicas[k] == lost;
+    }
+    if (!lost_listed)
+        return PLACE_EINVAL;
+    int pr = nodes[current->primary].region;
+    if (pr < 0 || (size_t)pr >= regions->n)
+        return PLACE_EUNKNOWN_REGION;
+    if ((used = calloc(nnodes, 1)) == NULL)
+        return PLACE_ENOMEM;
+    /* Every instance, the lost one included, is out of the running; only the
+     * survivors' regions count as used, so the replacement may well land in
+     * the lost node's region, which keeps the tenant's spread as it was. */
+    used[current->primary] = used[lost] = 1;
+    region_used[pr] = 1;
+    for (size_t k = 0; k < current->nreplicas; k++) {
+        size_t i = current->replicas[k];
+        used[i] = 1;
+        if (i != lost && nodes[i].region >= 0 && (size_t)nodes[i].region < regions->n)
+            region_used[nodes[i].region] = 1;
+    }
+    pick = pick_replica(regions, nodes, nnodes, pr, used, region_used);
+    free(used);
+    if (pick < 0)
+        return PLACE_ENOCAPACITY;
+    *out = (size_t)pick;
     return PLACE_OK;
 }
 

@@ -77,6 +77,22 @@ struct place_decision {
 int place_new_tenant(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
                      const struct place_request *req, struct place_decision *out);
 
+/* Chooses a node to take over from LOST, a replica of a tenant placed on
+ * CURRENT (indexes into NODES, as place_new_tenant returned them or as the
+ * tenant record says now), by the replica rule of place_new_tenant: a healthy
+ * node with room that holds no instance of the tenant yet, in a region no
+ * surviving instance uses if there is one, nearest to the primary's region
+ * first, least loaded within a region. The lost node's own region counts as
+ * free again, so a replacement in the same region is preferred when it is
+ * the nearest. Sets *OUT to the node's index.
+ * LOST must be one of CURRENT's replicas: a lost primary is failed over first
+ * (a replica promoted), then its old node is replaced as a lost replica of
+ * the new placement (PLACE_EINVAL otherwise). PLACE_ENOCAPACITY if no node
+ * qualifies; PLACE_EUNKNOWN_REGION if the primary's node is in no known
+ * region. O(nodes); pure; any thread. */
+int place_replacement(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
+                      const struct place_decision *current, size_t lost, size_t *out);
+
 const char *place_status_str(int status);
 
 /*

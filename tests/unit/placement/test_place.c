@@ -182,6 +182,102 @@ static void unknown_regions_and_no_nodes_are_errors(void **state)
     assert_string_equal(place_status_str(PLACE_ENOCAPACITY), "not enough healthy nodes with room");
 }
 
+/* ---- replacing a lost replica ---- */
+
+/* ams primary (0) with replicas in iad (1) and sin (2); spare nodes in ams
+ * (3), fra (4) and iad (5, busier). */
+static void six_nodes(struct place_node nodes[7], struct place_decision *cur)
+{
+    memset(nodes, 0, 7 * sizeof(*nodes));
+    nodes[0] = (struct place_node){.name = "n0", .region = R("ams"), .healthy = 1};
+    nodes[1] = (struct place_node){.name = "n1", .region = R("iad"), .healthy = 1};
+    nodes[2] = (struct place_node){.name = "n2", .region = R("sin"), .healthy = 1};
+    nodes[3] = (struct place_node){.name = "n3", .region = R("ams"), .healthy = 1};
+    nodes[4] = (struct place_node){.name = "n4", .region = R("fra"), .healthy = 1, .tenants = 7};
+    nodes[5] = (struct place_node){.name = "n5", .region = R("iad"), .healthy = 1, .tenants = 5};
+    memset(cur, 0, sizeof(*cur));
+    cur->primary = 0;
+    cur->replicas[0] = 1;
+    cur->replicas[1] = 2;
+    cur->nreplicas = 2;
+}
+
+static void a_lost_replica_is_replaced_in_the_nearest_region_the_tenant_does_not_use(void **state)
+{
+    struct place_node nodes[7];
+    struct place_decision cur;
+    size_t pick = 99;
+    (void)state;
+    six_nodes(nodes, &cur);
+    nodes[1].healthy = 0; /* the lost node */
+    /* fra (8 ms from ams) before iad (80 ms), though n4 holds more tenants */
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_OK);
+    assert_int_equal(pick, 4);
+    nodes[4].capacity = 7; /* full: the lost node's own region is free again */
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_OK);
+    assert_int_equal(pick, 5);
+    nodes[5].healthy = 0; /* only a region the tenant already uses is left */
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_OK);
+    assert_int_equal(pick, 3);
+    nodes[3].capacity = 1;
+    nodes[3].tenants = 1;
+    pick = 99;
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_ENOCAPACITY);
+    assert_int_equal(pick, 99); /* untouched on error */
+}
+
+static void a_replacement_never_goes_to_a_node_holding_the_tenant_or_the_lost_one(void **state)
+{
+    struct place_node nodes[7];
+    struct place_decision cur;
+    size_t pick = 99;
+    (void)state;
+    six_nodes(nodes, &cur);
+    /* the lost node still looks healthy (its disk failed, say), and the
+     * other instances' nodes are empty: none of them may be chosen */
+    nodes[3].healthy = nodes[4].healthy = nodes[5].healthy = 0;
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 2, &pick), PLACE_ENOCAPACITY);
+    nodes[5].healthy = 1;
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 2, &pick), PLACE_OK);
+    assert_int_equal(pick, 5); /* iad is used by n1, but it is all there is */
+}
+
+static void replacements_break_ties_by_load_then_index(void **state)
+{
+    struct place_node nodes[7];
+    struct place_decision cur;
+    size_t pick = 99;
+    (void)state;
+    six_nodes(nodes, &cur);
+    nodes[6] = (struct place_node){.name = "n6", .region = R("fra"), .healthy = 1, .tenants = 7, .primaries = 2};
+    nodes[4].primaries = 2;
+    assert_int_equal(place_replacement(regions, nodes, 7, &cur, 2, &pick), PLACE_OK);
+    assert_int_equal(pick, 4); /* full tie: lower index */
+    nodes[6].primaries = 1;
+    assert_int_equal(place_replacement(regions, nodes, 7, &cur, 2, &pick), PLACE_OK);
+    assert_int_equal(pick, 6); /* same tenants, fewer primaries */
+    nodes[6].tenants = 8;
+    assert_int_equal(place_replacement(regions, nodes, 7, &cur, 2, &pick), PLACE_OK);
+    assert_int_equal(pick, 4); /* fewer tenants first */
+}
+
+static void a_lost_primary_or_a_node_outside_the_tenant_is_refused(void **state)
+{
+    struct place_node nodes[7];
+    struct place_decision cur;
+    size_t pick = 99;
+    (void)state;
+    six_nodes(nodes, &cur);
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 0, &pick), PLACE_EINVAL);
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 3, &pick), PLACE_EINVAL);
+    cur.replicas[1] = 6; /* past the node list */
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_EINVAL);
+    cur.replicas[1] = 2;
+    nodes[0].region = 42;
+    assert_int_equal(place_replacement(regions, nodes, 6, &cur, 1, &pick), PLACE_EUNKNOWN_REGION);
+    assert_int_equal(pick, 99);
+}
+
 /* ---- moving a primary ---- */
 
 #define NREG 10 /* ops/regions.json */
@@ -493,6 +589,10 @@ int main(void)
         cmocka_unit_test(full_or_unhealthy_nodes_are_skipped),
         cmocka_unit_test(replicas_use_one_node_each_and_share_regions_only_when_needed),
         cmocka_unit_test(unknown_regions_and_no_nodes_are_errors),
+        cmocka_unit_test(a_lost_replica_is_replaced_in_the_nearest_region_the_tenant_does_not_use),
+        cmocka_unit_test(a_replacement_never_goes_to_a_node_holding_the_tenant_or_the_lost_one),
+        cmocka_unit_test(replacements_break_ties_by_load_then_index),
+        cmocka_unit_test(a_lost_primary_or_a_node_outside_the_tenant_is_refused),
         cmocka_unit_test(the_default_policy_is_twenty_percent_a_hundred_writes_and_an_hour),
         cmocka_unit_test(the_primary_moves_to_the_region_with_the_least_write_weighted_rtt),
         cmocka_unit_test(an_idle_tenant_never_moves),
