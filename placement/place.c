@@ -322,6 +322,329 @@ int place_replacement(const struct place_regions *regions, const struct place_no
     return PLACE_OK;
 }
 
+/*
+ * The placement index: place_new_tenant's answers without its scans.
+ *
+ * place_new_tenant looks at every node for the primary and again for each
+ * replica, which is fine for one tenant at a time and far too slow to place a
+ * million (DESIGN.md: a million tenants on a thousand nodes in about a
+ * second). Every choice it makes is "the least loaded node with room in some
+ * region", possibly weighed against the RTT to that region, so the index
+ * keeps one binary min-heap per region holding exactly the nodes with room,
+ * ordered as less_loaded orders them (tenants, then primaries, then index).
+ * A choice then looks at one heap top per region, and recording a placed
+ * tenant moves three nodes down their heaps: O(regions + log nodes) instead
+ * of O(nodes). The order and the tie-breaks are the same, so the index gives
+ * exactly place_new_tenant's decision for the same loads (a unit test
+ * compares the two over random clusters).
+ *
+ * The index keeps its own copy of each node's facts; it never looks at the
+ * caller's array again, so the caller tells it about every change.
+ */
+
+#define IX_NONE UINT32_MAX /* not in any heap: no room, or no known region */
+#define IX_MAX_CHOSEN 17   /* a primary and sizeof(place_decision.replicas) replicas */
+
+struct ix_node {
+    int region;
+    int healthy;
+    uint32_t tenants, primaries, capacity;
+    uint32_t pos; /* slot in heap[region], or IX_NONE */
+};
+
+struct ix_heap {
+    uint32_t *slot; /* node indexes; slot[0] is the least loaded */
+    uint32_t n, cap;
+};
+
+struct place_index {
+    const struct place_regions *regions; /* borrowed */
+    size_t nnodes;
+    struct ix_node *node;
+    struct ix_heap heap[PLACE_MAX_REGIONS];
+};
+
+static int ix_room(const struct place_index *ix, const struct ix_node *n)
+{
+    return n->healthy && n->region >= 0 && (size_t)n->region < ix->regions->n &&
+           (n->capacity == 0 || n->tenants < n->capacity);
+}
+
+/* less_loaded on the index's copy */
+static int ix_less(const struct place_index *ix, uint32_t a, uint32_t b)
+{
+    const struct ix_node *x = &ix->node[a], *y = &ix->node[b];
+    if (x->tenants != y->tenants)
+        return x->tenants < y->tenants;
+    if (x->primaries != y->primaries)
+        return x->primaries < y->primaries;
+    return a < b;
+}
+
+static void ix_put(struct place_index *ix, struct ix_heap *h, uint32_t pos, uint32_t node)
+{
+    h->slot[pos] = node;
+    ix->node[node].pos = pos;
+}
+
+static void ix_sift_up(struct place_index *ix, struct ix_heap *h, uint32_t pos)
+{
+    uint32_t node = h->slot[pos];
+    while (pos > 0) {
+        uint32_t parent = (pos - 1) / 2;
+        if (!ix_less(ix, node, h->slot[parent]))
+            break;
+        ix_put(ix, h, pos, h->slot[parent]);
+        pos = parent;
+    }
+    ix_put(ix, h, pos, node);
+}
+
+static void ix_sift_down(struct place_index *ix, struct ix_heap *h, uint32_t pos)
+{
+    uint32_t node = h->slot[pos];
+    for (;;) {
+        uint32_t c = 2 * pos + 1;
+        if (c >= h->n)
+            break;
+        if (c + 1 < h->n && ix_less(ix, h->slot[c + 1], h->slot[c]))
+            c++;
+        if (!ix_less(ix, h->slot[c], node))
+            break;
+        ix_put(ix, h, pos, h->slot[c]);
+        pos = c;
+    }
+    ix_put(ix, h, pos, node);
+}
+
+/* Takes node I out of its heap, if it is in one. */
+static void ix_remove(struct place_index *ix, uint32_t i)
+{
+    struct ix_node *n = &ix->node[i];
+    struct ix_heap *h;
+    uint32_t pos = n->pos;
+    if (pos == IX_NONE)
+        return;
+    h = &ix->heap[n->region];
+    n->pos = IX_NONE;
+    if (pos == --h->n)
+        return;
+    ix_put(ix, h, pos, h->slot[h->n]);
+    /* The node moved into the hole may belong above or below it. If it
+     * rose, its old parent now at POS is no more loaded than anything below,
+     * and the sift down is a no-op. */
+    ix_sift_up(ix, h, pos);
+    ix_sift_down(ix, h, pos);
+}
+
+/* Puts node I (not in any heap) into its region's heap if it has room. */
+static int ix_insert(struct place_index *ix, uint32_t i)
+{
+    struct ix_node *n = &ix->node[i];
+    if (!ix_room(ix, n))
+        return PLACE_OK;
+    struct ix_heap *h = &ix->heap[n->region];
+    if (h->n == h->cap) {
+        uint32_t cap = h->cap ? 2 * h->cap : 16;
+        uint32_t *slot = realloc(h->slot, (size_t)cap * sizeof(*slot));
+        if (slot == NULL)
+            return PLACE_ENOMEM;
+        h->slot = slot;
+        h->cap = cap;
+    }
+    h->slot[h->n] = i;
+    n->pos = h->n++;
+    ix_sift_up(ix, h, n->pos);
+    return PLACE_OK;
+}
+
+void place_index_free(struct place_index *ix)
+{
+    if (ix == NULL)
+        return;
+    for (size_t r = 0; r < PLACE_MAX_REGIONS; r++)
+        free(ix->heap[r].slot);
+    free(ix->node);
+    free(ix);
+}
+
+int place_index_new(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
+                    struct place_index **out)
+{
+    struct place_index *ix;
+
+    if (regions == NULL || out == NULL || (nnodes > 0 && nodes == NULL) || nnodes >= IX_NONE)
+        return PLACE_EINVAL;
+    if ((ix = calloc(1, sizeof(*ix))) == NULL || (ix->node = calloc(nnodes ? nnodes : 1, sizeof(*ix->node))) == NULL) {
+        free(ix);
+        return PLACE_ENOMEM;
+    }
+    ix->regions = regions;
+    ix->nnodes = nnodes;
+    for (size_t i = 0; i < nnodes; i++) {
+        ix->node[i] = (struct ix_node){.region = nodes[i].region, .healthy = nodes[i].healthy,
+                                       .tenants = nodes[i].tenants, .primaries = nodes[i].primaries,
+                                       .capacity = nodes[i].capacity, .pos = IX_NONE};
+        if (ix_insert(ix, (uint32_t)i) != PLACE_OK) {
+            place_index_free(ix);
+            return PLACE_ENOMEM;
+        }
+    }
+    *out = ix;
+    return PLACE_OK;
+}
+
+int place_index_update(struct place_index *ix, size_t i, const struct place_node *node)
+{
+    if (ix == NULL || node == NULL || i >= ix->nnodes)
+        return PLACE_EINVAL;
+    struct ix_node *n = &ix->node[i];
+    struct ix_heap *h = NULL;
+    /* Make sure the insert below cannot fail, so a failed update changes
+     * nothing: grow the target heap first. */
+    if (node->region >= 0 && (size_t)node->region < ix->regions->n)
+        h = &ix->heap[node->region];
+    if (h != NULL && h->n == h->cap) {
+        uint32_t cap = h->cap ? 2 * h->cap : 16;
+        uint32_t *slot = realloc(h->slot, (size_t)cap * sizeof(*slot));
+        if (slot == NULL)
+            return PLACE_ENOMEM;
+        h->slot = slot;
+        h->cap = cap;
+    }
+    ix_remove(ix, (uint32_t)i);
+    n->region = node->region;
+    n->healthy = node->healthy;
+    n->tenants = node->tenants;
+    n->primaries = node->primaries;
+    n->capacity = node->capacity;
+    return ix_insert(ix, (uint32_t)i);
+}
+
+/* One more instance (and primary, if PRIMARY) on node I. Its key only
+ * grows, so it sinks in its heap, or leaves it when it is now full. */
+static void ix_add(struct place_index *ix, size_t i, int primary)
+{
+    struct ix_node *n = &ix->node[i];
+    if (n->tenants < UINT32_MAX)
+        n->tenants++;
+    if (primary && n->primaries < UINT32_MAX)
+        n->primaries++;
+    if (n->pos == IX_NONE)
+        return;
+    if (!ix_room(ix, n))
+        ix_remove(ix, (uint32_t)i);
+    else
+        ix_sift_down(ix, &ix->heap[n->region], n->pos);
+}
+
+int place_index_apply(struct place_index *ix, const struct place_decision *d)
+{
+    if (ix == NULL || d == NULL || d->primary >= ix->nnodes ||
+        d->nreplicas > sizeof(d->replicas) / sizeof(d->replicas[0]))
+        return PLACE_EINVAL;
+    for (size_t k = 0; k < d->nreplicas; k++)
+        if (d->replicas[k] >= ix->nnodes)
+            return PLACE_EINVAL;
+    ix_add(ix, d->primary, 1);
+    for (size_t k = 0; k < d->nreplicas; k++)
+        ix_add(ix, d->replicas[k], 0);
+    return PLACE_OK;
+}
+
+static int ix_chosen(const uint32_t *chosen, size_t nchosen, uint32_t node)
+{
+    for (size_t k = 0; k < nchosen; k++)
+        if (chosen[k] == node)
+            return 1;
+    return 0;
+}
+
+/* The least loaded node of region R's heap that is not in CHOSEN, or
+ * IX_NONE. The answer is the least loaded of the nodes whose ancestors are
+ * all chosen (any other node has an unchosen ancestor that is less loaded),
+ * so only the chosen nodes' children are visited: at most 2 * IX_MAX_CHOSEN
+ * + 1 slots. */
+static uint32_t ix_best_unchosen(const struct place_index *ix, int r, const uint32_t *chosen, size_t nchosen)
+{
+    const struct ix_heap *h = &ix->heap[r];
+    uint32_t stack[2 * IX_MAX_CHOSEN + 1], best = IX_NONE;
+    size_t top = 0;
+
+    if (h->n > 0)
+        stack[top++] = 0;
+    while (top > 0) {
+        uint32_t pos = stack[--top], node = h->slot[pos];
+        if (!ix_chosen(chosen, nchosen, node)) {
+            if (best == IX_NONE || ix_less(ix, node, best))
+                best = node;
+            continue;
+        }
+        for (uint32_t c = 2 * pos + 1; c <= 2 * pos + 2 && c < h->n; c++)
+            stack[top++] = c;
+    }
+    return best;
+}
+
+/* The node place_new_tenant's scans would pick: least (RTT from region FROM,
+ * or 0 if FROM < 0; then less_loaded) over unchosen nodes with room, in
+ * regions not in SKIP (if given). IX_NONE if none. */
+static uint32_t ix_pick(const struct place_index *ix, int from, const unsigned char *skip, const uint32_t *chosen,
+                        size_t nchosen)
+{
+    uint32_t pick = IX_NONE, pick_rtt = UINT32_MAX;
+    for (size_t r = 0; r < ix->regions->n; r++) {
+        if (skip != NULL && skip[r])
+            continue;
+        uint32_t node = ix_best_unchosen(ix, (int)r, chosen, nchosen);
+        if (node == IX_NONE)
+            continue;
+        uint32_t rtt = from >= 0 ? ix->regions->rtt[from][r] : 0;
+        if (pick == IX_NONE || rtt < pick_rtt || (rtt == pick_rtt && ix_less(ix, node, pick))) {
+            pick = node;
+            pick_rtt = rtt;
+        }
+    }
+    return pick;
+}
+
+int place_index_new_tenant(const struct place_index *ix, const struct place_request *req, struct place_decision *out)
+{
+    uint32_t chosen[IX_MAX_CHOSEN], primary;
+    unsigned char region_used[PLACE_MAX_REGIONS] = {0};
+    struct place_decision d;
+
+    if (ix == NULL || req == NULL || out == NULL || req->replicas > sizeof(d.replicas) / sizeof(d.replicas[0]))
+        return PLACE_EINVAL;
+    if ((req->region >= 0 && (size_t)req->region >= ix->regions->n) ||
+        (req->client_region >= 0 && (size_t)req->client_region >= ix->regions->n))
+        return PLACE_EUNKNOWN_REGION;
+    if (req->region >= 0)
+        primary = ix_best_unchosen(ix, req->region, NULL, 0);
+    else
+        primary = ix_pick(ix, req->client_region, NULL, NULL, 0);
+    if (primary == IX_NONE)
+        return PLACE_ENOCAPACITY;
+    memset(&d, 0, sizeof(d));
+    d.primary = primary;
+    chosen[0] = primary;
+    int pr = ix->node[primary].region;
+    region_used[pr] = 1;
+    /* as pick_replica: unused regions first, then any */
+    while (d.nreplicas < req->replicas) {
+        uint32_t pick = ix_pick(ix, pr, region_used, chosen, 1 + d.nreplicas);
+        if (pick == IX_NONE)
+            pick = ix_pick(ix, pr, NULL, chosen, 1 + d.nreplicas);
+        if (pick == IX_NONE)
+            return PLACE_ENOCAPACITY;
+        chosen[1 + d.nreplicas] = pick;
+        region_used[ix->node[pick].region] = 1;
+        d.replicas[d.nreplicas++] = pick;
+    }
+    *out = d;
+    return PLACE_OK;
+}
+
 void place_move_policy_init(struct place_move_policy *p)
 {
     p->min_gain_permille = 200;

@@ -73,9 +73,49 @@ struct place_decision {
  *   region; only then other nodes of already used regions.
  * A node whose region is outside REGIONS is never chosen (its RTTs are
  * unknown). Fewer healthy nodes with room than 1 + replicas:
- * PLACE_ENOCAPACITY. O(nodes) per call. */
+ * PLACE_ENOCAPACITY. O(nodes) per call; place_index_new_tenant gives the
+ * same decision in O(regions + log nodes) for bulk placement. */
 int place_new_tenant(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
                      const struct place_request *req, struct place_decision *out);
+
+/*
+ * A placement index for many placements in a row (a bulk import, a
+ * rebalance, the benchmark): one min-heap per region of the nodes with room,
+ * ordered by load as place_new_tenant orders them, so that
+ * place_index_new_tenant returns exactly place_new_tenant's decision for the
+ * same facts in O(regions + log nodes) instead of O(nodes).
+ *
+ * The index copies the nodes' facts at creation (names are not kept: the
+ * decisions are indexes into the caller's array, as with place_new_tenant)
+ * and never reads the caller's array again: the caller reports each change
+ * with place_index_update, or place_index_apply for a tenant it placed. It
+ * borrows REGIONS, which must outlive it. Not thread-safe: one thread at a
+ * time per index (reads included, as the caller applies between them).
+ */
+struct place_index;
+
+/* Builds an index over NODES (indexes 0..NNODES-1 as in the array). Sets
+ * *OUT, freed with place_index_free. PLACE_EINVAL, PLACE_ENOMEM. */
+int place_index_new(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
+                    struct place_index **out);
+/* Frees IX; NULL is a no-op. */
+void place_index_free(struct place_index *ix);
+
+/* Replaces what IX knows of node I (health, region, load, capacity) with
+ * NODE's facts, e.g. when it registers, dies, fills up or loses a tenant.
+ * O(log nodes). On error (PLACE_EINVAL, PLACE_ENOMEM) IX is unchanged. */
+int place_index_update(struct place_index *ix, size_t i, const struct place_node *node);
+
+/* Records a tenant placed as D: one more tenant on each of its nodes and one
+ * more primary on its primary, as the caller's own counts would change.
+ * O(instances * log nodes). PLACE_EINVAL for an index out of range (then
+ * nothing is recorded). */
+int place_index_apply(struct place_index *ix, const struct place_decision *d);
+
+/* place_new_tenant's decision for REQ on the nodes as IX knows them (same
+ * rules, same tie-breaks, same status codes). Does not record it: call
+ * place_index_apply once the tenant is really placed. */
+int place_index_new_tenant(const struct place_index *ix, const struct place_request *req, struct place_decision *out);
 
 /* Chooses a node to take over from LOST, a replica of a tenant placed on
  * CURRENT (indexes into NODES, as place_new_tenant returned them or as the

@@ -14,6 +14,8 @@
 
 static struct place_regions *regions;
 
+#define NREG 10 /* regions in ops/regions.json */
+
 static int setup(void **state)
 {
     FILE *f = fopen(REGIONS_JSON, "rb");
@@ -182,6 +184,133 @@ static void unknown_regions_and_no_nodes_are_errors(void **state)
     assert_string_equal(place_status_str(PLACE_ENOCAPACITY), "not enough healthy nodes with room");
 }
 
+/* ---- the placement index ---- */
+
+static uint64_t rng_state;
+
+static uint32_t rnd(uint32_t n) /* xorshift64*, 0..n-1 */
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * UINT64_C(2685821657736338717)) >> 32) % n;
+}
+
+static void random_node(struct place_node *n)
+{
+    /* few distinct loads so that ties are common; now and then a region the
+     * topology does not know */
+    n->region = rnd(20) == 0 ? (rnd(2) ? -1 : 12) : (int)rnd(NREG);
+    n->healthy = rnd(8) != 0;
+    n->tenants = rnd(4);
+    n->primaries = rnd(3);
+    n->capacity = rnd(3) == 0 ? n->tenants + rnd(4) : 0;
+}
+
+static void assert_same_decision(int rc1, const struct place_decision *a, int rc2, const struct place_decision *b,
+                                 int step)
+{
+    if (rc1 != rc2)
+        fail_msg("step %d: scan says %s, index says %s", step, place_status_str(rc1), place_status_str(rc2));
+    if (rc1 != PLACE_OK)
+        return;
+    if (a->primary != b->primary || a->nreplicas != b->nreplicas)
+        fail_msg("step %d: primary %zu/%zu replicas %zu/%zu", step, a->primary, b->primary, a->nreplicas,
+                 b->nreplicas);
+    for (size_t k = 0; k < a->nreplicas; k++)
+        if (a->replicas[k] != b->replicas[k])
+            fail_msg("step %d: replica %zu is node %zu by scan, %zu by index", step, k, a->replicas[k],
+                     b->replicas[k]);
+}
+
+/* 200 random clusters of 1 to 60 nodes, 300 random requests each with the
+ * placed tenants recorded and nodes changing now and then: the index agrees
+ * with place_new_tenant on every status and every node chosen. */
+static void the_index_decides_exactly_as_place_new_tenant(void **state)
+{
+    struct place_node nodes[60];
+    size_t placed = 0, full = 0;
+    (void)state;
+    rng_state = 0x5eed;
+    for (int cluster = 0; cluster < 200; cluster++) {
+        size_t nn = 1 + rnd(60);
+        struct place_index *ix;
+        for (size_t i = 0; i < nn; i++)
+            random_node(&nodes[i]);
+        assert_int_equal(place_index_new(regions, nodes, nn, &ix), PLACE_OK);
+        for (int step = 0; step < 300; step++) {
+            struct place_decision a, b;
+            struct place_request req = {.region = -1, .client_region = -1, .replicas = rnd(5)};
+            switch (rnd(3)) {
+            case 0: req.region = (int)rnd(NREG); break;
+            case 1: req.client_region = (int)rnd(NREG); break;
+            }
+            if (rnd(50) == 0)
+                req.replicas = 16;
+            int rc1 = place_new_tenant(regions, nodes, nn, &req, &a);
+            int rc2 = place_index_new_tenant(ix, &req, &b);
+            assert_same_decision(rc1, &a, rc2, &b, cluster * 1000 + step);
+            if (rc1 == PLACE_OK) {
+                placed++;
+                assert_int_equal(place_index_apply(ix, &a), PLACE_OK);
+                nodes[a.primary].tenants++;
+                nodes[a.primary].primaries++;
+                for (size_t k = 0; k < a.nreplicas; k++)
+                    nodes[a.replicas[k]].tenants++;
+            } else {
+                full++;
+            }
+            if (rnd(10) == 0) { /* a node changes: dies, recovers, moves, loses tenants */
+                size_t i = rnd((uint32_t)nn);
+                random_node(&nodes[i]);
+                assert_int_equal(place_index_update(ix, i, &nodes[i]), PLACE_OK);
+            }
+        }
+        place_index_free(ix);
+    }
+    /* both outcomes were exercised, many times */
+    if (placed < 40000 || full < 5000)
+        fail_msg("only %zu placed and %zu refused", placed, full);
+}
+
+static void the_index_follows_updates_and_fills_nodes_up(void **state)
+{
+    struct place_node nodes[4];
+    struct place_index *ix;
+    struct place_decision d;
+    struct place_request req = {.region = R("iad"), .client_region = -1, .replicas = 0};
+    (void)state;
+    three_regions(nodes);
+    nodes[3] = (struct place_node){.name = "n4", .region = R("iad"), .healthy = 1, .tenants = 1, .capacity = 2};
+    assert_int_equal(place_index_new(regions, nodes, 4, &ix), PLACE_OK);
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_OK);
+    assert_int_equal(d.primary, 1); /* 0 tenants before n4's 1 */
+    assert_int_equal(place_index_apply(ix, &d), PLACE_OK);
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_OK);
+    assert_int_equal(d.primary, 3); /* 1 tenant each: n4 has no primary yet */
+    assert_int_equal(place_index_apply(ix, &d), PLACE_OK); /* n4 is now full */
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_OK);
+    assert_int_equal(d.primary, 1);
+    nodes[1].healthy = 0;
+    assert_int_equal(place_index_update(ix, 1, &nodes[1]), PLACE_OK);
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_ENOCAPACITY);
+    nodes[0].region = R("iad"); /* n1 re-registers in iad */
+    assert_int_equal(place_index_update(ix, 0, &nodes[0]), PLACE_OK);
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_OK);
+    assert_int_equal(d.primary, 0);
+    d.primary = 4;
+    assert_int_equal(place_index_apply(ix, &d), PLACE_EINVAL);
+    assert_int_equal(place_index_update(ix, 4, &nodes[0]), PLACE_EINVAL);
+    req.region = NREG;
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_EUNKNOWN_REGION);
+    place_index_free(ix);
+    place_index_free(NULL);
+    assert_int_equal(place_index_new(regions, NULL, 0, &ix), PLACE_OK);
+    req.region = -1;
+    assert_int_equal(place_index_new_tenant(ix, &req, &d), PLACE_ENOCAPACITY);
+    place_index_free(ix);
+}
+
 /* ---- replacing a lost replica ---- */
 
 /* ams primary (0) with replicas in iad (1) and sin (2); spare nodes in ams
@@ -280,7 +409,6 @@ static void a_lost_primary_or_a_node_outside_the_tenant_is_refused(void **state)
 
 /* ---- moving a primary ---- */
 
-#define NREG 10 /* ops/regions.json */
 #define MIN (60 * 1000ULL)
 
 struct move_case {
@@ -589,6 +717,8 @@ int main(void)
         cmocka_unit_test(full_or_unhealthy_nodes_are_skipped),
         cmocka_unit_test(replicas_use_one_node_each_and_share_regions_only_when_needed),
         cmocka_unit_test(unknown_regions_and_no_nodes_are_errors),
+        cmocka_unit_test(the_index_decides_exactly_as_place_new_tenant),
+        cmocka_unit_test(the_index_follows_updates_and_fills_nodes_up),
         cmocka_unit_test(a_lost_replica_is_replaced_in_the_nearest_region_the_tenant_does_not_use),
         cmocka_unit_test(a_replacement_never_goes_to_a_node_holding_the_tenant_or_the_lost_one),
         cmocka_unit_test(replacements_break_ties_by_load_then_index),
