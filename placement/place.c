@@ -588,7 +588,8 @@ static uint32_t ix_best_unchosen(const struct place_index *ix, int r, const uint
 
 /* The node place_new_tenant's scans would pick: least (RTT from region FROM,
  * or 0 if FROM < 0; then less_loaded) over unchosen nodes with room, in
- * regions not in SKIP (if given). IX_NONE if none. */
+ * regions not in SKIP (if given). SKIP, when given, must mark the region of
+ * every chosen node. IX_NONE if none. */
 static uint32_t ix_pick(const struct place_index *ix, int from, const unsigned char *skip, const uint32_t *chosen,
                         size_t nchosen)
 {
@@ -596,7 +597,14 @@ static uint32_t ix_pick(const struct place_index *ix, int from, const unsigned c
     for (size_t r = 0; r < ix->regions->n; r++) {
         if (skip != NULL && skip[r])
             continue;
-        uint32_t node = ix_best_unchosen(ix, (int)r, chosen, nchosen);
+        uint32_t node;
+        /* The common case, kept cheap: no chosen node sits in a region not
+         * yet used (SKIP marks every chosen node's region), so the top of
+         * the heap is the answer. */
+        if (nchosen == 0 || skip != NULL)
+            node = ix->heap[r].n > 0 ? ix->heap[r].slot[0] : IX_NONE;
+        else
+            node = ix_best_unchosen(ix, (int)r, chosen, nchosen);
         if (node == IX_NONE)
             continue;
         uint32_t rtt = from >= 0 ? ix->regions->rtt[from][r] : 0;
