@@ -1,6 +1,12 @@
 /*
  * placement/place.c: pure placement (see place.h). No I/O, no clock, no
  * globals; deterministic for the same input.
+ *
+ * In order: the regions document, new tenants by scanning the nodes, the
+ * replacement of a lost replica (same rule as new replicas), the placement
+ * index (same decisions as the scan, without scanning), and the decision to
+ * move a primary. Any change to the scan's order or tie-breaks must be made
+ * in the index too: the unit tests compare the two decision for decision.
  */
 #include "placement/place.h"
 

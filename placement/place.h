@@ -3,6 +3,17 @@
  * it takes facts (regions, latencies, nodes and their load) and returns
  * decisions, so it is tested exhaustively and benchmarked alone.
  *
+ * What it decides:
+ *   - where a new tenant's primary and replicas go (place_new_tenant, or
+ *     place_index_new_tenant for many tenants in a row);
+ *   - which node replaces a lost replica (place_replacement);
+ *   - whether a tenant's primary should move nearer its writers, and where
+ *     (place_move_decide). The caller brings the facts (write counts by
+ *     region, the time of the last move, "now"); nothing here keeps time.
+ * Every function is a pure function of its arguments and may be called from
+ * any thread, except that a place_index (which holds state: the loads it was
+ * told) is used by one thread at a time. The caller owns its arguments.
+ *
  * Errors are this library's own small enum (STYLE.md); the orchestrator maps
  * them to API codes.
  */
@@ -133,8 +144,6 @@ int place_index_new_tenant(const struct place_index *ix, const struct place_requ
 int place_replacement(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
                       const struct place_decision *current, size_t lost, size_t *out);
 
-const char *place_status_str(int status);
-
 /*
  * Moving a primary nearer its writers (DESIGN.md "Placement near users").
  *
@@ -225,5 +234,8 @@ const char *place_move_reason_str(enum place_move_reason reason);
  * place_move_decide from the same node list place_new_tenant takes. */
 int place_regions_with_room(const struct place_regions *regions, const struct place_node *nodes, size_t nnodes,
                             unsigned char *room, size_t nregions);
+
+/* A sentence for a place_status code, for messages. */
+const char *place_status_str(int status);
 
 #endif
