@@ -34,6 +34,9 @@
 #define API_CLUSTER_TENANTS "/shoal/tenants/"
 #define API_CLUSTER_LEASES "/shoal/leases/"
 #define API_CLUSTER_MAX_INSTANCES 16
+/* Agents' write counts by client region, one key per node (outside
+ * /shoal/ so that the views every daemon keeps do not carry them). */
+#define API_CLUSTER_TRAFFIC "/shoal-stats/traffic/"
 #define API_NAME_MAX 64
 #define API_URL_MAX 160
 

@@ -42,6 +42,7 @@
 #include "nodeagent/repl.h"
 #include "nodeagent/repl_sum.h"
 #include "nodeagent/session.h"
+#include "nodeagent/traffic.h"
 #include "nodeagent/store.h"
 #include "nodeagent/streams.h"
 
@@ -77,6 +78,7 @@ struct agent {
     atomic_ullong forward_seq;
     struct api_server *server;
     struct agent_streams *streams;
+    struct agent_traffic *traffic; /* writes per tenant and client region, published each interval */
     struct agent_repl *repl;
     struct route_ctx v2, v3, cursor;
 
@@ -110,6 +112,7 @@ void agent_config_init(struct agent_config *cfg)
     cfg->max_lag_ms = 5000;
     cfg->quorum_timeout_ms = 5000;
     cfg->pull_wait_ms = 1000;
+    cfg->traffic_interval_ms = 10000;
     cfg->catchup_timeout_ms = 2000;
 }
 
@@ -353,6 +356,26 @@ static void close_stream(void *ud, const char *tenant, sqlite3 *db, struct agent
     api_workq_submit(a->workers, tenant_key(tenant), close_stream_job, j);
 }
 
+/* Controller: one etcd put per interval with every tenant's write counts
+ * by client region (traffic.h); skipped when nothing was written. */
+static void publish_traffic(struct agent *a)
+{
+    json_t *doc = agent_traffic_take(a->traffic);
+    char key[256], *text;
+    struct api_err err;
+    if (doc == NULL)
+        return;
+    json_object_set_new(doc, "node", json_string(a->cfg.node));
+    json_object_set_new(doc, "at", json_integer(api_unix_now()));
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    snprintf(key, sizeof(key), "%s%s", API_CLUSTER_TRAFFIC, a->cfg.node);
+    if (text != NULL && api_etcd_put(a->etcd, key, text, strlen(text), agent_session_lease_id(a->session), NULL,
+                                     &err) != API_OK)
+        log_warn("publishing traffic counts: %s", err.msg); /* these counts are lost: placement is a heuristic */
+    free(text);
+}
+
 /* Idle streams and orphaned handover fences are looked for this often. */
 #define SWEEP_MS 500
 
@@ -362,6 +385,7 @@ static void *controller_main(void *arg)
     int64_t interval = a->cfg.lease_ttl_s * 1000 / 3;
     int64_t next_keepalive = api_now_ms() + interval;
     int64_t next_sweep = api_now_ms() + SWEEP_MS;
+    int64_t next_traffic = api_now_ms() + a->cfg.traffic_interval_ms;
     struct api_err err;
 
     pthread_mutex_lock(&a->mu);
@@ -381,6 +405,10 @@ static void *controller_main(void *arg)
             pthread_mutex_unlock(&a->mu);
             agent_streams_sweep(a->streams, api_now_ms(), close_stream, a);
             expire_fences(a);
+            if (api_now_ms() >= next_traffic) {
+                next_traffic = api_now_ms() + a->cfg.traffic_interval_ms;
+                publish_traffic(a);
+            }
             pthread_mutex_lock(&a->mu);
             continue;
         }
@@ -473,6 +501,7 @@ struct pipeline_job {
     size_t body_len;
     char *token; /* binds a new stream to the token that opened it */
     int quorum;  /* durability quorum: acknowledge once a replica holds the write */
+    char client_region[8]; /* whose writes these are, for placement */
 };
 
 static void finish_error(struct api_pending *p, const struct api_err *err)
@@ -702,6 +731,8 @@ static void pipeline_job(void *arg)
         goto fail;
     atomic_fetch_add(&a->pipelines, 1);
     agent_repl_position(a->repl, j->tenant, &after);
+    if (!j->replica && after.txid > before.txid)
+        agent_traffic_add(a->traffic, j->tenant, j->client_region, after.txid - before.txid);
     if (after.broken) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s': replication capture failed; the write may not be "
                                             "replicated", j->tenant);
@@ -850,6 +881,11 @@ static struct forward_job *make_forward_job(struct agent *a, struct api_req *r, 
     }
     snprintf(hdr, sizeof(hdr), "shoal-forwarded-by: %s", a->cfg.node);
     j->headers[j->nheaders++] = strdup(hdr);
+    if (api_req_header(r, "shoal-client-region", NULL) == NULL) {
+        /* the client came to us: its writes count for our region */
+        snprintf(hdr, sizeof(hdr), "shoal-client-region: %s", a->cfg.region);
+        j->headers[j->nheaders++] = strdup(hdr);
+    }
     return j;
 }
 
@@ -925,6 +961,11 @@ static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r,
     j->cursor = rc->cursor;
     j->quorum = strcmp(t->durability, "quorum") == 0;
     snprintf(j->tenant, sizeof(j->tenant), "%s", auth->tenant);
+    const char *cr = api_req_header(r, "shoal-client-region", &hlen);
+    snprintf(j->client_region, sizeof(j->client_region), "%.*s",
+             cr != NULL && hlen < sizeof(j->client_region) && api_region_valid(cr, hlen) ? (int)hlen : 0, cr ? cr : "");
+    if (!j->client_region[0])
+        snprintf(j->client_region, sizeof(j->client_region), "%s", a->cfg.region);
     return j;
 }
 
@@ -1609,6 +1650,10 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         if (rc != API_OK)
             goto fail;
     }
+    if ((a->traffic = agent_traffic_new()) == NULL) {
+        rc = api_err_set(err, API_ENOMEM, "out of memory");
+        goto fail;
+    }
     if ((rc = agent_streams_new(cfg->node, 1000, 10000, &a->streams, err)) != API_OK ||
         (rc = api_cluster_open(a->etcd, on_view_change, a, &a->view, err)) != API_OK)
         goto fail;
@@ -1658,6 +1703,7 @@ void agent_free(struct agent *a)
     agent_repl_free(a->repl); /* answers what is still held before the server goes */
     api_cluster_close(a->view);
     agent_streams_free(a->streams);
+    agent_traffic_free(a->traffic);
     /* Revoking the session drops every tenant key this node holds in one
      * etcd revision, so successors can take over at once. */
     agent_session_free(a->session, 1);

@@ -21,7 +21,7 @@ int main(int argc, char **argv)
     const char *log_level = "info", *catchup = NULL;
     char data_dir[512];
     int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
-            quorum_timeout_ms = 5000, pull_wait_ms = 1000;
+            quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
     struct api_err err;
     int rc;
 
@@ -51,6 +51,8 @@ int main(int argc, char **argv)
         {"catchup-timeout", API_FLAG_STRING, &catchup, 0,
          "how long a replica waits for shoal-min-txid before the primary serves (e.g. 2s, 500ms; default 2s)", 0},
         {"pull-wait-ms", API_FLAG_INT, &pull_wait_ms, 0, "replication long-poll length (default 1000)", 0},
+        {"traffic-interval-ms", API_FLAG_INT, &traffic_interval_ms, 0,
+         "how often write counts by client region are published for placement (default 10000)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
     };
@@ -64,7 +66,8 @@ int main(int argc, char **argv)
     }
     if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || max_open < 1 ||
         cache_kib < 16 || stmt_timeout_ms < 0 || max_lag_s < 1 || quorum_timeout_ms < 1 || pull_wait_ms < 10 ||
-        pull_wait_ms > 60000 || (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
+        pull_wait_ms > 60000 || traffic_interval_ms < 100 || traffic_interval_ms > 3600000 ||
+        (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
         fprintf(stderr, "shoal-agent: a numeric flag is out of range (see --help)\n");
         return 2;
     }
@@ -85,6 +88,7 @@ int main(int argc, char **argv)
     }
     cfg.quorum_timeout_ms = quorum_timeout_ms;
     cfg.pull_wait_ms = pull_wait_ms;
+    cfg.traffic_interval_ms = traffic_interval_ms;
     if (cfg.data_dir == NULL) {
         snprintf(data_dir, sizeof(data_dir), "./data/%s", cfg.node);
         cfg.data_dir = data_dir;
