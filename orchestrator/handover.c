@@ -397,6 +397,24 @@ static void run_handover(struct orch *o, struct op *op)
     op_finish(o, op, "done", NULL);
 }
 
+int orch_handover_begin(struct orch *o, const char *tenant, const char *from, const char *to, const char *kind,
+                        const char *why, char op_id[40])
+{
+    int oom = 0;
+    struct handover_job *j = calloc(1, sizeof(*j));
+    struct op *op = j ? orch_op_start(o, kind, tenant, from, to, op_id, &oom) : NULL;
+    if (op == NULL) {
+        free(j);
+        return -1;
+    }
+    snprintf(op_id, 40, "%s", op->id);
+    op_step(o, op, kind, "%s", why);
+    j->o = o;
+    j->op = op;
+    api_workq_submit(o->workers, atomic_fetch_add(&o->job_seq, 1), handover_job, j);
+    return 0;
+}
+
 struct op *orch_op_start(struct orch *o, const char *kind, const char *tenant, const char *from, const char *to,
                          char busy_id[40], int *oom)
 {

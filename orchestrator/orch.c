@@ -56,6 +56,11 @@ void orch_config_init(struct orch_config *cfg)
     cfg->workers = 16;
     cfg->create_wait_ms = 5000;
     cfg->leader_ttl_s = 5;
+    cfg->placement_window_ms = 60000;
+    cfg->placement_dwell_ms = 3600000;
+    cfg->placement_threshold_permille = 200;
+    cfg->placement_min_writes = 100;
+    cfg->repair_grace_ms = 300000;
 }
 
 /* ------------------------------------------------------------------ */
@@ -680,10 +685,16 @@ static void on_metrics(struct api_req *r, void *ud)
                      "# TYPE shoal_orchestrator_tenants_deleted_total counter\n"
                      "shoal_orchestrator_tenants_deleted_total %llu\n"
                      "# TYPE shoal_orchestrator_tokens_issued_total counter\n"
-                     "shoal_orchestrator_tokens_issued_total %llu\n",
+                     "shoal_orchestrator_tokens_issued_total %llu\n"
+                     "# TYPE shoal_orchestrator_placement_moves_total counter\n"
+                     "shoal_orchestrator_placement_moves_total %llu\n"
+                     "# TYPE shoal_orchestrator_replicas_repaired_total counter\n"
+                     "shoal_orchestrator_replicas_repaired_total %llu\n",
                      api_cluster_tenant_count(o->view), (unsigned long long)atomic_load(&o->tenants_created),
                      (unsigned long long)atomic_load(&o->tenants_deleted),
-                     (unsigned long long)atomic_load(&o->tokens_issued));
+                     (unsigned long long)atomic_load(&o->tokens_issued),
+                     (unsigned long long)atomic_load(&o->placement_moves),
+                     (unsigned long long)atomic_load(&o->repairs));
     if (n > 0 && (size_t)n < sizeof(buf) - len)
         len += (size_t)n;
     api_reply_text(r, 200, "text/plain; version=0.0.4", buf, len);
@@ -757,6 +768,8 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
         rc = api_err_set(err, API_EINTERNAL, "cannot start the leader election thread");
         goto fail;
     }
+    if ((rc = orch_placer_start(o, &o->placer, err)) != API_OK)
+        goto fail;
     log_info("listening on %s", api_server_url(o->server));
     *out = o;
     return API_OK;
@@ -779,6 +792,7 @@ void orch_free(struct orch *o)
 {
     if (o == NULL)
         return;
+    orch_placer_stop(o->placer);
     orch_leader_stop(o->election); /* a standby takes over at once */
     pthread_mutex_lock(&o->failover_mu);
     atomic_store(&o->failover_ready, 0); /* the view hands no more work to the workers */

@@ -24,6 +24,12 @@ struct orch_config {
     size_t workers;
     int64_t create_wait_ms; /* how long POST /v1/tenants waits for the primary's lease */
     int64_t leader_ttl_s;   /* leader election lease (default 5) */
+    /* placement near users (placer.c) */
+    int64_t placement_window_ms;          /* traffic is judged per window (default 60 s) */
+    int64_t placement_dwell_ms;           /* no move sooner after the last (default 1 h) */
+    uint32_t placement_threshold_permille; /* gain a move must exceed (default 200 = 20 %) */
+    uint64_t placement_min_writes;        /* fewer writes in a window: stay (default 100) */
+    int64_t repair_grace_ms;              /* a node gone this long loses its replicas (default 5 min) */
 };
 
 void orch_config_init(struct orch_config *cfg);

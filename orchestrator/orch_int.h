@@ -37,6 +37,8 @@ struct orch {
     pthread_mutex_t failover_mu; /* orders that hand-over against shutdown */
     atomic_int leader;           /* this orchestrator runs the control loops */
     struct orch_leader *election;
+    struct orch_placer *placer;
+    atomic_ullong placement_moves, repairs;
 };
 
 /* orch.c helpers */
@@ -76,6 +78,17 @@ int orch_is_leader(struct orch *o);
 /* Queues a failover check of TENANT (a handover left it without a holder). */
 void orch_failover_check(struct orch *o, const char *tenant);
 void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted);
+
+/* handover.c: starts a handover of TENANT from FROM to TO as an operation
+ * of KIND, whose first step says WHY; its id in OP_ID. -1 if one runs
+ * already for the tenant or out of memory. */
+int orch_handover_begin(struct orch *o, const char *tenant, const char *from, const char *to, const char *kind,
+                        const char *why, char op_id[40]);
+
+/* placer.c: traffic-driven moves and repair of lost replicas (leader only) */
+struct orch_placer;
+int orch_placer_start(struct orch *o, struct orch_placer **out, struct api_err *err);
+void orch_placer_stop(struct orch_placer *p);
 
 /* Frees the calling worker's HTTP client (workq on_exit). */
 void orch_handover_thread_exit(void);

@@ -16,7 +16,6 @@
 
 #include <jansson.h>
 
-#define PLACE_MAX_REGIONS 64
 
 struct place_regions {
     size_t n;

@@ -31,6 +31,7 @@ enum place_status {
     PLACE_ENOMEM,
 };
 
+#define PLACE_MAX_REGIONS 64 /* regions in one topology */
 #define PLACE_REGION_MAX 8 /* "ams", "iad1": 3 letters, optional digit, NUL */
 
 /* Regions and their round-trip latencies. Built by place_regions_parse. */

@@ -1,0 +1,28 @@
+// tests/integration/placement/alternate.mjs: writes that alternate, request
+// by request, between agents in different regions, so every slice of the
+// placement window sees the same count from each.
+//   node alternate.mjs SECONDS TOKEN URL...     (URL: an agent's /t/<tenant>)
+// Prints {"ok":N,"failed":N,"by_url":[...]}.
+const [secs, token, ...urls] = process.argv.slice(2);
+const end = Date.now() + Number(secs) * 1000;
+const byUrl = urls.map(() => 0);
+let ok = 0, failed = 0;
+async function write(url, sql) {
+  const res = await fetch(`${url}/v2/pipeline`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ requests: [{ type: "execute", stmt: { sql } }, { type: "close" }] }),
+  });
+  const body = await res.json();
+  return res.status === 200 && body.results[0].type === "ok";
+}
+await write(urls[0], "CREATE TABLE IF NOT EXISTS alt(id INTEGER PRIMARY KEY, at INTEGER)");
+for (let i = 0; Date.now() < end; i++) {
+  const k = i % urls.length;
+  try {
+    if (await write(urls[k], `INSERT INTO alt(at) VALUES (${Date.now()})`)) { ok++; byUrl[k]++; } else failed++;
+  } catch {
+    failed++;
+  }
+}
+console.log(JSON.stringify({ ok, failed, by_url: byUrl }));
