@@ -672,6 +672,17 @@ static void on_healthz(struct api_req *r, void *ud)
                                      (json_int_t)api_cluster_tenant_count(o->view), "nodes", (json_int_t)nn));
 }
 
+/* GET /v1/openapi.json: the API described (orchestrator/openapi.json, built in). */
+extern const char orch_openapi_json[];
+extern const size_t orch_openapi_json_len;
+
+static void on_openapi(struct api_req *r, void *ud)
+{
+    if (!orch_check_admin(ud, r))
+        return;
+    api_reply_text(r, 200, "application/json", orch_openapi_json, orch_openapi_json_len);
+}
+
 static void on_metrics(struct api_req *r, void *ud)
 {
     struct orch *o = ud;
@@ -756,6 +767,7 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
     rc |= api_server_route(o->server, "GET", "/v1/nodes", on_list_nodes, o);
     rc |= api_server_route(o->server, "GET", "/v1/nodes/{node}", on_show_node, o);
     rc |= api_server_route(o->server, "GET", "/v1/regions", on_regions, o);
+    rc |= api_server_route(o->server, "GET", "/v1/openapi.json", on_openapi, o);
     rc |= api_server_route(o->server, "GET", "/healthz", on_healthz, o);
     rc |= api_server_route(o->server, "GET", "/metrics", on_metrics, o);
     rc |= orch_handover_routes(o);

@@ -30,6 +30,17 @@ writes_via() {
         >/dev/null 2>&1 || true
 }
 
+# --- the admin API describes itself ---------------------------------------------------
+r=$(curl -sS -o /dev/null -w '%{http_code}' "$ORCH_URL/v1/openapi.json")
+is "GET /v1/openapi.json without the admin token: 401" 401 "$r"
+r=$(admin GET /v1/openapi.json)
+is "GET /v1/openapi.json: 200, OpenAPI 3" "200 3.0.3" "$(status_of "$r") $(body_of "$r" | jq -r .openapi)"
+is "... describing every admin route" \
+    "/healthz /metrics /v1/nodes /v1/nodes/{node} /v1/nodes/{node}/drain /v1/openapi.json /v1/operations/{op} /v1/regions /v1/tenants /v1/tenants/{id} /v1/tenants/{id}/handover /v1/tenants/{id}/tokens" \
+    "$(body_of "$r" | jq -r '.paths | keys | sort | join(" ")')"
+r=$(admin POST /v1/tenants '{"id":"bad","placement":"sideways"}')
+is "a placement that is neither auto nor pinned: 400" "400 invalid_request" "$(status_of "$r") $(body_of "$r" | jq -r .error.code)"
+
 create pa auto
 create pp pinned
 create pf auto
