@@ -36,7 +36,7 @@
 #include "orchestrator/orch_int.h"
 
 #define CATCHUP_MS 10000
-#define CATCHUP_TXIDS 64 /* close enough to fence: the rest arrives while fenced */
+#define CATCHUP_TXIDS 4 /* close enough to fence: the rest arrives while fenced, so the stall stays short */
 #define CONFIRM_MS 3000
 #define PROMOTE_MS 5000
 #define FENCE_TTL_MS 5000
