@@ -56,6 +56,10 @@ like "readers on the replica kept reading while records applied" '^[1-9][0-9]*$'
 check_copies r1 "random workload"
 is "n2: no checksum mismatch after any record" 0 "$(metric n2 shoal_agent_repl_checksum_mismatches_total)"
 is "n3: no checksum mismatch after any record" 0 "$(metric n3 shoal_agent_repl_checksum_mismatches_total)"
+txid=$(positions r1 | awk 'NR==1 {print $2}')
+is "/metrics: the primary's position of r1" "$((16#$txid))" "$(metric n1 'shoal_agent_tenant_txid{tenant="r1",role="primary"}')"
+is "/metrics: n2's position of r1, and its lag 0" "$((16#$txid)) 0.000" \
+    "$(metric n2 'shoal_agent_tenant_txid{tenant="r1",role="replica"}') $(metric n2 'shoal_agent_tenant_lag_seconds{tenant="r1",role="replica"}')"
 sent=$(metric n1 shoal_agent_repl_bytes_sent_total); raw=$(metric n1 shoal_agent_repl_bytes_uncompressed_total)
 is "lz4: bytes sent ($sent) are fewer than uncompressed ($raw)" 1 "$(awk -v a="$sent" -v b="$raw" 'BEGIN {print (a > 0 && a < b) ? 1 : 0}')"
 
