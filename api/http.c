@@ -197,6 +197,8 @@ static int perform(struct api_http_client *c, const struct api_http_req *rq, api
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
 
     rc = curl_easy_perform(e);
+    if (rq->not_sent != NULL)
+        *rq->not_sent = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &resp->status);
     if (rc != CURLE_OK) {
         if (rc == CURLE_WRITE_ERROR && t.stopped_by_reader) {
