@@ -619,6 +619,25 @@ static void set_src(struct fwd_job *j, const struct cand *origin, const struct o
         src[0] = '\0';
 }
 
+/* 1 if UP is an agent's refusal that guarantees nothing ran: 503 with
+ * `Retry-After` and the error code "unavailable" (no primary right now, or
+ * the tenant moving). Agents send Retry-After only on those; a quorum
+ * timeout or a failed capture is also 503 but may follow a commit, so it is
+ * never sent again. */
+static int not_served(const struct api_http_resp *up)
+{
+    json_t *doc;
+    const char *code;
+    int yes;
+    if (up->status != 503 || up->body_len == 0 || api_http_resp_header(up, "retry-after") == NULL)
+        return 0;
+    doc = json_loadb(up->body, up->body_len, 0, NULL);
+    code = json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+    yes = code != NULL && strcmp(code, "unavailable") == 0;
+    json_decref(doc);
+    return yes;
+}
+
 /* Chooses the upstream, sends, follows replays; returns the response for
  * the client (never NULL except on OOM). Worker thread; blocks. */
 static struct api_resp *route_and_send(struct fwd_job *j)
@@ -629,7 +648,7 @@ static struct api_resp *route_and_send(struct fwd_job *j)
     struct orch_replay rp;
     char src[ORCH_REPLAY_STATE_MAX + 256] = "", failed[512] = "";
     int hops = 0, retried = 0, replaying = 0, tried = 0;
-    int64_t deadline = 0;
+    int64_t deadline = 0, unserved_deadline = 0;
     const char *what = j->app ? "app" : "tenant";
     const char *name = j->app ? j->app->name : j->tenant;
 
@@ -702,6 +721,24 @@ static struct api_resp *route_and_send(struct fwd_job *j)
         if (tried || is_down(r, cur.url))
             mark_up(r, cur.url);
         replaying = 0;
+        if (j->app == NULL && !j->info.has_baton && !j->force_instance[0] && not_served(&up)) {
+            /* the agent ran nothing: its tenant is between primaries (a
+             * handover's lease moves in one txn, the target acquires it a
+             * few ms later). Ask again until --replay-timeout. */
+            struct cand next;
+            struct api_resp *no;
+            if (unserved_deadline == 0)
+                unserved_deadline = api_now_ms() + r->cfg.replay_timeout_ms;
+            if (api_now_ms() < unserved_deadline) {
+                api_http_resp_fini(&up);
+                atomic_fetch_add(&r->retries, 1);
+                sleep_ms(ROUTER_RETRY_PAUSE_MS);
+                if ((no = first_target(j, NULL, &next)) != NULL)
+                    return no;
+                cur = next;
+                continue;
+            }
+        }
         const char *replay = api_http_resp_header(&up, "fly-replay");
         if (replay == NULL) {
             atomic_fetch_add(&r->forwarded, 1);
