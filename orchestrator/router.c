@@ -896,7 +896,7 @@ static void on_app(struct api_req *req, void *ud)
     j->app = app;
     /* `?region=` chooses the region, as in Fly.io's LiteFS example app */
     if (api_req_query(req, "region", region, sizeof(region)) == 1 && api_region_valid(region, strlen(region)))
-        snprintf(j->prefer_region, sizeof(j->prefer_region), "%s", region);
+        snprintf(j->prefer_region, sizeof(j->prefer_region), "%.7s", region); /* valid: at most 4 bytes */
     for (size_t i = 0; api_req_header_at(req, i, &name, &nlen, &value, &vlen); i++) {
         char hname[64], *line;
         if (nlen == 0 || nlen >= sizeof(hname) || name[0] == ':')
