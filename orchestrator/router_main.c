@@ -62,6 +62,13 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.down_ms = (long)down_ms;
+    if (cfg.app != NULL) {
+        struct orch_app app;
+        if (orch_app_parse(cfg.app, &app, &err) != API_OK) {
+            fprintf(stderr, "shoal-router: %s\n", err.msg);
+            return 2;
+        }
+    }
     if (replay_timeout != NULL && orch_duration_ms(replay_timeout, &cfg.replay_timeout_ms) != 0) {
         fprintf(stderr, "shoal-router: --replay-timeout takes a duration such as 1s or 500ms\n");
         return 2;
