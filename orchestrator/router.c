@@ -456,7 +456,7 @@ static struct api_resp *relay(const struct api_http_resp *up)
 
 /* Waits (on this worker) up to --replay-timeout for tenant J to have a
  * primary that is not marked down: a failover or handover names one within
- * about a second. Returns 1 with *OUT set, or 0. */
+ * about a second. Returns 1 with *OUT set, or 0 if no node holds the lease. */
 static int wait_for_primary(struct fwd_job *j, struct cand *out)
 {
     int64_t deadline = api_now_ms() + j->r->cfg.replay_timeout_ms;
@@ -464,7 +464,10 @@ static int wait_for_primary(struct fwd_job *j, struct cand *out)
         struct cands cs;
         if (!tenant_cands(j->r, j->tenant, &cs))
             return 0;
-        if (cs.n > 0 && cs.v[0].primary && !is_down(j->r, cs.v[0].url)) {
+        int have = cs.n > 0 && cs.v[0].primary;
+        /* a down mark is a hint: at the deadline the holder is tried anyway
+         * (an agent restarted on its port serves again at once) */
+        if (have && (!is_down(j->r, cs.v[0].url) || api_now_ms() >= deadline)) {
             *out = cs.v[0];
             return 1;
         }
