@@ -173,6 +173,12 @@ static int perform(struct api_http_client *c, const struct api_http_req *rq, api
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, rq->connect_timeout_ms ? rq->connect_timeout_ms : 2000L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* Reuse a kept-alive connection only while it is younger in idleness
+     * than any server's idle timeout (h2o 2.2.5: 10 s; Node's http: 5 s):
+     * a request written as the server closes the idle socket fails with
+     * "Failure when receiving data from the peer", and a write that fails
+     * that way cannot safely be sent again. */
+    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 4L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (rq->cancel != NULL) {
         curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
@@ -197,6 +203,8 @@ static int perform(struct api_http_client *c, const struct api_http_req *rq, api
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
 
     rc = curl_easy_perform(e);
+    if (rq->not_sent != NULL)
+        *rq->not_sent = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &resp->status);
     if (rc != CURLE_OK) {
         if (rc == CURLE_WRITE_ERROR && t.stopped_by_reader) {

@@ -39,6 +39,8 @@ struct api_http_req {
     long connect_timeout_ms;     /* 0 means 2000 */
     size_t max_body;             /* response body cap; 0 means 64 MiB */
     atomic_int *cancel;          /* if set and non-zero, the transfer aborts (API_ETIMEOUT not used: API_EUNAVAILABLE) */
+    int *not_sent;               /* if set: 1 after a failure that sent nothing (no connection could
+                                  * be made), so even a write may be retried elsewhere; else 0 */
 };
 
 /* Called with each piece of a streamed body; return 0 to go on, non-zero to stop. */

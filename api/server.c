@@ -632,6 +632,19 @@ const char *api_req_header(const struct api_req *r, const char *name, size_t *le
     return r->req->headers.entries[i].value.base;
 }
 
+int api_req_header_at(const struct api_req *r, size_t i, const char **name, size_t *nlen, const char **value,
+                      size_t *vlen)
+{
+    if (i >= r->req->headers.size)
+        return 0;
+    const h2o_header_t *h = &r->req->headers.entries[i];
+    *name = h->name->base;
+    *nlen = h->name->len;
+    *value = h->value.base;
+    *vlen = h->value.len;
+    return 1;
+}
+
 const void *api_req_body(const struct api_req *r, size_t *len)
 {
     if (r->req->entity.base == NULL) {

@@ -99,6 +99,11 @@ const char *api_req_param(const struct api_req *r, const char *name, size_t *len
 int api_req_query(const struct api_req *r, const char *name, char *out, size_t cap);
 /* The first header NAME (lower-case), or NULL. */
 const char *api_req_header(const struct api_req *r, const char *name, size_t *len);
+/* The I-th request header (names lower-case, as h2o stores them): 1 and
+ * NAME/VALUE set (borrowed), or 0 past the last one. For proxies that pass
+ * on headers they do not know. */
+int api_req_header_at(const struct api_req *r, size_t i, const char **name, size_t *nlen, const char **value,
+                      size_t *vlen);
 const void *api_req_body(const struct api_req *r, size_t *len);
 /* Parses the body as a JSON object. API_EBADJSON (with jansson's position) otherwise. */
 int api_req_json_object(const struct api_req *r, json_t **out, struct api_err *err);

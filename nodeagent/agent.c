@@ -509,6 +509,18 @@ static void finish_error(struct api_pending *p, const struct api_err *err)
     api_pending_finish(p, api_dp_error_resp(err));
 }
 
+/* A refusal that guarantees nothing ran (no primary right now, tenant
+ * moving): `Retry-After: 1` tells a caller, the router among them, that
+ * sending it again is safe. Other 503s (a quorum timeout, a failed capture)
+ * may follow a commit and carry no such promise. */
+static struct api_resp *unserved_resp(const struct api_err *err)
+{
+    struct api_resp *resp = api_dp_error_resp(err);
+    if (resp != NULL)
+        api_resp_add_header(resp, "retry-after", "1");
+    return resp;
+}
+
 static void pipeline_job_free(struct pipeline_job *j)
 {
     forward_job_free(j->fwd);
@@ -579,7 +591,7 @@ static void send_to_primary(struct pipeline_job *j)
         api_workq_submit(j->a->forwarders, atomic_fetch_add(&j->a->forward_seq, 1), forward_job, f);
     } else if (!j->holder[0]) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", j->tenant);
-        finish_error(j->pending, &err);
+        api_pending_finish(j->pending, unserved_resp(&err));
     } else {
         api_err_set(&err, API_EREPLAYLOOP, "tenant '%s': request was already forwarded once and node '%s' is not "
                                            "its primary either", j->tenant, j->a->cfg.node);
@@ -1065,7 +1077,7 @@ static void flush_parked(struct agent *a, const char *id, int resume_here, const
         } else {
             struct api_err err;
             api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' is moving to another node; retry shortly", id);
-            finish_error(p->fj->pending, &err);
+            api_pending_finish(p->fj->pending, unserved_resp(&err));
             forward_job_free(p->fj);
             pipeline_job_free(p->pj);
         }
@@ -1315,7 +1327,7 @@ static void on_pipeline(struct api_req *r, void *ud)
     }
     if (!leased_elsewhere) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", auth.tenant);
-        reply_dp_error(r, &err);
+        api_reply_resp(r, unserved_resp(&err));
         return;
     }
     if (header_is(r, "shoal-accept-replay", "1")) {

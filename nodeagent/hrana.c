@@ -40,6 +40,8 @@
 
 #include <sodium.h>
 
+#include "api/sqlclass.h"
+
 #define STORE_MAX 50
 #define STORE_SQL_MAX 5000
 
@@ -1048,38 +1050,15 @@ static int sql_reads_only(sqlite3 *db, const char *sql)
     return 1;
 }
 
-static int stmt_reads_only(sqlite3 *db, const json_t *stmt)
+static int sqlite_reads_only(void *db, const char *sql)
 {
-    const char *sql = json_string_value(json_object_get(stmt, "sql"));
-    return sql != NULL && sql_reads_only(db, sql); /* sql_id needs the stream that stored it */
+    return sql_reads_only(db, sql);
 }
 
+/* The walk over the pipeline is shared with the router (api/sqlclass.h), so
+ * both agree on which request types a replica may serve; only the statement
+ * test differs (exact here, lexical there). */
 int agent_hrana_reads_only(sqlite3 *db, const json_t *requests)
 {
-    size_t i, k;
-    json_t *req;
-    json_array_foreach(requests, i, req)
-    {
-        const char *type = json_string_value(json_object_get(req, "type"));
-        if (type == NULL)
-            return 1; /* a protocol error: let the executor say so */
-        if (strcmp(type, "close") == 0 || strcmp(type, "get_autocommit") == 0)
-            continue;
-        if (strcmp(type, "execute") == 0 || strcmp(type, "describe") == 0) {
-            json_t *obj = strcmp(type, "execute") == 0 ? json_object_get(req, "stmt") : req;
-            if (!stmt_reads_only(db, obj))
-                return 0;
-        } else if (strcmp(type, "sequence") == 0) {
-            if (!stmt_reads_only(db, req))
-                return 0;
-        } else if (strcmp(type, "batch") == 0) {
-            json_t *step, *steps = json_object_get(json_object_get(req, "batch"), "steps");
-            json_array_foreach(steps, k, step)
-            if (!stmt_reads_only(db, json_object_get(step, "stmt")))
-                return 0;
-        } else {
-            return 0; /* store_sql/close_sql belong to a stream: the primary's */
-        }
-    }
-    return 1;
+    return api_pipeline_reads_only(requests, sqlite_reads_only, db);
 }

@@ -4,8 +4,10 @@
  * request to the right agent, and follows `fly-replay` answers from any
  * upstream (at most two replays).
  *
- * Threads: the HTTP loop, worker threads that do the (blocking) upstream
- * calls, and the cluster view's watch thread.
+ * Threads: the HTTP loop (never blocks: it authorizes, copies the request
+ * and hands it on), worker threads that choose the upstream and do the
+ * (blocking, keep-alive) upstream calls, and the cluster view's watch
+ * thread. The fly-replay grammar is in replay.h.
  */
 #ifndef SHOAL_ORCHESTRATOR_ROUTER_H
 #define SHOAL_ORCHESTRATOR_ROUTER_H
@@ -14,6 +16,7 @@
 #include <stdint.h>
 
 #include "api/err.h"
+#include "orchestrator/replay.h"
 
 struct orch_router_config {
     const char *region;
@@ -22,9 +25,14 @@ struct orch_router_config {
     const char *verify_key;
     const char *regions_path;
     const char *tenant_domain;
-    size_t replay_max_body;
+    size_t replay_max_body;  /* a replay of a larger body is refused with 413 */
     size_t max_body;
     size_t workers;
+    long replay_timeout_ms;  /* how long a replay target (or a missing primary) is waited for; a
+                              * fly-replay's own timeout= overrides it */
+    long down_ms;            /* an instance that refused a connection is avoided this long */
+    const char *app;         /* --app spec, or NULL */
+    const char *app_config;  /* --app-config file, or NULL */
 };
 
 void orch_router_config_init(struct orch_router_config *cfg);
@@ -36,21 +44,25 @@ int orch_router_run(struct orch_router *r);
 void orch_router_stop(struct orch_router *r); /* async-signal-safe */
 void orch_router_free(struct orch_router *r);
 
-/* A parsed fly-replay header (Fly.io's grammar; CONTRACT.md). */
-#define ORCH_REPLAY_MAX_REGIONS 8
-struct orch_replay {
-    char regions[ORCH_REPLAY_MAX_REGIONS][8];
-    size_t nregions;
-    int any_region;
-    char instance[64];
-    char prefer_instance[64];
-    int elsewhere;
-    char state[256];
-    long timeout_ms;
-    int fallback; /* 0 none, 1 force_self, 2 prefer_self */
+/* An ordinary web app behind the router (--app): instances by region.
+ * Requests for it are forwarded to the instance nearest the router (or the
+ * one in `?region=` / `fly-prefer-region`), and the app's own fly-replay
+ * answers are followed exactly as a Shoal agent's. */
+#define ORCH_APP_MAX_INSTANCES 16
+struct orch_app_instance {
+    char id[64];
+    char region[8];
+    char url[160]; /* scheme://host:port, no trailing slash */
+};
+struct orch_app {
+    char name[64];
+    struct orch_app_instance inst[ORCH_APP_MAX_INSTANCES];
+    size_t n;
 };
 
-/* Parses VALUE; returns 0, or -1 if malformed. Pure; exposed for tests. */
-int orch_replay_parse(const char *value, struct orch_replay *out);
+/* Parses `NAME=region:instance:URL,region:instance:URL,...` into *OUT (set
+ * only on success). Returns API_OK or API_EINVAL naming the bad part. Pure;
+ * exposed for tests. */
+int orch_app_parse(const char *spec, struct orch_app *out, struct api_err *err);
 
 #endif

@@ -17,7 +17,8 @@ int main(int argc, char **argv)
 {
     struct orch_router_config cfg;
     const char *log_level = "info";
-    int64_t workers = 16;
+    int64_t workers = 16, down_ms = 2000;
+    const char *replay_timeout = NULL;
     struct api_err err;
     int rc;
 
@@ -29,13 +30,25 @@ int main(int argc, char **argv)
         {"verify-key", API_FLAG_STRING, &cfg.verify_key, 0, "cluster public key file (default run/secrets/cluster.pub)", 0},
         {"regions", API_FLAG_STRING, &cfg.regions_path, 0, "regions and latency matrix (default ops/regions.json)", 0},
         {"tenant-domain", API_FLAG_STRING, &cfg.tenant_domain, 0, "route <tenant>.<domain> Host names", 0},
-        {"replay-max-body", API_FLAG_SIZE, &cfg.replay_max_body, 0, "largest body kept for a replay (default 1 MiB)", 0},
+        {"replay-max-body", API_FLAG_SIZE, &cfg.replay_max_body, 0,
+         "largest request body the router replays; a fly-replay for a larger one is answered 413 (default 1 MiB)", 0},
+        {"replay-timeout", API_FLAG_STRING, &replay_timeout, 0,
+         "how long a fly-replay target that is gone or refuses is retried, and how long a write waits for a tenant "
+         "without a primary, when the fly-replay names no timeout= (default 1s; 500ms, 2s)", 0},
+        {"down-ms", API_FLAG_INT, &down_ms, 0,
+         "an upstream that refused a connection is avoided for this many ms (default 2000)", 0},
+        {"app", API_FLAG_STRING, &cfg.app, 0,
+         "front an ordinary web app: NAME=region:instance:URL,... (requests to paths Shoal does not serve go to it; "
+         "?region= picks the region; its fly-replay answers are followed)", 0},
+        {"app-config", API_FLAG_STRING, &cfg.app_config, 0,
+         "JSON file {\"apps\":{\"NAME\":[{\"region\",\"instance\",\"url\"}]}}: several apps, chosen by the Host's "
+         "first label", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
         {"workers", API_FLAG_INT, &workers, 0, "upstream worker threads (default 16)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
     };
-    if ((rc = api_flags_parse(argc, argv, "shoal-router", "Edge router: sends tenant requests to the right agent.",
+    if ((rc = api_flags_parse(argc, argv, "shoal-router", "Edge router: sends each tenant request to the nearest healthy agent (writes to the primary) and follows fly-replay.",
                               flags)) >= 0)
         return rc;
     if (workers < 1 || workers > 256 ||
@@ -44,6 +57,22 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.workers = (size_t)workers;
+    if (down_ms < 0 || down_ms > 600000) {
+        fprintf(stderr, "shoal-router: --down-ms must be 0..600000\n");
+        return 2;
+    }
+    cfg.down_ms = (long)down_ms;
+    if (cfg.app != NULL) {
+        struct orch_app app;
+        if (orch_app_parse(cfg.app, &app, &err) != API_OK) {
+            fprintf(stderr, "shoal-router: %s\n", err.msg);
+            return 2;
+        }
+    }
+    if (replay_timeout != NULL && orch_duration_ms(replay_timeout, &cfg.replay_timeout_ms) != 0) {
+        fprintf(stderr, "shoal-router: --replay-timeout takes a duration such as 1s or 500ms\n");
+        return 2;
+    }
     if ((rc = api_daemon_init("shoal-router", "router", log_level)) >= 0)
         return rc;
     struct orch_router *o;

@@ -1,0 +1,270 @@
+/*
+ * api/sqlclass.c: read-only classification of Hrana pipelines (sqlclass.h).
+ *
+ * The lexical classifier is a tokenizer just good enough to find each
+ * statement's leading keyword: it skips quoted strings and identifiers
+ * ('..', "..", `..`, [..]), line and block comments, and counts parentheses
+ * so that the main verb of `WITH ... AS (...) SELECT` is found at depth 0.
+ * It must never say "read" for a write that would succeed on a replica
+ * otherwise unnoticed; it may say "write" for a read (the primary serves it).
+ * Either mistake is caught by the agent, which checks exactly with SQLite.
+ */
+#include "api/sqlclass.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/names.h"
+
+enum stmt_kind { KIND_EMPTY, KIND_READ, KIND_WRITE };
+
+struct lexer {
+    const char *p;
+    int bad; /* unterminated quote or comment */
+};
+
+/* Skips whitespace and comments. */
+static void skip_space(struct lexer *lx)
+{
+    for (;;) {
+        while (isspace((unsigned char)*lx->p))
+            lx->p++;
+        if (lx->p[0] == '-' && lx->p[1] == '-') {
+            while (*lx->p && *lx->p != '\n')
+                lx->p++;
+        } else if (lx->p[0] == '/' && lx->p[1] == '*') {
+            const char *end = strstr(lx->p + 2, "*/");
+            if (end == NULL) {
+                lx->bad = 1;
+                lx->p += strlen(lx->p);
+                return;
+            }
+            lx->p = end + 2;
+        } else {
+            return;
+        }
+    }
+}
+
+/* Skips a quoted token starting at lx->p (the opening quote). SQL doubles a
+ * quote to escape it ('it''s'); [..] has no escape. */
+static void skip_quoted(struct lexer *lx)
+{
+    char close = *lx->p == '[' ? ']' : *lx->p;
+    lx->p++;
+    for (;;) {
+        if (*lx->p == '\0') {
+            lx->bad = 1;
+            return;
+        }
+        if (*lx->p == close) {
+            if (close != ']' && lx->p[1] == close) {
+                lx->p += 2;
+                continue;
+            }
+            lx->p++;
+            return;
+        }
+        lx->p++;
+    }
+}
+
+/* The next token: a word (letters, digits, _) into WORD (upper-cased,
+ * truncated), or a single punctuation character, or a quoted token (WORD
+ * gets "\""). Returns 0 at the end of the statement (`;` or NUL, not
+ * consumed). */
+static int next_token(struct lexer *lx, char *word, size_t cap)
+{
+    skip_space(lx);
+    if (*lx->p == '\0' || *lx->p == ';' || lx->bad)
+        return 0;
+    if (*lx->p == '\'' || *lx->p == '"' || *lx->p == '`' || *lx->p == '[') {
+        skip_quoted(lx);
+        snprintf(word, cap, "\"");
+        return !lx->bad;
+    }
+    if (isalnum((unsigned char)*lx->p) || *lx->p == '_' || (unsigned char)*lx->p >= 0x80) {
+        size_t n = 0;
+        while (isalnum((unsigned char)*lx->p) || *lx->p == '_' || *lx->p == '$' || (unsigned char)*lx->p >= 0x80) {
+            if (n + 1 < cap)
+                word[n++] = (char)toupper((unsigned char)*lx->p);
+            lx->p++;
+        }
+        word[n] = '\0';
+        return 1;
+    }
+    word[0] = *lx->p++;
+    word[1] = '\0';
+    return 1;
+}
+
+static int word_in(const char *w, const char *const *list)
+{
+    for (; *list; list++)
+        if (strcmp(w, *list) == 0)
+            return 1;
+    return 0;
+}
+
+/* Pragmas that act even without a value; everything else read bare is a read. */
+static const char *const acting_pragmas[] = {"OPTIMIZE", "INCREMENTAL_VACUUM", "WAL_CHECKPOINT", "SHRINK_MEMORY",
+                                             NULL};
+/* Pragmas whose argument in parentheses names what to read, not a new value. */
+static const char *const reading_pragma_fns[] = {"TABLE_INFO",       "TABLE_XINFO", "INDEX_LIST", "INDEX_INFO",
+                                                 "INDEX_XINFO",      "FOREIGN_KEY_LIST", "INTEGRITY_CHECK",
+                                                 "QUICK_CHECK",      "FOREIGN_KEY_CHECK", "TABLE_LIST", NULL};
+
+static enum stmt_kind classify_pragma(struct lexer *lx)
+{
+    char w[64], name[64] = "";
+    while (next_token(lx, w, sizeof(w))) {
+        if (strcmp(w, "=") == 0)
+            return KIND_WRITE;
+        if (strcmp(w, "(") == 0)
+            return word_in(name, reading_pragma_fns) ? KIND_READ : KIND_WRITE;
+        if (strcmp(w, ".") != 0 && strcmp(w, "\"") != 0)
+            snprintf(name, sizeof(name), "%s", w); /* schema.name: the last word is the pragma */
+    }
+    if (lx->bad || name[0] == '\0')
+        return KIND_WRITE;
+    return word_in(name, acting_pragmas) ? KIND_WRITE : KIND_READ;
+}
+
+/* WITH [RECURSIVE] cte AS (...), ...: the verb at depth 0 after the CTEs. */
+static enum stmt_kind classify_with(struct lexer *lx)
+{
+    static const char *const writes[] = {"INSERT", "UPDATE", "DELETE", "REPLACE", NULL};
+    char w[64];
+    int depth = 0;
+    while (next_token(lx, w, sizeof(w))) {
+        if (strcmp(w, "(") == 0) {
+            depth++;
+        } else if (strcmp(w, ")") == 0) {
+            depth--;
+        } else if (depth == 0) {
+            if (strcmp(w, "SELECT") == 0 || strcmp(w, "VALUES") == 0)
+                return KIND_READ;
+            if (word_in(w, writes))
+                return KIND_WRITE;
+        }
+    }
+    return KIND_WRITE;
+}
+
+static enum stmt_kind classify_stmt(struct lexer *lx)
+{
+    char w[64];
+    if (!next_token(lx, w, sizeof(w)))
+        return lx->bad ? KIND_WRITE : KIND_EMPTY;
+    if (strcmp(w, "SELECT") == 0 || strcmp(w, "VALUES") == 0 || strcmp(w, "EXPLAIN") == 0 ||
+        strcmp(w, "COMMIT") == 0 || strcmp(w, "END") == 0 || strcmp(w, "ROLLBACK") == 0 ||
+        strcmp(w, "SAVEPOINT") == 0 || strcmp(w, "RELEASE") == 0 || strcmp(w, "(") == 0) {
+        /* "(" is a parenthesised SELECT; everything else above only reads
+         * or only ends a transaction */
+        return KIND_READ;
+    }
+    if (strcmp(w, "BEGIN") == 0) {
+        /* BEGIN IMMEDIATE/EXCLUSIVE take the write lock at once:
+         * sqlite3_stmt_readonly says "write" for them too */
+        if (next_token(lx, w, sizeof(w)) && (strcmp(w, "IMMEDIATE") == 0 || strcmp(w, "EXCLUSIVE") == 0))
+            return KIND_WRITE;
+        return KIND_READ;
+    }
+    if (strcmp(w, "WITH") == 0)
+        return classify_with(lx);
+    if (strcmp(w, "PRAGMA") == 0)
+        return classify_pragma(lx);
+    return KIND_WRITE;
+}
+
+int api_sql_reads_only(const char *sql)
+{
+    struct lexer lx = {.p = sql};
+    char w[64];
+    if (sql == NULL)
+        return 0;
+    for (;;) {
+        if (classify_stmt(&lx) == KIND_WRITE)
+            return 0;
+        /* the rest of this statement (the verb decided it) */
+        while (next_token(&lx, w, sizeof(w)))
+            ;
+        if (lx.bad)
+            return 0;
+        if (*lx.p == '\0')
+            return 1;
+        lx.p++; /* ';' */
+    }
+}
+
+static int stmt_reads(const json_t *stmt, api_stmt_reads_fn fn, void *ud)
+{
+    const char *sql = json_string_value(json_object_get(stmt, "sql"));
+    return sql != NULL && fn(ud, sql); /* sql_id needs the stream that stored it */
+}
+
+int api_pipeline_reads_only(const json_t *requests, api_stmt_reads_fn fn, void *ud)
+{
+    size_t i, k;
+    json_t *req;
+    if (!json_is_array(requests))
+        return 0;
+    json_array_foreach(requests, i, req)
+    {
+        const char *type = json_string_value(json_object_get(req, "type"));
+        if (type == NULL)
+            return 1; /* a protocol error: let the executor say so */
+        if (strcmp(type, "close") == 0 || strcmp(type, "get_autocommit") == 0)
+            continue;
+        if (strcmp(type, "execute") == 0 || strcmp(type, "describe") == 0) {
+            const json_t *obj = strcmp(type, "execute") == 0 ? json_object_get(req, "stmt") : req;
+            if (!stmt_reads(obj, fn, ud))
+                return 0;
+        } else if (strcmp(type, "sequence") == 0) {
+            if (!stmt_reads(req, fn, ud))
+                return 0;
+        } else if (strcmp(type, "batch") == 0) {
+            json_t *step, *steps = json_object_get(json_object_get(req, "batch"), "steps");
+            json_array_foreach(steps, k, step)
+            {
+                if (!stmt_reads(json_object_get(step, "stmt"), fn, ud))
+                    return 0;
+            }
+        } else {
+            return 0; /* store_sql/close_sql belong to a stream: the primary's */
+        }
+    }
+    return 1;
+}
+
+static int lexical_reads(void *ud, const char *sql)
+{
+    (void)ud;
+    return api_sql_reads_only(sql);
+}
+
+void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out)
+{
+    json_t *doc = json_loadb(body, len, 0, NULL);
+    memset(out, 0, sizeof(*out));
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return;
+    }
+    out->parsed = 1;
+    const char *baton = json_string_value(json_object_get(doc, "baton"));
+    if (baton != NULL) {
+        const char *dot = strchr(baton, '.');
+        out->has_baton = 1;
+        if (dot != NULL && api_name_valid(baton, (size_t)(dot - baton)))
+            snprintf(out->baton_node, sizeof(out->baton_node), "%.*s", (int)(dot - baton), baton);
+    }
+    const json_t *requests = json_object_get(doc, "requests");
+    size_t n = json_array_size(requests);
+    const char *last = n ? json_string_value(json_object_get(json_array_get(requests, n - 1), "type")) : NULL;
+    out->ends_with_close = last != NULL && strcmp(last, "close") == 0;
+    out->reads_only = json_is_array(requests) && api_pipeline_reads_only(requests, lexical_reads, NULL);
+    json_decref(doc);
+}

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# tests/integration/router/router.sh BUILD SRC: shoal-router end to end with
+# real etcd, agents and routers on loopback: every row of CONTRACT.md's
+# header table, reads to the nearest instance and writes to the primary,
+# fly-replay from agents and from an ordinary app (--app, replay_app.mjs),
+# the 2-hop limit, the replay body cap, targets that vanished, a retried
+# read, upstream keep-alive, and handovers while writes are in flight.
+BUILD=$1 SRC=$2
+. "$SRC/tests/integration/lib/cluster.sh"
+APP=$SRC/tests/integration/router/replay_app.mjs
+WORKLOAD=$SRC/tests/integration/replication/workload.mjs
+start_cluster 5
+
+# metric URL NAME: the value of an unlabelled Prometheus counter
+metric() { curl -sS "$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
+served() { local u=AGENT_URL_$1; metric "${!u}" shoal_agent_pipelines_total; }
+# hreq NAME CURL-ARGS...: one request; prints the status, keeps $T_DIR/NAME.body and NAME.hdr
+hreq() {
+    local name=$1; shift
+    curl -sS -o "$T_DIR/$name.body" -D "$T_DIR/$name.hdr" -w '%{http_code}' "$@"
+}
+hdr() { tr -d '\r' <"$T_DIR/$1.hdr" | sed -n "s/^$2: //Ip" | head -n1; }
+jbody() { jq -r "$2" "$T_DIR/$1.body" 2>/dev/null; }
+sql() { # sql SQL -> a one-statement pipeline body ending in close
+    jq -cn --arg s "$1" '{requests:[{type:"execute",stmt:{sql:$s}},{type:"close"}]}'
+}
+
+r=$(admin POST /v1/tenants '{"id":"acme","region":"iad"}')
+is "tenant acme: primary n2 (iad), replicas n1 (ams) and n3 (sin)" "201 n2" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+admin POST /v1/tenants/acme/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
+TOK=$(jq -r .token "$T_DIR/body")
+AUTH=(-H "Authorization: Bearer $TOK" -H 'content-type: application/json')
+wait_until 10 in_step acme || not_ok "replicas of acme catch up" "$(cat "$T_DIR/body")"
+U=$ROUTER_URL/t/acme/v2/pipeline
+
+# --- writes go to the primary; shoal-txid and the cookie come back ------------------
+rep0=$(metric "$ROUTER_URL" shoal_router_replays_total)
+s=$(hreq w1 -X POST "${AUTH[@]}" --data-binary "$(jq -cn '{requests:[
+    {type:"execute",stmt:{sql:"create table t(id integer primary key, v text)"}},
+    {type:"execute",stmt:{sql:"insert into t(v) values (?), (?)",args:[{type:"text",value:"a"},{type:"text",value:"b"}]}},
+    {type:"close"}]}')" "$U")
+is "a write through the router: 200" 200 "$s"
+TXID=$(hdr w1 shoal-txid)
+like "shoal-txid: the write's TXID in 16 hex digits" '^[0-9a-f]{16}$' "$TXID"
+is "Set-Cookie: __shoal_txid with the same TXID, Path=/t/acme/" "__shoal_txid=$TXID; Path=/t/acme/" "$(hdr w1 set-cookie)"
+is "the router sent the write straight to the primary (no replay)" "$rep0" "$(metric "$ROUTER_URL" shoal_router_replays_total)"
+
+# --- reads go to the nearest instance (n1 is in ams, like the router) ----------------
+n1=$(served n1); n2=$(served n2); rr=$(metric "$ROUTER_URL" shoal_router_reads_to_replicas_total)
+s=$(hreq r1 -X POST "${AUTH[@]}" -H "shoal-min-txid: $TXID" --data-binary "$(sql 'select count(*) from t')" "$U")
+is "shoal-min-txid: the read sees the write (2 rows)" "200 2" "$s $(jbody r1 '.results[0].response.result.rows[0][0].value')"
+is "... served by the nearest instance, n1 in ams" "$((n1 + 1)) $n2" "$(served n1) $(served n2)"
+is "... and counted as a read sent to a replica" "$((rr + 1))" "$(metric "$ROUTER_URL" shoal_router_reads_to_replicas_total)"
+like "a replica's answer carries shoal-txid too" '^[0-9a-f]{16}$' "$(hdr r1 shoal-txid)"
+s=$(hreq r2 -X POST "${AUTH[@]}" -H "Cookie: __shoal_txid=$TXID" --data-binary "$(sql 'select count(*) from t')" "$U")
+is "the __shoal_txid cookie works as shoal-min-txid" "200 2" "$s $(jbody r2 '.results[0].response.result.rows[0][0].value')"
+s=$(hreq r3 -X POST "${AUTH[@]}" -H "shoal-min-txid: nope" --data-binary "$(sql 'select 1')" "$U")
+is "a malformed shoal-min-txid: 400 invalid_request JSON" "400 invalid_request" "$s $(jbody r3 .error.code)"
+n1=$(served n1); n2=$(served n2)
+s=$(hreq r4 -X POST "${AUTH[@]}" -H "shoal-consistency: primary" --data-binary "$(sql 'select 1')" "$U")
+is "shoal-consistency: primary is served by the primary (n2)" "200 $n1 $((n2 + 1))" "$s $(served n1) $(served n2)"
+n1=$(served n1)
+s=$(hreq r5 -X POST "${AUTH[@]}" --data-binary "$(jq -cn '{requests:[{type:"execute",stmt:{sql:"with x as (select 1) insert into t(v) select * from x"}},{type:"close"}]}')" "$U")
+is "WITH ... INSERT counts as a write: to the primary, not n1" "200 $n1" "$s $(served n1)"
+
+# --- fly-prefer-region and fly-force-instance-id route without a replay ----------
+n3=$(served n3)
+s=$(hreq p1 -X POST "${AUTH[@]}" -H "fly-prefer-region: sin" --data-binary "$(sql 'select 1')" "$U")
+is "fly-prefer-region: sin sends the read to n3" "200 $((n3 + 1))" "$s $(served n3)"
+n3=$(served n3); n1=$(served n1)
+s=$(hreq p2 -X POST "${AUTH[@]}" -H "fly-force-instance-id: n3" --data-binary "$(sql 'select 1')" "$U")
+is "fly-force-instance-id: n3 sends the read to n3" "200 $((n3 + 1)) $n1" "$s $(served n3) $(served n1)"
+s=$(hreq p3 -X POST "${AUTH[@]}" -H "fly-force-instance-id: n9" --data-binary "$(sql 'select 1')" "$U")
+is "fly-force-instance-id naming no instance: 404 node_not_found JSON" "404 node_not_found" "$s $(jbody p3 .error.code)"
+
+# --- fly-replay from an agent, followed by the router ---------------------------
+rep0=$(metric "$ROUTER_URL" shoal_router_replays_total)
+sent3=$(metric "$AGENT_URL_n3" shoal_agent_replays_sent_total)
+s=$(hreq f1 -X POST "${AUTH[@]}" -H "fly-force-instance-id: n3" --data-binary "$(sql "insert into t(v) values ('via-n3')")" "$U")
+is "a write forced onto replica n3: 200" 200 "$s"
+is "... n3 answered fly-replay (shoal-accept-replay: 1 was sent)" "$((sent3 + 1))" "$(metric "$AGENT_URL_n3" shoal_agent_replays_sent_total)"
+is "... the router followed it once" "$((rep0 + 1))" "$(metric "$ROUTER_URL" shoal_router_replays_total)"
+like "... and relayed the primary's shoal-txid" '^[0-9a-f]{16}$' "$(hdr f1 shoal-txid)"
+s=$(hreq f2 -X POST "${AUTH[@]}" -H "shoal-consistency: primary" --data-binary "$(sql "select count(*) from t where v = 'via-n3'")" "$U")
+is "the replayed write happened exactly once" 1 "$(jbody f2 '.results[0].response.result.rows[0][0].value')"
+s=$(hreq f3 -X POST "${AUTH[@]}" -H 'shoal-accept-replay: 1' --data-binary "$(sql "insert into t(v) values ('x')")" "$AGENT_URL_n3/t/acme/v2/pipeline")
+is "an agent given shoal-accept-replay: 1 answers fly-replay: instance=<primary>" "instance=n2" "$(hdr f3 fly-replay)"
+is "... with an empty JSON body" "{}" "$(cat "$T_DIR/f3.body")"
+s=$(hreq f4 -X POST "${AUTH[@]}" --data-binary "$(sql "insert into t(v) values ('fwd')")" "$AGENT_URL_n3/t/acme/v2/pipeline")
+is "without it the agent forwards the write to the primary itself" "200 " "$s $(hdr f4 fly-replay)"
+like "... and relays the primary's shoal-txid" '^[0-9a-f]{16}$' "$(hdr f4 shoal-txid)"
+
+# --- a body too large to replay: 413 JSON; the same body without a replay is fine -----
+head -c 1200000 /dev/zero | tr '\0' 'x' >"$T_DIR/big"
+jq -cn --rawfile x "$T_DIR/big" '{requests:[{type:"execute",stmt:{sql:"insert into t(v) values (?)",args:[{type:"text",value:$x}]}},{type:"close"}]}' >"$T_DIR/big.json"
+s=$(hreq b1 -X POST "${AUTH[@]}" -H "fly-force-instance-id: n3" --data-binary "@$T_DIR/big.json" "$U")
+is "a 1.2 MB write that needs a replay: 413 body_too_large JSON" "413 body_too_large" "$s $(jbody b1 .error.code)"
+like "... naming --replay-max-body" "replay-max-body" "$(jbody b1 .error.message)"
+s=$(hreq b2 -X POST "${AUTH[@]}" --data-binary "@$T_DIR/big.json" "$U")
+is "the same write sent straight to the primary: 200" 200 "$s"
+
+# --- batons stick to their agent: a transaction that reads, then writes ------------
+s=$(hreq x1 -X POST "${AUTH[@]}" --data-binary '{"requests":[{"type":"execute","stmt":{"sql":"begin"}},{"type":"execute","stmt":{"sql":"select count(*) from t"}}]}' "$U")
+B=$(jbody x1 .baton)
+is "an interactive transaction opened through the router lives on the primary" "200 n2" "$s ${B%%.*}"
+s=$(hreq x2 -X POST "${AUTH[@]}" --data-binary "$(jq -cn --arg b "$B" --arg s "insert into t(v) values ('in-tx')" '{baton:$b,requests:[{type:"execute",stmt:{sql:$s}},{type:"execute",stmt:{sql:"commit"}},{type:"close"}]}')" "$U")
+is "... its write and commit follow the baton: 200, no errors" "200 ok ok" "$s $(jbody x2 '[.results[0].type, .results[1].type] | join(" ")')"
+s=$(hreq x3 -X POST "${AUTH[@]}" -H "shoal-consistency: primary" --data-binary "$(sql "select count(*) from t where v = 'in-tx'")" "$U")
+is "... and the row is there" 1 "$(jbody x3 '.results[0].response.result.rows[0][0].value')"
+s=$(hreq x4 -X POST "${AUTH[@]}" --data-binary '{"baton":"n9.AAAA","requests":[{"type":"close"}]}' "$U")
+is "a baton naming an unknown node: 400 invalid_baton JSON" "400 invalid_baton" "$s $(jbody x4 .error.code)"
+s=$(hreq x5 -X POST "${AUTH[@]}" --data-binary '{"batch":{"steps":[{"stmt":{"sql":"select count(*) from t"}}]}}' "$ROUTER_URL/t/acme/v3/cursor")
+is "/v3/cursor through the router: 200" 200 "$s"
+
+# --- the router's own request headers, seen by a fake agent ------------------------
+# The fake is registered in etcd like an agent (node key, tenant record, lease
+# key) and echoes what it receives.
+put() { curl -sS -X POST "$ETCD_URL/v3/kv/put" --data "{\"key\":\"$(printf '%s' "$1" | base64 -w0)\",\"value\":\"$(printf '%s' "$2" | base64 -w0)\"}" >/dev/null; }
+FP=$(free_ports 1)
+spawn fake node "$APP" --port "$FP" --instance fk --region ams --primary fk --fake-agent
+wait_until 10 curl -fsS "http://127.0.0.1:$FP/healthz" || not_ok "fake agent starts"
+put /shoal/nodes/fk "{\"node\":\"fk\",\"region\":\"ams\",\"url\":\"http://127.0.0.1:$FP\",\"started_at\":1}"
+put /shoal/tenants/fake '{"id":"fake","region":"ams","placement":"pinned","durability":"async","replicas":0,"primary":"fk","nodes":["fk"],"generation":1,"created_at":1}'
+put /shoal/leases/fake "{\"holder\":\"fk\",\"url\":\"http://127.0.0.1:$FP\"}"
+wait_until 5 sh -c "curl -fsS -H 'Authorization: Bearer $ADMIN_TOKEN' -X POST --data '{\"access\":\"rw\"}' $ORCH_URL/v1/tenants/fake/tokens >$T_DIR/ftok"
+FTOK=$(jq -r .token "$T_DIR/ftok")
+s=$(hreq k1 -X POST -H "Authorization: Bearer $FTOK" -H "fly-replay-src: instance=forged" --data-binary "$(sql "insert into x values (1)")" "$ROUTER_URL/t/fake/v2/pipeline")
+is "router → fake agent: 200" 200 "$s"
+is "the router sends shoal-accept-replay: 1" 1 "$(jbody k1 '.headers["shoal-accept-replay"]')"
+is "the router sends shoal-client-region: its region (ams)" ams "$(jbody k1 '.headers["shoal-client-region"]')"
+is "a client's own fly-replay-src is not passed on" null "$(jbody k1 .src)"
+is "the upstream's shoal-txid reaches the client" 000000000000002a "$(hdr k1 shoal-txid)"
+
+# --- handovers while writes are in flight through the router -----------------------
+r=$(admin POST /v1/tenants '{"id":"hv","region":"ams","replicas":2}')
+is "tenant hv: primary n1" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+admin POST /v1/tenants/hv/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
+HTOK=$(jq -r .token "$T_DIR/body")
+node "$WORKLOAD" "$ROUTER_URL/t/hv" "$HTOK" 1 >/dev/null
+wait_until 10 in_step hv
+: >"$T_DIR/ledger"
+SEED=7 CONC=4 node "$WORKLOAD" "$ROUTER_URL/t/hv" "$HTOK" 400 "$T_DIR/ledger" >"$T_DIR/hv.out" 2>&1 &
+W=$!
+wait_until 20 sh -c "[ \$(wc -l <$T_DIR/ledger) -ge 20 ]"
+ops=""
+for to in n2 n3; do
+    r=$(admin POST "/v1/tenants/hv/handover?wait=1" "{\"to_node\":\"$to\"}")
+    ops="$ops $(body_of "$r" | jq -r .state)"
+done
+wait "$W"
+is "two handovers while 4 writers run through the router: both done" " done done" "$ops"
+is "every one of the 400 write transactions was acknowledged, none failed" "400 0" "$(jq -r '"\(.ok) \(.failed)"' "$T_DIR/hv.out" 2>/dev/null || cat "$T_DIR/hv.out")"
+if wait_until 20 in_step hv; then ok "hv's instances reach one position"; else not_ok "hv's instances reach one position" "$(cat "$T_DIR/body")"; fi
+is "the new primary n3 holds every acknowledged write" 0 "$(missing_acked n3 hv)"
+# the route table follows the handover: a write goes straight to n3, no replay
+no_replay_write() {
+    local before; before=$(metric "$ROUTER_URL" shoal_router_replays_total)
+    [ "$(hreq hw -X POST -H "Authorization: Bearer $HTOK" --data-binary "$(sql 'create table if not exists probe(x)')" "$ROUTER_URL/t/hv/v2/pipeline")" = 200 ] &&
+        [ "$(metric "$ROUTER_URL" shoal_router_replays_total)" = "$before" ]
+}
+if wait_until 2 no_replay_write; then ok "after the handover the router writes to n3 directly"
+else not_ok "after the handover the router writes to n3 directly" "$(cat "$T_DIR/hw.body")"; fi
+
+# --- an ordinary app behind a router (--app) ------------------------------------
+AP=($(free_ports 4))
+spawn app-a1 node "$APP" --port "${AP[0]}" --instance a1 --region ams --primary s1
+spawn app-i1 node "$APP" --port "${AP[1]}" --instance i1 --region iad --primary s1
+spawn app-s1 node "$APP" --port "${AP[2]}" --instance s1 --region sin --primary s1
+APPR=http://127.0.0.1:${AP[3]}
+spawn router-app "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${AP[3]}" --etcd "$ETCD_URL" \
+    --verify-key "$T_DIR/secrets/cluster.pub" --regions "$SRC/ops/regions.json" --workers 4 \
+    --replay-max-body 65536 \
+    --app "shop=ams:a1:http://127.0.0.1:${AP[0]},iad:i1:http://127.0.0.1:${AP[1]},sin:s1:http://127.0.0.1:${AP[2]}"
+for p in "${AP[@]}"; do wait_until 10 curl -sS -o /dev/null "http://127.0.0.1:$p/" || not_ok "port $p up"; done
+
+s=$(hreq a1 "$APPR/whoami")
+is "app: a GET goes to the nearest instance (a1, ams)" "200 a1 ams" "$s $(jbody a1 .instance) $(jbody a1 .fly_region)"
+s=$(hreq a2 "$APPR/whoami?region=sin")
+is "app: ?region=sin goes to s1 without a replay" "200 s1 null" "$s $(jbody a2 .instance) $(jbody a2 .src)"
+s=$(hreq a3 -H "fly-force-instance-id: a1" "$APPR/whoami?region=iad")
+is "app: a1's own fly-replay: region=iad is followed to i1" "200 i1" "$s $(jbody a3 .instance)"
+like "... and i1 sees fly-replay-src naming a1, ams and a time" '^instance=a1;region=ams;t=[0-9]{16}$' "$(jbody a3 .src)"
+s=$(hreq a4 -X POST --data-binary 'item' "$APPR/items")
+is "app: a POST on a1 is replayed to the primary s1 (instance=), body intact" "200 s1 4 1" \
+    "$s $(jbody a4 .instance) $(jbody a4 .body_len) $(jbody a4 .items)"
+s=$(hreq a5 "$APPR/replay?to=region%3D%22syd%2Ciad%22%3Bstate%3Dabc")
+is "app: region=\"syd,iad\";state=abc goes to iad (no instance in syd)" "200 i1" "$s $(jbody a5 .instance)"
+like "... and the state arrives in fly-replay-src" ';state=abc$' "$(jbody a5 .src)"
+s=$(hreq a6 "$APPR/replay?to=elsewhere%3Dtrue")
+like "app: elsewhere=true goes to another instance" '^200 (i1|s1)$' "$s $(jbody a6 .instance)"
+s=$(hreq a7 "$APPR/replay?to=prefer_instance%3Ds1")
+is "app: prefer_instance=s1 goes to s1" "200 s1" "$s $(jbody a7 .instance)"
+s=$(hreq a8 "$APPR/replay?to=instance%3Dghost%3Btimeout%3D200ms")
+is "app: instance=ghost (no such instance): 502 bad_gateway JSON" "502 bad_gateway" "$s $(jbody a8 .error.code)"
+like "... saying the target does not exist" "does not exist" "$(jbody a8 .error.message)"
+s=$(hreq a9 "$APPR/replay?to=instance%3Dghost%3Btimeout%3D200ms%3Bfallback%3Dforce_self")
+is "app: with fallback=force_self the request returns to a1" "200 a1" "$s $(jbody a9 .instance)"
+is "... carrying fly-replay-failed with the reason" "instance=ghost;reason=no_candidate" "$(jbody a9 .failed)"
+s=$(hreq a10 "$APPR/loop")
+is "app: replays past 2 hops: 508 replay_loop JSON" "508 replay_loop" "$s $(jbody a10 .error.code)"
+s=$(hreq a11 "$APPR/replay?to=region%3DXX")
+is "app: a malformed fly-replay: 502 JSON saying so" "502 malformed" "$s $(jbody a11 .error.message | grep -o malformed)"
+head -c 70000 /dev/zero >"$T_DIR/big70k"
+s=$(hreq a12 -X POST --data-binary "@$T_DIR/big70k" "$APPR/items")
+is "app: a 70 kB POST that needs a replay, over --replay-max-body 65536: 413 JSON" "413 body_too_large" "$s $(jbody a12 .error.code)"
+s=$(hreq a13 -X POST --data-binary "@$T_DIR/big70k" "$APPR/items?region=sin")
+is "app: the same POST sent to the primary's region needs no replay: 200" "200 s1 70000" "$s $(jbody a13 .instance) $(jbody a13 .body_len)"
+for i in $(seq 1 20); do curl -sS -o /dev/null "$APPR/whoami"; done
+s=$(hreq a14 "$APPR/whoami")
+c=$(jbody a14 .conns)
+# at most one connection per router worker (--workers 4), plus the test's own start-up probe
+if [ "$s" = 200 ] && [ "$c" -ge 1 ] && [ "$c" -le 5 ]; then ok "app: 22+ requests reached a1 over $c connections (4 workers + 1 probe)"
+else not_ok "app: upstream connections are kept alive" "status $s conns $c"; fi
+
+# --- an app instance that vanished -------------------------------------------------
+kill -KILL "$PID_app_i1"; wait "$PID_app_i1" 2>/dev/null
+ret=$(metric "$APPR" shoal_router_retries_total)
+s=$(hreq v1 -H "fly-prefer-region: iad" "$APPR/whoami")
+is "app: a GET to a dead instance is retried once elsewhere: 200" "200 $((ret + 1))" "$s $(metric "$APPR" shoal_router_retries_total)"
+s=$(hreq v2 -X POST -H "fly-force-instance-id: i1" --data-binary 'x' "$APPR/items")
+is "app: a request forced onto the dead instance: 502 bad_gateway JSON" "502 bad_gateway" "$s $(jbody v2 .error.code)"
+s=$(hreq v3 "$APPR/replay?to=instance%3Di1%3Btimeout%3D300ms")
+is "app: a replay to the dead instance: retried, then 502 JSON" "502 bad_gateway" "$s $(jbody v3 .error.code)"
+s=$(hreq v4 "$APPR/replay?to=instance%3Di1%3Btimeout%3D300ms%3Bfallback%3Dprefer_self")
+is "app: ... with fallback=prefer_self it returns to a1 with reason=timeout" "200 a1 instance=i1;reason=timeout" \
+    "$s $(jbody v4 .instance) $(jbody v4 .failed)"
+
+# --- an agent that vanished ----------------------------------------------------------
+kill -KILL "$PID_agent_n3"; wait "$PID_agent_n3" 2>/dev/null
+s=$(hreq d1 -X POST "${AUTH[@]}" -H "fly-prefer-region: sin" --data-binary "$(sql 'select count(*) from t')" "$U")
+like "a read for the dead n3 is retried on another instance: 200 with the rows" '^200 [1-9]' "$s $(jbody d1 '.results[0].response.result.rows[0][0].value')"
+s=$(hreq d2 -X POST "${AUTH[@]}" -H "fly-force-instance-id: n3" --data-binary "$(sql "insert into t(v) values ('z')")" "$U")
+is "a write forced onto the dead n3: 502 bad_gateway JSON" "502 bad_gateway" "$s $(jbody d2 .error.code)"
+s=$(hreq d3 -X POST "${AUTH[@]}" --data-binary "$(sql "insert into t(v) values ('still')")" "$U")
+is "writes to the live primary go on: 200" 200 "$s"
+
+for d in router router-app; do stop_daemon "$d"; is "$d exits 0 on SIGTERM" 0 "$?"; done
+done_testing

@@ -1,0 +1,139 @@
+/* Unit tests for api/sqlclass: the lexical read-only classifier a router uses
+ * without a database, and the pipeline walk shared with agents. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "api/sqlclass.h"
+
+static void statements_that_only_read_are_recognised(void **state)
+{
+    static const char *const reads[] = {
+        "select 1",
+        "  SELECT * FROM t WHERE x = 'insert into t values (1)'",
+        "-- a comment\nselect 2",
+        "/* delete */ select 3; select 4;",
+        "values (1), (2)",
+        "with a as (select 1) select * from a",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<5) SELECT x FROM c",
+        "with \"insert\" as (select 1) select * from \"insert\"",
+        "explain query plan select 1",
+        "begin; select 1; commit",
+        "BEGIN DEFERRED TRANSACTION; SELECT 1; END",
+        "savepoint a; select 1; release a",
+        "rollback",
+        "pragma user_version",
+        "PRAGMA main.user_version",
+        "pragma table_info(t)",
+        "pragma integrity_check",
+        "(select 1)",
+        "",
+        ";;",
+        "select [weird;name] from t",
+        "select 'it''s; delete from t'",
+        NULL};
+    (void)state;
+    for (const char *const *s = reads; *s; s++)
+        if (!api_sql_reads_only(*s))
+            fail_msg("'%s' should count as read-only", *s);
+}
+
+static void anything_that_may_write_is_not_a_read(void **state)
+{
+    static const char *const writes[] = {
+        "insert into t values (1)",
+        "select 1; insert into t values (1)",
+        "UPDATE t SET x = 1",
+        "delete from t",
+        "replace into t values (1)",
+        "create table t(x)",
+        "drop table t",
+        "alter table t add column y",
+        "vacuum",
+        "reindex",
+        "analyze",
+        "attach 'x' as y",
+        "with a as (select 1) insert into t select * from a",
+        "with a as (select 1) delete from t where x in (select * from a)",
+        "begin immediate",
+        "BEGIN EXCLUSIVE TRANSACTION",
+        "pragma user_version = 3",
+        "pragma user_version(3)",
+        "pragma optimize",
+        "pragma wal_checkpoint",
+        "select 'unterminated",
+        "select 1 /* unterminated",
+        "create temp table x(a)",
+        NULL};
+    (void)state;
+    for (const char *const *s = writes; *s; s++)
+        if (api_sql_reads_only(*s))
+            fail_msg("'%s' should not count as read-only", *s);
+    assert_false(api_sql_reads_only(NULL));
+}
+
+static int all_read(void *ud, const char *sql)
+{
+    (void)ud;
+    (void)sql;
+    return 1;
+}
+
+static void the_pipeline_walk_refuses_stream_bound_requests(void **state)
+{
+    json_t *p;
+    (void)state;
+    p = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}},{\"type\":\"get_autocommit\"},"
+                   "{\"type\":\"batch\",\"batch\":{\"steps\":[{\"stmt\":{\"sql\":\"select 2\"}}]}},"
+                   "{\"type\":\"sequence\",\"sql\":\"select 3\"},{\"type\":\"close\"}]",
+                   0, NULL);
+    assert_true(api_pipeline_reads_only(p, all_read, NULL));
+    json_decref(p);
+    p = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql_id\":1}}]", 0, NULL);
+    assert_false(api_pipeline_reads_only(p, all_read, NULL));
+    json_decref(p);
+    p = json_loads("[{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"}]", 0, NULL);
+    assert_false(api_pipeline_reads_only(p, all_read, NULL));
+    json_decref(p);
+    assert_false(api_pipeline_reads_only(NULL, all_read, NULL));
+}
+
+static void inspect_finds_baton_node_close_and_reads(void **state)
+{
+    struct api_pipeline_info in;
+    (void)state;
+    static const char read[] = "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}},{\"type\":\"close\"}]}";
+    api_pipeline_inspect(read, strlen(read), &in);
+    assert_true(in.parsed);
+    assert_true(in.reads_only);
+    assert_true(in.ends_with_close);
+    assert_false(in.has_baton);
+    static const char write[] = "{\"baton\":\"n2.abc\",\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into t values(1)\"}}]}";
+    api_pipeline_inspect(write, strlen(write), &in);
+    assert_false(in.reads_only);
+    assert_false(in.ends_with_close);
+    assert_true(in.has_baton);
+    assert_string_equal(in.baton_node, "n2");
+    static const char badbaton[] = "{\"baton\":\"../x\",\"requests\":[]}";
+    api_pipeline_inspect(badbaton, strlen(badbaton), &in);
+    assert_true(in.has_baton);
+    assert_string_equal(in.baton_node, "");
+    api_pipeline_inspect("nope", 4, &in);
+    assert_false(in.parsed);
+    assert_false(in.reads_only);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(statements_that_only_read_are_recognised),
+        cmocka_unit_test(anything_that_may_write_is_not_a_read),
+        cmocka_unit_test(the_pipeline_walk_refuses_stream_bound_requests),
+        cmocka_unit_test(inspect_finds_baton_node_close_and_reads),
+    };
+    return cmocka_run_group_tests_name("sqlclass", tests, NULL, NULL);
+}
