@@ -813,7 +813,7 @@ fail:
 static const char *const forwarded_headers[] = {"authorization", "content-type", "shoal-min-txid",
                                                 "shoal-consistency", "shoal-client-region", "shoal-tenant",
                                                 "cookie", NULL};
-static const char *const relayed_headers[] = {"shoal-txid", "set-cookie", "fly-replay", NULL};
+static const char *const relayed_headers[] = {"shoal-txid", "set-cookie", "fly-replay", "retry-after", NULL};
 
 static void forward_job(void *arg)
 {
