@@ -83,12 +83,24 @@ async function worker() {
   }
 }
 
-await pipeline([
+const schema = [
   "CREATE TABLE IF NOT EXISTS acct(id INTEGER PRIMARY KEY, bal INTEGER NOT NULL)",
   "CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, b BLOB)",
   "CREATE TABLE IF NOT EXISTS ledger(n INTEGER PRIMARY KEY)",
   "INSERT OR IGNORE INTO acct(id, bal) WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) SELECT i, 1000 FROM c",
-]);
+];
+// the schema step is idempotent: under TOLERATE_ERRORS it is retried (a
+// tenant between primaries answers 503) instead of ending the run
+for (let attempt = 0; ; attempt++) {
+  try {
+    await pipeline(schema);
+    break;
+  } catch (e) {
+    if (!tolerate || attempt >= 100) throw e;
+    failed++;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 await Promise.all(Array.from({ length: conc }, worker));
 console.log(JSON.stringify({ ok, failed, vacuums, last_txid: lastTxid, error: fatal ? String(fatal) : undefined }));
 process.exit(fatal ? 1 : 0);
