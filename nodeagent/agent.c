@@ -1644,7 +1644,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
     pthread_cond_init(&a->cv, NULL);
     a->local = api_map_new();
     a->dirty = api_map_new();
-    stcfg.max_open_per_thread = (cfg->max_open + cfg->workers - 1) / (cfg->workers ? cfg->workers : 1);
+    stcfg.max_open = cfg->max_open;
 
     if ((rc = lock_data_dir(a, err)) != API_OK ||
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||

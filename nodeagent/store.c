@@ -2,6 +2,7 @@
 #include "nodeagent/store.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,11 @@
 
 struct agent_store {
     char *data_dir;
+    /* One budget for all threads: tenants hash to workers unevenly, and a
+     * fixed per-thread share made a worker with a few more tenants than its
+     * share miss on every request of a round-robin load (LRU's worst case). */
     size_t max_open;
+    atomic_size_t open_total;
     int cache_kib;
     void (*on_open)(void *, const char *, sqlite3 *);
     void *on_open_ud;
@@ -28,6 +33,7 @@ struct cached {
 };
 
 struct conn_cache {
+    struct agent_store *st;
     struct api_map *by_tenant;
     struct cached *head, *tail;
     size_t n;
@@ -44,7 +50,7 @@ int agent_store_new(const struct agent_store_config *cfg, struct agent_store **o
         free(st);
         return api_err_set(err, API_ENOMEM, "store: out of memory");
     }
-    st->max_open = cfg->max_open_per_thread ? cfg->max_open_per_thread : 64;
+    st->max_open = cfg->max_open ? cfg->max_open : 64;
     st->cache_kib = cfg->cache_kib > 0 ? cfg->cache_kib : 256;
     snprintf(path, sizeof(path), "%s/tenants", st->data_dir);
     if ((mkdir(st->data_dir, 0755) != 0 && errno != EEXIST) || (mkdir(path, 0755) != 0 && errno != EEXIST)) {
@@ -173,6 +179,7 @@ static void cache_drop(struct conn_cache *c, struct cached *e)
     sqlite3_close_v2(e->db);
     free(e);
     c->n--;
+    atomic_fetch_sub(&c->st->open_total, 1);
 }
 
 void agent_store_evict(const char *tenant)
@@ -214,6 +221,7 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
             tl_cache = NULL;
             return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
         }
+        tl_cache->st = st;
     }
     if ((e = api_map_get(tl_cache->by_tenant, tenant)) != NULL) {
         cache_unlink(tl_cache, e);
@@ -239,7 +247,10 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     }
     cache_push_front(tl_cache, e);
     tl_cache->n++;
-    while (tl_cache->n > st->max_open && tl_cache->tail != NULL && tl_cache->tail != e)
+    /* over budget: this thread gives back its own least recently used (a
+     * thread holding only E may overshoot by one: at most one per thread) */
+    atomic_fetch_add(&st->open_total, 1);
+    while (atomic_load(&st->open_total) > st->max_open && tl_cache->tail != NULL && tl_cache->tail != e)
         cache_drop(tl_cache, tl_cache->tail);
     *out = e->db;
     return API_OK;

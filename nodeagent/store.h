@@ -24,7 +24,7 @@ struct agent_store;
 
 struct agent_store_config {
     const char *data_dir;
-    size_t max_open_per_thread; /* LRU cap per worker thread */
+    size_t max_open;            /* cached connections in all threads together (LRU per thread) */
     int cache_kib;              /* SQLite page cache per open tenant */
 };
 
