@@ -55,7 +55,7 @@ struct orch_placer {
     size_t slice;            /* the slice reports go to now */
     struct api_map *moved;   /* tenant -> int64_t*: unix ms of its last move */
     struct api_map *seen;    /* node -> (void*)1: nodes known to have existed */
-    struct api_map *missing; /* node -> int64_t*: unix ms when first seen gone */
+    struct api_map *missing; /* node -> int64_t[2]: unix ms first seen gone, next repair try */
     int64_t started_ms;
 };
 
@@ -397,12 +397,22 @@ static void repair_tick(struct orch_placer *p)
             continue;
         pthread_mutex_lock(&p->mu);
         int64_t *since = api_map_get(p->missing, node);
-        if (since == NULL && (since = ms_slot(p->missing, node)) != NULL) {
-            *since = now;
+        if (since == NULL && (since = calloc(2, sizeof(*since))) != NULL) {
+            api_map_put(p->missing, node, since, &oom);
+            if (oom) {
+                free(since);
+                since = NULL;
+                pthread_mutex_unlock(&p->mu);
+                continue;
+            }
+            since[0] = now;
+            since[1] = now + o->cfg.repair_grace_ms;
             log_info("node %s is gone; its replicas are replaced if it stays gone %lld ms", node,
                      (long long)o->cfg.repair_grace_ms);
         }
-        int due = since != NULL && now - *since >= o->cfg.repair_grace_ms;
+        int due = since != NULL && now >= since[1];
+        if (due)
+            since[1] = now + 5000; /* what cannot be repaired now is tried again in 5 s, not every tick */
         pthread_mutex_unlock(&p->mu);
         if (!due || !orch_is_leader(o))
             continue;
