@@ -645,6 +645,25 @@ static int replica_handoff(struct pipeline_job *j)
     return 0;
 }
 
+/* After a write was acknowledged, on the tenant's worker: the checkpoint or
+ * log compaction its commit found due (agent_repl_maintain). Not while a
+ * handover's fence waits for this worker: the fence's stall would include
+ * it, and the next commit, here or on the new primary, asks again. */
+static void maintain_after_write(struct agent *a, const struct pipeline_job *j, const struct agent_repl_pos *before,
+                                 const struct agent_repl_pos *after)
+{
+    struct local_tenant *lt;
+    struct api_err err;
+    sqlite3 *db;
+    if (j->replica || after->txid <= before->txid)
+        return;
+    pthread_mutex_lock(&a->mu);
+    int fenced = (lt = api_map_get(a->local, j->tenant)) != NULL && lt->fenced_until != 0;
+    pthread_mutex_unlock(&a->mu);
+    if (!fenced && agent_store_conn(a->store, j->tenant, &db, &err) == API_OK)
+        agent_repl_maintain(a->repl, j->tenant, db);
+}
+
 /* Runs one pipeline on the tenant's worker. Without a baton and ending in
  * "close", it uses the thread's cached connection; otherwise it runs on a
  * stream with its own connection that outlives the request (batons). */
@@ -784,6 +803,7 @@ static void pipeline_job(void *arg)
             api_resp_set_body(resp, "text/plain", body, len);
         free(body);
         finish_with_position(a, j, resp, &before, &after);
+        maintain_after_write(a, j, &before, &after);
         json_decref(doc);
         pipeline_job_free(j);
         return;
@@ -800,6 +820,7 @@ static void pipeline_job(void *arg)
             finish_error(j->pending, &err);
         }
     }
+    maintain_after_write(a, j, &before, &after);
     json_decref(doc);
     pipeline_job_free(j);
     return;
@@ -1099,6 +1120,7 @@ struct fence_job {
     struct agent *a;
     struct api_pending *pending;
     char tenant[API_NAME_MAX];
+    int64_t asked_ms;
 };
 
 /* Runs after every request queued before the fence: the position now is final. */
@@ -1121,6 +1143,8 @@ static void fence_job(void *arg)
         if (resp != NULL)
             api_resp_set_json(resp, 200, json_pack("{s:s,s:s,s:s}", "tenant", j->tenant, "txid", txid, "checksum", ck));
     }
+    /* the wait is the writes queued ahead of the fence: part of a handover's stall */
+    log_info("tenant fence took effect tenant=%s after_ms=%lld", j->tenant, (long long)(api_now_ms() - j->asked_ms));
     api_pending_finish(j->pending, resp);
     free(j);
 }
@@ -1164,6 +1188,7 @@ static void on_fence(struct api_req *r, void *ud)
     }
     log_info("tenant fenced for a handover tenant=%s ttl_ms=%lld", j->tenant, (long long)ttl);
     j->a = a;
+    j->asked_ms = api_now_ms();
     j->pending = api_req_defer(r);
     api_workq_submit(a->workers, tenant_key(j->tenant), fence_job, j);
 }

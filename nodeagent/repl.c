@@ -997,6 +997,7 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     struct agent_repl *r = t->r;
     struct api_err err;
     (void)zdb;
+    (void)db;
 
     if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
         log_error("tenant=%s committed while not loaded as primary; marking it broken", t->id);
@@ -1013,13 +1014,26 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
         return SQLITE_OK;
     }
     hub_notify(r->hub, t->id);
-    if ((uint32_t)nframe >= r->cfg.checkpoint_frames) {
-        int nlog = 0, nckpt = 0;
-        /* PASSIVE: readers keep their snapshots; the WAL restarts once all of it is in the file */
-        if (sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt) == SQLITE_OK &&
-            nlog == nckpt)
-            t->ckpt_txid = t->txid; /* checkpoints sync the file */
-    }
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    /* Checkpoints and compaction sync and rewrite files: they run after
+     * the write is acknowledged (agent_repl_maintain), not inside it. */
+    if ((uint32_t)nframe >= r->cfg.checkpoint_frames || lp.bytes > r->cfg.log_keep_bytes)
+        t->maintenance_due = 1;
+    return SQLITE_OK;
+}
+
+void agent_repl_maintain(struct agent_repl *r, const char *tenant, sqlite3 *db)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    struct api_err err;
+    if (t == NULL || !t->maintenance_due || t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL)
+        return;
+    t->maintenance_due = 0;
+    int nlog = 0, nckpt = 0;
+    /* PASSIVE: readers keep their snapshots; the WAL restarts once all of it is in the file */
+    if (sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt) == SQLITE_OK && nlog == nckpt)
+        t->ckpt_txid = t->txid; /* checkpoints sync the file */
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     /* only what the file holds may leave the log: after a lost WAL the
@@ -1027,7 +1041,6 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     if (lp.bytes > r->cfg.log_keep_bytes &&
         agent_log_compact(t->log, r->cfg.log_keep_bytes / 2, t->ckpt_txid, &err) != API_OK)
         log_warn("tenant=%s log compaction failed: %s", t->id, err.msg);
-    return SQLITE_OK;
 }
 
 void agent_repl_on_open(void *ud, const char *tenant, sqlite3 *db)

@@ -104,6 +104,12 @@ struct agent_repl_pos {
     uint64_t log_base, log_bytes;
     unsigned long long mismatches, snapshots;
 };
+/* On the tenant's worker, after a write was acknowledged: runs the WAL
+ * checkpoint and log compaction its commit found due, on DB (a connection
+ * of the tenant). Skipped while a handover fences the tenant: the next
+ * commit asks again. */
+void agent_repl_maintain(struct agent_repl *r, const char *tenant, sqlite3 *db);
+
 /* 0 and *OUT filled, or -1 if the tenant is unknown here. Any thread. */
 int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out);
 

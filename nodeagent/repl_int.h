@@ -42,6 +42,7 @@ struct rt {
     struct pgidx idx;
     uint32_t salt1, salt2, frames_seen, npages, page_size;
     uint64_t ckpt_txid; /* the database file holds (synced) every commit up to here */
+    int maintenance_due; /* a checkpoint or a log compaction waits for agent_repl_maintain */
 };
 
 struct hub;
