@@ -9,6 +9,32 @@
 #include "api/failpoint.h"
 #include "api/log.h"
 
+/* The action SHOAL_FAILPOINTS gives NAME, or NULL. */
+static const char *action_of(const char *name)
+{
+    const char *spec = getenv("SHOAL_FAILPOINTS");
+    size_t nlen = strlen(name);
+    if (spec == NULL)
+        return NULL;
+    for (const char *p = spec; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > nlen && strncmp(p, name, nlen) == 0 && p[nlen] == '=')
+            return p + nlen + 1;
+        p += len + (end != NULL);
+    }
+    return NULL;
+}
+
+int api_failpoint_error(const char *name)
+{
+    const char *action = action_of(name);
+    if (action == NULL || strncmp(action, "error", 5) != 0)
+        return 0;
+    log_warn("failpoint hit name=%s action=error", name);
+    return 1;
+}
+
 void api_failpoint(const char *name)
 {
     const char *spec = getenv("SHOAL_FAILPOINTS");

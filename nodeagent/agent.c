@@ -55,6 +55,9 @@ struct local_tenant {
     /* handover: while fenced, requests wait here instead of running */
     int64_t fenced_until; /* monotonic ms; 0 = not fenced */
     struct parked *parked;
+    /* its database cannot take writes here (replication capture failed):
+     * the lease key is released and not taken again while this is set */
+    int unhealthy;
 };
 
 struct route_ctx {
@@ -247,6 +250,11 @@ static void converge(struct agent *a, const char *id)
                  strcmp(t.primary, a->cfg.node) == 0 ? "primary" : "replica");
     }
     if (strcmp(t.primary, a->cfg.node) != 0) {
+        if (lt->unhealthy) { /* another node leads now; this copy follows it (a snapshot repairs it) */
+            pthread_mutex_lock(&a->mu);
+            lt->unhealthy = 0;
+            pthread_mutex_unlock(&a->mu);
+        }
         if (lt->holding) {
             if (agent_session_release(a->session, id, &err) != API_OK)
                 log_warn("%s", err.msg);
@@ -259,6 +267,19 @@ static void converge(struct agent *a, const char *id)
         /* requests held by a handover's fence go to the new primary once it holds the lease */
         if (t.leased && strcmp(t.holder, a->cfg.node) != 0)
             flush_parked(a, id, 0, t.holder_url);
+        return;
+    }
+    /* An unhealthy database gives up its own lease and only that: failover
+     * names another primary, and the neighbours on this node carry on. */
+    if (lt->unhealthy) {
+        if (lt->holding) {
+            if (agent_session_release(a->session, id, &err) != API_OK)
+                log_warn("%s", err.msg);
+            pthread_mutex_lock(&a->mu);
+            lt->holding = 0;
+            pthread_mutex_unlock(&a->mu);
+            log_warn("lease released tenant=%s: its database is unhealthy here", id);
+        }
         return;
     }
     /* We are the desired primary. Did we lose a key we held? The view is
@@ -765,6 +786,14 @@ static void pipeline_job(void *arg)
     if (!j->replica && after.txid > before.txid)
         agent_traffic_add(a->traffic, j->tenant, j->client_region, after.txid - before.txid);
     if (after.broken) {
+        pthread_mutex_lock(&a->mu);
+        struct local_tenant *ul = api_map_get(a->local, j->tenant);
+        if (ul != NULL && !ul->unhealthy) {
+            ul->unhealthy = 1;
+            mark_dirty_locked(a, j->tenant);
+            pthread_cond_signal(&a->cv);
+        }
+        pthread_mutex_unlock(&a->mu);
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s': replication capture failed; the write may not be "
                                             "replicated", j->tenant);
         goto fail;
@@ -1404,7 +1433,7 @@ static void on_tenant_status(struct api_req *r, void *ud)
     struct api_err err;
     struct local_tenant *lt;
     struct agent_repl_pos pos;
-    int holding = 0, assigned, have_pos;
+    int holding = 0, assigned, have_pos, unhealthy = 0;
     int64_t epoch = 0;
     char path[4096], txid[17], ck[17];
     struct stat st;
@@ -1418,6 +1447,7 @@ static void on_tenant_status(struct api_req *r, void *ud)
     if ((lt = api_map_get(a->local, auth.tenant)) != NULL) {
         holding = lt->holding;
         epoch = lt->epoch;
+        unhealthy = lt->unhealthy;
     }
     pthread_mutex_unlock(&a->mu);
     agent_store_path(a->store, auth.tenant, path, sizeof(path));
@@ -1426,7 +1456,9 @@ static void on_tenant_status(struct api_req *r, void *ud)
     have_pos = agent_repl_position(a->repl, auth.tenant, &pos) == 0 && pos.loaded;
     const char *role = holding ? "primary" : assigned ? "replica" : "none";
     const char *state;
-    if (holding)
+    if (unhealthy)
+        state = "unhealthy";
+    else if (holding)
         state = have_pos && pos.broken ? "broken" : "serving";
     else if (!assigned)
         state = "missing";

@@ -27,6 +27,7 @@
 #include <lz4.h>
 
 #include "api/cluster.h"
+#include "api/failpoint.h"
 #include "api/log.h"
 #include "api/server.h"
 #include "api/token.h"
@@ -1001,6 +1002,16 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
 
     if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
         log_error("tenant=%s committed while not loaded as primary; marking it broken", t->id);
+        pthread_mutex_lock(&t->mu);
+        t->broken = 1;
+        pthread_mutex_unlock(&t->mu);
+        return SQLITE_OK;
+    }
+    char fp[96];
+    snprintf(fp, sizeof(fp), "capture-error-%s", t->id); /* fault tests: an unhealthy tenant */
+    if (api_failpoint_error(fp)) {
+        api_err_set(&err, API_EIO, "failpoint %s", fp);
+        log_error("tenant=%s replication capture failed, refusing further writes: %s", t->id, err.msg);
         pthread_mutex_lock(&t->mu);
         t->broken = 1;
         pthread_mutex_unlock(&t->mu);

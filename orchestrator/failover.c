@@ -49,8 +49,19 @@ static void fail_over(struct orch *o, const char *id)
 
     if (!orch_is_leader(o) || !api_cluster_tenant(o->view, id, &t) || t.leased || orch_op_running(o, id))
         return;
-    if (api_cluster_node(o->view, t.primary, &n))
-        return; /* its primary's agent is alive: it takes the lease back itself */
+    if (api_cluster_node(o->view, t.primary, &n)) {
+        /* its primary's agent is alive: it takes the lease back itself,
+         * unless it gave the lease up because the tenant's database is
+         * unhealthy there */
+        char pregion[8], purl[API_URL_MAX];
+        orch_node_region(o, t.primary, pregion, purl);
+        json_t *st = purl[0] ? orch_agent_status(o, purl, id) : NULL;
+        const char *state = json_string_value(json_object_get(st, "state"));
+        int unhealthy = state != NULL && strcmp(state, "unhealthy") == 0;
+        json_decref(st);
+        if (!unhealthy)
+            return;
+    }
     int64_t detected = api_now_ms();
     for (size_t i = 0; i < t.nnodes; i++) {
         if (strcmp(t.nodes[i], t.primary) == 0 || !api_cluster_node(o->view, t.nodes[i], &n))
@@ -84,7 +95,8 @@ static void fail_over(struct orch *o, const char *id)
     if (op == NULL)
         return;
     uint64_t lost = head > best.txid ? head - best.txid : 0;
-    orch_op_step(o, op, "detected", "lease of %s expired and node %s is gone", id, t.primary);
+    orch_op_step(o, op, "detected", "lease of %s is gone and node %s cannot lead it (gone, or the database is unhealthy there)",
+                 id, t.primary);
     orch_op_step(o, op, "chosen", "%s at txid %016llx (highest of the replicas; %llu txid(s) only the old primary had)",
                  best.node, (unsigned long long)best.txid, (unsigned long long)lost);
     /* name it the desired primary: record unchanged, lease key still absent */

@@ -18,6 +18,7 @@ BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 AGENT_FLAGS="--pull-wait-ms 300"
+FAILPOINTS_n1=capture-error-k6=error # tenant k6's database turns unhealthy on n1 (section 6)
 TTL=3
 start_cluster $TTL
 
@@ -193,5 +194,30 @@ check_ledger k5 n1
 for t in k1 k2 k3 k4; do
     is "$t: still exactly one primary after the etcd restart" 1 "$(RO=$(admin POST "/v1/tenants/$t/tokens" '{"access":"ro","ttl_s":600}' >/dev/null; jq -r .token "$T_DIR/body") primaries $t)"
 done
+
+# --- 6. one tenant's database turns unhealthy on its primary -----------------------
+# n1's capture of k6 fails (failpoint): n1 refuses the write, gives up k6's lease
+# and only k6's; failover names a replica; n1's other tenants stay where they are.
+r=$(admin POST /v1/tenants '{"id":"k6","region":"ams","replicas":2}')
+is "tenant k6 created on n1" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+admin POST /v1/tenants/k6/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
+TOK=$(jq -r .token "$T_DIR/body"); RO=$TOK
+neighbours_before=$(for t in k1 k3 k5; do primary_of_t=$(admin GET "/v1/tenants/$t" >/dev/null; jq -r .primary.node "$T_DIR/body"); printf '%s ' "$primary_of_t"; done)
+r=$(pipeline "$AGENT_URL_n1/t/k6/v2/pipeline" "$TOK" '{"requests":[{"type":"execute","stmt":{"sql":"CREATE TABLE broken_here(x)"}}]}')
+like "k6: the write whose capture failed is refused, not acknowledged" "capture failed" "$(body_of "$r")"
+k6_moved() { admin GET /v1/tenants/k6 >/dev/null; jq -e '.primary.node != "n1" and ([.instances[] | select(.role == "primary" and .state == "serving")] | length == 1)' "$T_DIR/body"; }
+if wait_until $((TTL + 10)) k6_moved; then ok "k6: failover named another primary ($(jq -r .primary.node "$T_DIR/body"))"
+else not_ok "k6: failover named another primary" "$(cat "$T_DIR/body")"; show_logs; fi
+is "k6: the failover is shown on the tenant, from n1" n1 "$(jq -r .last_failover.from "$T_DIR/body")"
+grep -q 'lease released tenant=k6: its database is unhealthy here' "$T_DIR/agent-n1.log" && ok "k6: n1 logged why it let the lease go" \
+    || not_ok "k6: n1 logged why it let the lease go"
+P6=$(jq -r .primary.node "$T_DIR/body")
+if wait_until 10 write_ok "$P6" k6; then ok "k6: $P6 takes writes"; else not_ok "k6: $P6 takes writes" "$(cat "$T_DIR/pbody")"; fi
+is "n1's other tenants keep their primaries (k1 k3 k5)" "$neighbours_before" \
+    "$(for t in k1 k3 k5; do admin GET "/v1/tenants/$t" >/dev/null; printf '%s ' "$(jq -r .primary.node "$T_DIR/body")"; done)"
+admin POST /v1/tenants/k1/tokens '{"access":"rw","ttl_s":600}' >/dev/null
+TOK=$(jq -r .token "$T_DIR/body")
+if write_ok "$(admin GET /v1/tenants/k1 >/dev/null; jq -r .primary.node "$T_DIR/body")" k1; then ok "k1 still takes writes on its primary"
+else not_ok "k1 still takes writes on its primary" "$(cat "$T_DIR/pbody")"; fi
 
 done_testing

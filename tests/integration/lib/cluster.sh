@@ -123,7 +123,8 @@ start_agent() {
     local node=$1 region url
     case $node in n1) region=ams ;; n2) region=iad ;; n3) region=sin ;; esac
     url=AGENT_URL_$node; url=${!url}
-    spawn "agent-$node" "$BUILD/nodeagent/shoal-agent" --node "$node" --region "$region" \
+    local fp="FAILPOINTS_$node" # e.g. FAILPOINTS_n1=capture-error-t9=error (api/failpoint.h)
+    spawn "agent-$node" env SHOAL_FAILPOINTS="${!fp:-}" "$BUILD/nodeagent/shoal-agent" --node "$node" --region "$region" \
         --listen "${url#http://}" --data "$T_DIR/data/$node" --etcd "$ETCD_URL" --lease-ttl "$T_TTL" \
         --verify-key "$T_DIR/secrets/cluster.pub" ${AGENT_FLAGS:-}
 }
