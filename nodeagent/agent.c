@@ -190,6 +190,19 @@ static void declare_replica(struct agent *a, const char *id, const struct api_cl
     agent_repl_set_role(a->repl, id, AGENT_ROLE_REPLICA, 0, other ? t->holder : "", other ? t->holder_url : "");
 }
 
+/* Deletes our lease key of ID (compare on value) and stops leading it.
+ * On the tenant's worker. */
+static void release_lease(struct agent *a, const char *id, struct local_tenant *lt, const char *why)
+{
+    struct api_err err;
+    if (agent_session_release(a->session, id, &err) != API_OK)
+        log_warn("%s", err.msg);
+    pthread_mutex_lock(&a->mu);
+    lt->holding = 0;
+    pthread_mutex_unlock(&a->mu);
+    log_info("lease released tenant=%s: %s", id, why);
+}
+
 /* Brings tenant ID on this node in line with its record. Runs on the
  * tenant's worker (one converge of a tenant at a time). */
 static void converge(struct agent *a, const char *id)
@@ -255,14 +268,8 @@ static void converge(struct agent *a, const char *id)
             lt->unhealthy = 0;
             pthread_mutex_unlock(&a->mu);
         }
-        if (lt->holding) {
-            if (agent_session_release(a->session, id, &err) != API_OK)
-                log_warn("%s", err.msg);
-            pthread_mutex_lock(&a->mu);
-            lt->holding = 0;
-            pthread_mutex_unlock(&a->mu);
-            log_info("lease released tenant=%s (no longer the desired primary)", id);
-        }
+        if (lt->holding)
+            release_lease(a, id, lt, "no longer the desired primary");
         declare_replica(a, id, &t);
         /* requests held by a handover's fence go to the new primary once it holds the lease */
         if (t.leased && strcmp(t.holder, a->cfg.node) != 0)
@@ -272,14 +279,8 @@ static void converge(struct agent *a, const char *id)
     /* An unhealthy database gives up its own lease and only that: failover
      * names another primary, and the neighbours on this node carry on. */
     if (lt->unhealthy) {
-        if (lt->holding) {
-            if (agent_session_release(a->session, id, &err) != API_OK)
-                log_warn("%s", err.msg);
-            pthread_mutex_lock(&a->mu);
-            lt->holding = 0;
-            pthread_mutex_unlock(&a->mu);
-            log_warn("lease released tenant=%s: its database is unhealthy here", id);
-        }
+        if (lt->holding)
+            release_lease(a, id, lt, "its database is unhealthy here");
         return;
     }
     /* We are the desired primary. Did we lose a key we held? The view is

@@ -1009,15 +1009,8 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     }
     char fp[96];
     snprintf(fp, sizeof(fp), "capture-error-%s", t->id); /* fault tests: an unhealthy tenant */
-    if (api_failpoint_error(fp)) {
-        api_err_set(&err, API_EIO, "failpoint %s", fp);
-        log_error("tenant=%s replication capture failed, refusing further writes: %s", t->id, err.msg);
-        pthread_mutex_lock(&t->mu);
-        t->broken = 1;
-        pthread_mutex_unlock(&t->mu);
-        return SQLITE_OK;
-    }
-    if (capture(r, t, nframe, &err) != API_OK) {
+    int failed = api_failpoint_error(fp) ? api_err_set(&err, API_EIO, "failpoint %s", fp) : capture(r, t, nframe, &err);
+    if (failed != API_OK) {
         log_error("tenant=%s replication capture failed, refusing further writes: %s", t->id, err.msg);
         pthread_mutex_lock(&t->mu);
         t->broken = 1;

@@ -189,7 +189,9 @@ static void fo_job(void *arg)
     free(j);
 }
 
-void orch_failover_check(struct orch *o, const char *tenant)
+/* Queues a failover check of TENANT ("" = every tenant without a lease),
+ * unless this orchestrator is a standby or shutting down. */
+static void queue_check(struct orch *o, const char *tenant)
 {
     struct fo_job *j;
     if (!orch_is_leader(o) || (j = calloc(1, sizeof(*j))) == NULL)
@@ -204,21 +206,15 @@ void orch_failover_check(struct orch *o, const char *tenant)
     pthread_mutex_unlock(&o->failover_mu);
 }
 
+void orch_failover_check(struct orch *o, const char *tenant)
+{
+    queue_check(o, tenant);
+}
+
 void orch_failover_on_change(void *ud, enum api_cluster_change kind, const char *id, int deleted)
 {
-    struct orch *o = ud;
-    struct fo_job *j;
-    int check_one = kind == API_CLUSTER_LEASE && deleted;
-    int check_all = kind == API_CLUSTER_ALL || (kind == API_CLUSTER_NODE && deleted);
-    if ((!check_one && !check_all) || !orch_is_leader(o) || (j = calloc(1, sizeof(*j))) == NULL)
-        return;
-    j->o = o;
-    if (check_one)
-        snprintf(j->tenant, sizeof(j->tenant), "%s", id);
-    pthread_mutex_lock(&o->failover_mu);
-    if (atomic_load(&o->failover_ready))
-        api_workq_submit(o->workers, atomic_fetch_add(&o->job_seq, 1), fo_job, j);
-    else
-        free(j);
-    pthread_mutex_unlock(&o->failover_mu);
+    if (kind == API_CLUSTER_LEASE && deleted)
+        queue_check(ud, id);
+    else if (kind == API_CLUSTER_ALL || (kind == API_CLUSTER_NODE && deleted))
+        queue_check(ud, "");
 }
