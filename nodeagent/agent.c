@@ -740,9 +740,10 @@ static void pipeline_job(void *arg)
         db = agent_stream_db(st);
         hs = agent_stream_hrana(st);
     } else if (!j->cursor && ends_with_close(requests)) {
-        if (agent_store_conn(a->store, j->tenant, &db, &err) != API_OK)
+        struct agent_stmt_cache *stmts = NULL;
+        if (agent_store_conn_stmts(a->store, j->tenant, &db, &stmts, &err) != API_OK)
             goto fail;
-        if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
+        if ((hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL) {
             api_err_set(&err, API_ENOMEM, "out of memory");
             goto fail;
         }

@@ -41,6 +41,7 @@
 #include <sodium.h>
 
 #include "api/sqlclass.h"
+#include "nodeagent/stmtcache.h"
 
 #define STORE_MAX 50
 #define STORE_SQL_MAX 5000
@@ -60,6 +61,7 @@ struct agent_hrana_stream {
     size_t response_bytes;
     int closed;
     int active; /* user SQL is being prepared or run: the authorizer applies */
+    struct agent_stmt_cache *stmts; /* borrowed; NULL: prepare every statement */
 };
 
 static int64_t now_ms(void)
@@ -144,18 +146,36 @@ void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_onl
     s->limits.read_only = read_only;
 }
 
-struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agent_hrana_limits *limits)
+/* The authorizer of a connection with a statement cache: installed once,
+ * it asks the stream now running on the connection (none: Shoal's own). */
+static int authorize_current(void *arg, int op, const char *a, const char *b, const char *dbname, const char *trigger)
+{
+    struct agent_hrana_stream *s = agent_stmt_cache_user(arg);
+    return s == NULL ? SQLITE_OK : authorize(s, op, a, b, dbname, trigger);
+}
+
+struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const struct agent_hrana_limits *limits,
+                                                         struct agent_stmt_cache *stmts)
 {
     struct agent_hrana_stream *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
     s->db = db;
+    s->stmts = stmts;
     if (limits != NULL)
         s->limits = *limits;
     if (s->limits.stmt_timeout_ms > 0)
         sqlite3_progress_handler(db, 1000, on_progress, s);
-    sqlite3_set_authorizer(db, authorize, s);
+    if (stmts == NULL)
+        sqlite3_set_authorizer(db, authorize, s);
+    else if (agent_stmt_cache_set_user(stmts, s))
+        sqlite3_set_authorizer(db, authorize_current, stmts);
     return s;
+}
+
+struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agent_hrana_limits *limits)
+{
+    return agent_hrana_stream_new_cached(db, limits, NULL);
 }
 
 void agent_hrana_stream_free(struct agent_hrana_stream *s)
@@ -164,7 +184,10 @@ void agent_hrana_stream_free(struct agent_hrana_stream *s)
         return;
     if (s->limits.stmt_timeout_ms > 0)
         sqlite3_progress_handler(s->db, 0, NULL, NULL);
-    sqlite3_set_authorizer(s->db, NULL, NULL);
+    if (s->stmts != NULL)
+        agent_stmt_cache_set_user(s->stmts, NULL); /* the hook stays; it allows all without a stream */
+    else
+        sqlite3_set_authorizer(s->db, NULL, NULL);
     for (size_t i = 0; i < s->nstored; i++)
         free(s->stored[i].sql);
     free(s);
@@ -513,6 +536,8 @@ static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_st
     *st = NULL;
     *inband = NULL;
     s->timed_out = 0;
+    if (s->stmts != NULL && (*st = agent_stmt_cache_take(s->stmts, sql, strlen(sql))) != NULL)
+        return API_OK; /* it passed every check below when it was first prepared */
     if (sqlite3_prepare_v3(s->db, sql, -1, 0, st, &tail) != SQLITE_OK) {
         *inband = sqlite_error(s, 1);
         sqlite3_finalize(*st);
@@ -675,7 +700,12 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
         out->wrote = 1;
     out->rows_read += nrows;
     out->rows_written += (uint64_t)affected;
-    sqlite3_finalize(st);
+    /* Only plain queries are kept: a PRAGMA can be read-only and still be
+     * one that only some tokens may run (the authorizer ran at prepare). */
+    if (s->stmts != NULL && (starts_with_keyword(sql, "select") || starts_with_keyword(sql, "with")))
+        agent_stmt_cache_give(s->stmts, sql, strlen(sql), st);
+    else
+        sqlite3_finalize(st);
     *result = json_pack("{s:o,s:o,s:I,s:o,s:n,s:I,s:I,s:f}", "cols", cols, "rows", rows, "affected_row_count",
                         (json_int_t)affected, "last_insert_rowid", rowid, "replication_index", "rows_read",
                         (json_int_t)nrows, "rows_written", (json_int_t)affected, "query_duration_ms",

@@ -45,6 +45,12 @@ struct agent_hrana_outcome {
 struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agent_hrana_limits *limits);
 void agent_hrana_stream_free(struct agent_hrana_stream *s);
 
+struct agent_stmt_cache;
+/* The same, reusing prepared queries from STMTS (nodeagent/stmtcache.h;
+ * borrowed: it must belong to DB and outlive the stream). */
+struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const struct agent_hrana_limits *limits,
+                                                         struct agent_stmt_cache *stmts);
+
 /* Switches a stream between read-only and read-write (per request: the
  * token that sent it decides). */
 void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_only);

@@ -13,6 +13,10 @@
 #include "api/map.h"
 #include "api/names.h"
 #include "api/workq.h"
+#include "nodeagent/stmtcache.h"
+
+/* prepared statements kept per cached connection (stmtcache.h) */
+#define STORE_STMTS_PER_CONN 16
 
 struct agent_store {
     char *data_dir;
@@ -29,6 +33,7 @@ struct agent_store {
 struct cached {
     struct cached *prev, *next; /* LRU: head = most recent */
     sqlite3 *db;
+    struct agent_stmt_cache *stmts; /* created on first use; freed before db closes */
     char tenant[64];
 };
 
@@ -176,6 +181,7 @@ static void cache_drop(struct conn_cache *c, struct cached *e)
 {
     cache_unlink(c, e);
     api_map_del(c->by_tenant, e->tenant);
+    agent_stmt_cache_free(e->stmts);
     sqlite3_close_v2(e->db);
     free(e);
     c->n--;
@@ -210,6 +216,12 @@ int agent_store_remove(struct agent_store *st, const char *tenant, struct api_er
 
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err)
 {
+    return agent_store_conn_stmts(st, tenant, out, NULL, err);
+}
+
+int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
+                           struct api_err *err)
+{
     struct cached *e;
     char path[4096];
     int rc, oom;
@@ -226,8 +238,7 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     if ((e = api_map_get(tl_cache->by_tenant, tenant)) != NULL) {
         cache_unlink(tl_cache, e);
         cache_push_front(tl_cache, e);
-        *out = e->db;
-        return API_OK;
+        goto found;
     }
     agent_store_path(st, tenant, path, sizeof(path));
     if (access(path, F_OK) != 0)
@@ -252,6 +263,12 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     atomic_fetch_add(&st->open_total, 1);
     while (atomic_load(&st->open_total) > st->max_open && tl_cache->tail != NULL && tl_cache->tail != e)
         cache_drop(tl_cache, tl_cache->tail);
+found:
+    if (stmts != NULL) {
+        if (e->stmts == NULL)
+            e->stmts = agent_stmt_cache_new(STORE_STMTS_PER_CONN); /* NULL (OOM) only means no reuse */
+        *stmts = e->stmts;
+    }
     *out = e->db;
     return API_OK;
 }

@@ -48,6 +48,11 @@ int agent_store_remove(struct agent_store *st, const char *tenant, struct api_er
 /* The calling worker thread's connection to TENANT (borrowed: valid until
  * this thread's next store call). API_ENOTENANT if the file does not exist. */
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
+/* The same, and in *STMTS (may be NULL) the connection's cache of prepared
+ * statements (nodeagent/stmtcache.h), with the same lifetime. */
+struct agent_stmt_cache;
+int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
+                           struct api_err *err);
 /* A new connection to TENANT owned by the caller (sqlite3_close_v2 it), for
  * a Hrana stream that holds a transaction across requests. Use it only on
  * the tenant's worker thread. */

@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "nodeagent/hrana.h"
+#include "nodeagent/stmtcache.h"
 
 struct fx {
     sqlite3 *db;
@@ -454,6 +455,64 @@ static void read_only_streams_refuse_every_write(void **state)
     json_decref(res);
 }
 
+/* A connection's statement cache: queries are prepared once and reused,
+ * writes and pragmas never kept, a read-only stream on the same connection
+ * still cannot write, schema changes are seen, and freeing the cache leaves
+ * no statement behind (sqlite3_close, not _v2, must succeed). */
+static void cached_queries_are_reused_and_never_bypass_the_authorizer(void **state)
+{
+    (void)state;
+    struct fx f = {0};
+    struct agent_hrana_limits lim = {.stmt_timeout_ms = 200};
+    struct agent_stmt_cache *c = agent_stmt_cache_new(2);
+    json_t *res;
+
+    assert_non_null(c);
+    assert_int_equal(sqlite3_open(":memory:", &f.db), SQLITE_OK);
+    f.s = agent_hrana_stream_new_cached(f.db, &lim, c);
+    json_decref(run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table r(a)\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (1)\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA recursive_triggers=1\"}}]"));
+    assert_int_equal(agent_stmt_cache_size(c), 0); /* a read-only statement, but a pragma */
+    for (int i = 0; i < 3; i++) {
+        res = run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select a from r\"}}]");
+        assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"integer\",\"value\":\"1\"}]]");
+        json_decref(res);
+    }
+    assert_int_equal(agent_stmt_cache_size(c), 1);
+    /* the cache holds at most 2: the least recently used goes */
+    json_decref(run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 2\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 3\"}}]"));
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+    assert_null(agent_stmt_cache_take(c, "select a from r", strlen("select a from r")));
+    agent_hrana_stream_free(f.s);
+
+    /* a read-only stream on the same connection: cached queries run, writes do not */
+    f.s = agent_hrana_stream_new_cached(f.db, &lim, c);
+    agent_hrana_stream_set_read_only(f.s, 1);
+    res = run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 3\"}},"
+                     "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (2)\"}},"
+                     "{\"type\":\"execute\",\"stmt\":{\"sql\":\"PRAGMA recursive_triggers=1\"}}]");
+    assert_null(code_of(res, 0));
+    assert_string_equal(code_of(res, 1), "SQLITE_AUTH");
+    assert_string_equal(code_of(res, 2), "SQLITE_AUTH");
+    json_decref(res);
+    agent_hrana_stream_free(f.s);
+
+    /* a schema change under a cached query */
+    f.s = agent_hrana_stream_new_cached(f.db, &lim, c);
+    json_decref(run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select a from r\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"drop table r\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"create table r(z, a)\"}},"
+                           "{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into r values (7, 'x')\"}}]"));
+    res = run(&f, 2, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select a from r\"}}]");
+    assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"text\",\"value\":\"x\"}]]");
+    json_decref(res);
+    agent_hrana_stream_free(f.s);
+    agent_stmt_cache_free(c);
+    assert_int_equal(sqlite3_close(f.db), SQLITE_OK);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -476,6 +535,7 @@ int main(void)
         T(transactions_stay_open_across_requests_of_a_stream),
         T(sql_cannot_leave_its_tenant),
         T(read_only_streams_refuse_every_write),
+        cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
     };
     return cmocka_run_group_tests_name("hrana", tests, NULL, NULL);
 }

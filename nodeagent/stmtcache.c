@@ -1,0 +1,108 @@
+/* nodeagent/stmtcache.c: prepared statements by SQL text (see stmtcache.h). */
+#include "nodeagent/stmtcache.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/workq.h"
+
+#define STMT_CACHE_MAX 64
+
+struct entry {
+    uint64_t hash;
+    size_t len;
+    char *sql;
+    sqlite3_stmt *st;
+    uint64_t used; /* last give, for LRU */
+};
+
+struct agent_stmt_cache {
+    struct entry e[STMT_CACHE_MAX];
+    size_t n, cap;
+    uint64_t clock;
+    void *user;
+    int hooked;
+};
+
+struct agent_stmt_cache *agent_stmt_cache_new(size_t cap)
+{
+    struct agent_stmt_cache *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->cap = cap == 0 ? 1 : cap > STMT_CACHE_MAX ? STMT_CACHE_MAX : cap;
+    return c;
+}
+
+static void drop(struct agent_stmt_cache *c, size_t i)
+{
+    sqlite3_finalize(c->e[i].st);
+    free(c->e[i].sql);
+    c->e[i] = c->e[--c->n];
+}
+
+void agent_stmt_cache_free(struct agent_stmt_cache *c)
+{
+    if (c == NULL)
+        return;
+    while (c->n > 0)
+        drop(c, c->n - 1);
+    free(c);
+}
+
+sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql, size_t len)
+{
+    uint64_t h = api_hash_str(sql, len);
+    for (size_t i = 0; i < c->n; i++) {
+        struct entry *e = &c->e[i];
+        if (e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
+            sqlite3_stmt *st = e->st;
+            free(e->sql);
+            c->e[i] = c->e[--c->n];
+            return st;
+        }
+    }
+    return NULL;
+}
+
+void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t len, sqlite3_stmt *st)
+{
+    char *copy;
+
+    if (st == NULL)
+        return;
+    if (!sqlite3_stmt_readonly(st) || sqlite3_reset(st) != SQLITE_OK || (copy = malloc(len + 1)) == NULL) {
+        sqlite3_finalize(st);
+        return;
+    }
+    sqlite3_clear_bindings(st);
+    memcpy(copy, sql, len);
+    copy[len] = '\0';
+    if (c->n == c->cap) {
+        size_t lru = 0;
+        for (size_t i = 1; i < c->n; i++)
+            if (c->e[i].used < c->e[lru].used)
+                lru = i;
+        drop(c, lru);
+    }
+    c->e[c->n++] = (struct entry){.hash = api_hash_str(sql, len), .len = len, .sql = copy, .st = st,
+                                  .used = ++c->clock};
+}
+
+void *agent_stmt_cache_user(const struct agent_stmt_cache *c)
+{
+    return c->user;
+}
+
+int agent_stmt_cache_set_user(struct agent_stmt_cache *c, void *user)
+{
+    int first = !c->hooked;
+    c->hooked = 1;
+    c->user = user;
+    return first;
+}
+
+size_t agent_stmt_cache_size(const struct agent_stmt_cache *c)
+{
+    return c->n;
+}
