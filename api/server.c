@@ -33,6 +33,7 @@
 
 #include <h2o.h>
 
+#include "api/jsonout.h"
 #include "api/log.h"
 
 #define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
@@ -149,18 +150,25 @@ int api_resp_set_body(struct api_resp *resp, const char *content_type, const voi
 int api_resp_set_json(struct api_resp *resp, int status, json_t *doc)
 {
     char *text;
-    int rc;
+    size_t len = 0;
+    char *ct;
 
     if (doc == NULL)
         return API_ENOMEM;
-    text = json_dumps(doc, JSON_COMPACT);
+    text = api_json_encode(doc, &len);
     json_decref(doc);
-    if (text == NULL)
+    if (text == NULL || (ct = strdup("application/json")) == NULL) {
+        free(text);
         return API_ENOMEM;
+    }
+    /* the encoded text becomes the body as it is: no copy */
+    free(resp->content_type);
+    free(resp->body);
+    resp->content_type = ct;
+    resp->body = text;
+    resp->body_len = len;
     resp->status = status;
-    rc = api_resp_set_body(resp, "application/json", text, strlen(text));
-    free(text);
-    return rc;
+    return API_OK;
 }
 
 json_t *api_error_json(const struct api_err *err)

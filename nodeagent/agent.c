@@ -31,6 +31,7 @@
 #include "api/dataplane.h"
 #include "api/etcd.h"
 #include "api/http.h"
+#include "api/jsonout.h"
 #include "api/jsonutil.h"
 #include "api/log.h"
 #include "api/map.h"
@@ -804,7 +805,7 @@ static void pipeline_job(void *arg)
         /* text/plain, one JSON object per line: the baton line, then entries */
         json_t *head = json_pack("{s:o,s:n}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
                                  "base_url");
-        char *line = json_dumps(head, JSON_COMPACT);
+        char *line = api_json_encode(head, NULL);
         size_t cap = 256, len = 0;
         char *body = malloc(cap);
         json_decref(head);
@@ -825,7 +826,7 @@ static void pipeline_job(void *arg)
             len += n;
             body[len++] = '\n';
             free(line);
-            line = i < json_array_size(results) ? json_dumps(json_array_get(results, i), JSON_COMPACT) : NULL;
+            line = i < json_array_size(results) ? api_json_encode(json_array_get(results, i), NULL) : NULL;
         }
         free(line);
         json_decref(results);

@@ -4,6 +4,7 @@
  * parameters, 404/405/413 in the contract's JSON shape, query decoding,
  * deferred replies finished from worker threads, CORS preflight).
  */
+#include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include "api/err.h"
 #include "api/flags.h"
 #include "api/http.h"
+#include "api/jsonout.h"
 #include "api/map.h"
 #include "api/server.h"
 #include "api/workq.h"
@@ -306,6 +308,89 @@ static void server_answers_cors_preflight(void **state)
     api_http_resp_fini(&resp);
 }
 
+/* api_json_encode writes exactly what json_dumps(JSON_COMPACT) writes:
+ * fixed edge cases, then 2,000 random trees (deterministic seed). */
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+static json_t *random_value(int depth)
+{
+    static const char *const pieces[] = {"a", "\"", "\\", "/", "\n", "\t", "\x01", "\x1f", "\x7f", "\xc3\xa9",
+                                         "\xe2\x82\xac", "\xf0\x9f\x90\x9f", " ", "key", "0"};
+    int kind = (int)(rnd() % (depth > 4 ? 6 : 8));
+    switch (kind) {
+    case 0: return json_null();
+    case 1: return json_boolean(rnd() & 1);
+    case 2: {
+        static const json_int_t edges[] = {0, -1, 1, INT64_MAX, INT64_MIN, 1000000007};
+        return json_integer(rnd() & 1 ? edges[rnd() % 6] : (json_int_t)rnd());
+    }
+    case 3: {
+        double d;
+        uint64_t bits = rnd();
+        memcpy(&d, &bits, sizeof(d));
+        if (!isfinite(d))
+            d = (double)(int64_t)rnd() / 1024.0;
+        if (rnd() % 4 == 0)
+            d = (double)(rnd() % 100000) * (rnd() & 1 ? 1e20 : 1e-9);
+        return json_real(d);
+    }
+    case 4:
+    case 5: {
+        char text[256] = "";
+        size_t n = rnd() % 12;
+        for (size_t i = 0; i < n; i++)
+            strcat(text, pieces[rnd() % (sizeof(pieces) / sizeof(pieces[0]))]);
+        return json_string(text);
+    }
+    case 6: {
+        json_t *a = json_array();
+        for (size_t i = rnd() % 5; i > 0; i--)
+            json_array_append_new(a, random_value(depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (size_t i = rnd() % 5; i > 0; i--) {
+            char key[32];
+            snprintf(key, sizeof(key), "%s%u", rnd() & 1 ? "k\"\n" : "name", (unsigned)(rnd() % 50));
+            json_object_set_new(o, key, random_value(depth + 1));
+        }
+        return o;
+    }
+    }
+}
+
+static void json_encoding_matches_jansson_byte_for_byte(void **state)
+{
+    (void)state;
+    static const char *const fixed[] = {
+        "{\"a\":[1,2.5,-0.0,1e300,1e-300,0.1,\"x\\u0000y\",true,false,null],\"b\":{}}",
+        "[[],{},\"\\u00e9\\u20ac\\ud83d\\udc1f\",\"\\/ \\\" \\\\ \\b\\f\\n\\r\\t \\u007f\"]",
+        "[100000000000000000000.0,1e21,123456789012345678,-9223372036854775808,5e-324]", "3", "\"s\"", "null"};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]) + 2000; i++) {
+        json_t *doc = i < sizeof(fixed) / sizeof(fixed[0]) ? json_loads(fixed[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)
+                                                           : random_value(0);
+        assert_non_null(doc);
+        char *want = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
+        size_t len = 0;
+        char *got = api_json_encode(doc, &len);
+        assert_non_null(want);
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        assert_int_equal(len, strlen(want));
+        free(want);
+        free(got);
+        json_decref(doc);
+    }
+}
+
 int main(void)
 {
     struct api_err err;
@@ -315,6 +400,7 @@ int main(void)
         cmocka_unit_test(error_wrap_prefixes_context_and_keeps_code),
         cmocka_unit_test(map_puts_gets_and_deletes_many_keys),
         cmocka_unit_test(flags_parse_values_and_report_bad_usage),
+        cmocka_unit_test(json_encoding_matches_jansson_byte_for_byte),
         cmocka_unit_test_setup_teardown(server_routes_by_pattern_and_captures_raw_segments, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_answers_404_405_and_413_as_json_errors, setup_server, teardown_server),
