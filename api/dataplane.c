@@ -22,45 +22,60 @@ static int take_tenant(struct api_dp_auth *out, const char *s, size_t len, struc
     return API_OK;
 }
 
-/* Verified tokens, per thread, direct-mapped by a hash of the token text.
- * An Ed25519 verification costs about as much as the rest of a small
+/* Verified tokens, per thread, 4-way set-associative by a hash of the token
+ * text. An Ed25519 verification costs about as much as the rest of a small
  * request; clients send the same token again and again. A hit needs the
  * exact same bytes and the same public key, and the expiry is checked on
- * every use, so the cache changes nothing but the cost. */
-#define TOKEN_CACHE_SLOTS 4096 /* about 4.5 MiB, on the loop thread only */
+ * every use, so the cache changes nothing but the cost. (Direct-mapped, a
+ * round-robin load over 1,000 tenants missed on a fifth of its requests:
+ * colliding tokens evicted each other every time.) */
+#define TOKEN_CACHE_WAYS 4
+#define TOKEN_CACHE_SETS 1024 /* 4,096 slots, about 5 MiB, on the loop thread only */
 #define TOKEN_CACHE_MAX_LEN 1024
 
 struct token_slot {
     size_t len;
+    uint64_t used; /* last hit or fill; 0 = empty */
     unsigned char pk[API_TOKEN_PUBLIC_BYTES];
     char tok[TOKEN_CACHE_MAX_LEN];
     struct api_token_claims claims;
 };
 
 static __thread struct token_slot *tl_tokens;
+static __thread uint64_t tl_token_clock;
 
 static int verify_cached(const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tok, size_t len, int64_t now,
                          struct api_token_claims *out, struct api_err *err)
 {
     uint64_t h = 1469598103934665603ull; /* FNV-1a: placement only, equality is checked in full */
-    struct token_slot *slot = NULL;
-    if (len <= TOKEN_CACHE_MAX_LEN && (tl_tokens != NULL || (tl_tokens = calloc(TOKEN_CACHE_SLOTS, sizeof(*tl_tokens))) != NULL)) {
+    struct token_slot *set = NULL, *victim = NULL;
+    if (len <= TOKEN_CACHE_MAX_LEN &&
+        (tl_tokens != NULL ||
+         (tl_tokens = calloc(TOKEN_CACHE_SETS * TOKEN_CACHE_WAYS, sizeof(*tl_tokens))) != NULL)) {
         for (size_t i = 0; i < len; i++)
             h = (h ^ (unsigned char)tok[i]) * 1099511628211ull;
-        slot = &tl_tokens[h % TOKEN_CACHE_SLOTS];
-        if (slot->len == len && memcmp(slot->tok, tok, len) == 0 && memcmp(slot->pk, pk, sizeof(slot->pk)) == 0) {
-            if (slot->claims.exp <= now)
-                return api_err_set(err, API_EUNAUTHORIZED, "token expired");
-            *out = slot->claims;
-            return API_OK;
+        set = &tl_tokens[(h % TOKEN_CACHE_SETS) * TOKEN_CACHE_WAYS];
+        for (int w = 0; w < TOKEN_CACHE_WAYS; w++) {
+            struct token_slot *slot = &set[w];
+            if (slot->used != 0 && slot->len == len && memcmp(slot->tok, tok, len) == 0 &&
+                memcmp(slot->pk, pk, sizeof(slot->pk)) == 0) {
+                if (slot->claims.exp <= now)
+                    return api_err_set(err, API_EUNAUTHORIZED, "token expired");
+                slot->used = ++tl_token_clock;
+                *out = slot->claims;
+                return API_OK;
+            }
+            if (victim == NULL || slot->used < victim->used)
+                victim = slot;
         }
     }
     int rc = api_token_verify(pk, tok, len, now, out, err);
-    if (rc == API_OK && slot != NULL) {
-        slot->len = len;
-        memcpy(slot->tok, tok, len);
-        memcpy(slot->pk, pk, sizeof(slot->pk));
-        slot->claims = *out;
+    if (rc == API_OK && victim != NULL) {
+        victim->len = len;
+        victim->used = ++tl_token_clock;
+        memcpy(victim->tok, tok, len);
+        memcpy(victim->pk, pk, sizeof(victim->pk));
+        victim->claims = *out;
     }
     return rc;
 }
