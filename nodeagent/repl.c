@@ -294,6 +294,16 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant)
         pull_follow(r, tenant, old, "", "");
 }
 
+void agent_repl_set_quorum(struct agent_repl *r, const char *tenant, int quorum)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->quorum = quorum != 0;
+    pthread_mutex_unlock(&t->mu);
+}
+
 int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out)
 {
     struct rt *t = repl_rt_get(r, tenant, 0);
@@ -775,6 +785,10 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
         return rc;
     }
     close(fd);
+    /* a promoted replica's log may hold appends never synced (records
+     * without AGENT_REC_F_SYNC): as a primary its log is the durable copy */
+    if ((rc = agent_log_sync(t->log, err)) != API_OK)
+        return rc;
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     idx_clear(&t->idx);
@@ -855,6 +869,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
     }
     pthread_mutex_lock(&t->mu);
     ck = t->ck;
+    uint32_t flags = t->quorum ? AGENT_REC_F_SYNC : 0;
     pthread_mutex_unlock(&t->mu);
     /* pages written by the commit */
     for (size_t i = 0; i < c->n; i++) {
@@ -909,7 +924,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
         pgnos[n++] = pg;
     }
     {
-        struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
+        struct agent_rec rec = {.flags = flags, .epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
                                 .time_us = (uint64_t)now_us(), .page_size = ps, .commit_pages = commit_pages,
                                 .npages = (uint32_t)n};
         if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
@@ -1357,8 +1372,8 @@ loaded:
 
 int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, struct api_err *err)
 {
-    size_t off = 0;
-    int appended = 0, rc = API_OK;
+    size_t off = 0, first = 0, end = 0;
+    int appended = 0, sync = 0, rc = API_OK;
 
     if ((rc = agent_repl_ensure(r, t->id, AGENT_ROLE_REPLICA, err)) != API_OK)
         return rc;
@@ -1388,12 +1403,28 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
         if ((rc = agent_log_append(t->log, buf + off, rl, err)) != API_OK)
             return rc;
         t->max_epoch_seen = rec.epoch;
-        appended++;
+        if (appended++ == 0)
+            first = off;
+        sync |= (rec.flags & AGENT_REC_F_SYNC) != 0;
+        off += rl;
+        end = off;
+    }
+    /* Only quorum records wait for the disk (repl.h); the sync covers every
+     * earlier append of this log too. */
+    if (sync && (rc = agent_log_sync(t->log, err)) != API_OK)
+        return rc;
+    /* apply what was just appended from BUF (no read back from the log) */
+    for (off = first; rc == API_OK && appended && off < end;) {
+        struct agent_rec rec;
+        size_t rl;
+        if ((rc = agent_rec_parse(buf + off, end - off, &rec, &rl, err)) != API_OK)
+            break;
+        if (rec.txid == t->txid + 1)
+            rc = apply_record(r, t, buf + off, rl, 1, err);
         off += rl;
     }
-    if (appended && (rc = agent_log_sync(t->log, err)) != API_OK)
-        return rc;
-    rc = apply_from_log(r, t, 1, err);
+    if (rc == API_OK)
+        rc = apply_from_log(r, t, 1, err); /* anything older still unapplied */
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     struct api_err ce;
