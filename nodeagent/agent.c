@@ -711,6 +711,8 @@ static void pipeline_job(void *arg)
             return;
     } else if (agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_PRIMARY, &err) != API_OK) {
         goto fail;
+    } else {
+        agent_repl_set_quorum(a->repl, j->tenant, j->quorum); /* before any commit of this request */
     }
     struct agent_repl_pos before, after;
     agent_repl_position(a->repl, j->tenant, &before);

@@ -294,6 +294,16 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant)
         pull_follow(r, tenant, old, "", "");
 }
 
+void agent_repl_set_quorum(struct agent_repl *r, const char *tenant, int quorum)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->quorum = quorum != 0;
+    pthread_mutex_unlock(&t->mu);
+}
+
 int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out)
 {
     struct rt *t = repl_rt_get(r, tenant, 0);
@@ -775,6 +785,10 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
         return rc;
     }
     close(fd);
+    /* a promoted replica's log may hold appends never synced (records
+     * without AGENT_REC_F_SYNC): as a primary its log is the durable copy */
+    if ((rc = agent_log_sync(t->log, err)) != API_OK)
+        return rc;
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     idx_clear(&t->idx);
@@ -855,6 +869,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
     }
     pthread_mutex_lock(&t->mu);
     ck = t->ck;
+    uint32_t flags = t->quorum ? AGENT_REC_F_SYNC : 0;
     pthread_mutex_unlock(&t->mu);
     /* pages written by the commit */
     for (size_t i = 0; i < c->n; i++) {
@@ -909,7 +924,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
         pgnos[n++] = pg;
     }
     {
-        struct agent_rec rec = {.epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
+        struct agent_rec rec = {.flags = flags, .epoch = (uint64_t)t->epoch, .txid = t->txid + 1, .pre_ck = t->ck, .post_ck = ck,
                                 .time_us = (uint64_t)now_us(), .page_size = ps, .commit_pages = commit_pages,
                                 .npages = (uint32_t)n};
         if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
@@ -1084,38 +1099,63 @@ static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
     agent_put32(p + 92, counter);
 }
 
-/* Applies the encoded record BUF to the replica's file through SQLite's
- * own file handle under an EXCLUSIVE lock, so readers see all of it or
- * none. With VERIFY, the running checksum must reach the record's post
- * checksum (API_ECONFLICT otherwise). */
-static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, int verify,
-                        struct api_err *err)
+/* An EXCLUSIVE transaction on the replica's file in which records are
+ * written through SQLite's own file handle: readers see the state before
+ * it or after it, never a mix. One transaction may carry several records
+ * (a batch of one tenant), saving the lock round trips of each. */
+struct apply_txn {
+    sqlite3 *db;
+    sqlite3_file *fp;
+    int open;
+};
+
+static int apply_begin(struct agent_repl *r, struct rt *t, struct apply_txn *x, struct api_err *err)
+{
+    int rc;
+    memset(x, 0, sizeof(*x));
+    if ((rc = agent_store_conn(r->cfg.store, t->id, &x->db, err)) != API_OK)
+        return rc;
+    if (sqlite3_exec(x->db, "BEGIN EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK)
+        return api_err_set(err, API_EUNAVAILABLE, "tenant '%s': cannot lock the replica: %s", t->id,
+                           sqlite3_errmsg(x->db));
+    x->open = 1;
+    if (sqlite3_file_control(x->db, "main", SQLITE_FCNTL_FILE_POINTER, &x->fp) != SQLITE_OK || x->fp == NULL ||
+        x->fp->pMethods == NULL)
+        return api_err_set(err, API_EIO, "tenant '%s': no file handle for the replica", t->id);
+    return API_OK;
+}
+
+/* Commits (also after a failed apply: what was written is repaired from
+ * the log or replaced by a snapshot, as after a crash). */
+static void apply_end(struct apply_txn *x)
+{
+    if (x->open)
+        sqlite3_exec(x->db, "COMMIT", NULL, NULL, NULL);
+    x->open = 0;
+}
+
+/* Applies the encoded record BUF to the replica's file inside X (see
+ * apply_begin). With VERIFY, the running checksum must reach the record's
+ * post checksum (API_ECONFLICT otherwise). */
+static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x, const unsigned char *buf,
+                        size_t len, int verify, struct api_err *err)
 {
     struct agent_rec rec;
     size_t rl;
     void *block = NULL;
     const uint32_t *pgnos;
     const unsigned char *pages;
-    sqlite3 *db;
-    sqlite3_file *fp = NULL;
+    sqlite3_file *fp = x->fp;
     unsigned char *old = NULL, *p1 = NULL;
     sqlite3_int64 size;
-    int rc, in_txn = 0;
+    int rc;
 
     if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
         (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK)
         return rc;
     uint32_t ps = rec.page_size, lock = agent_lock_page(ps);
-    if ((rc = agent_store_conn(r->cfg.store, t->id, &db, err)) != API_OK)
-        goto out;
-    if (sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
-        rc = api_err_set(err, API_EUNAVAILABLE, "tenant '%s': cannot lock the replica: %s", t->id, sqlite3_errmsg(db));
-        goto out;
-    }
-    in_txn = 1;
-    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK || fp == NULL ||
-        fp->pMethods == NULL || fp->pMethods->xFileSize(fp, &size) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': no file handle for the replica", t->id);
+    if (fp->pMethods->xFileSize(fp, &size) != SQLITE_OK) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': cannot size the replica", t->id);
         goto out;
     }
     old = malloc(ps);
@@ -1204,8 +1244,6 @@ static int apply_record(struct agent_repl *r, struct rt *t, const unsigned char 
         observe_lag(r, now_us() - (int64_t)rec.time_us);
     rc = API_OK;
 out:
-    if (in_txn)
-        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     free(old);
     free(p1);
     free(block);
@@ -1216,21 +1254,23 @@ out:
 static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct api_err *err)
 {
     struct agent_log_pos lp;
+    struct apply_txn x = {0};
+    int rc = API_OK;
     agent_log_position(t->log, &lp);
-    while (t->txid < lp.last_txid) {
+    if (t->txid < lp.last_txid)
+        rc = apply_begin(r, t, &x, err);
+    while (rc == API_OK && t->txid < lp.last_txid) {
         unsigned char *buf;
         size_t len;
-        int rc;
         if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) == API_OK) {
             /* no file sync: the replica's log is the durable copy, and after an
              * unclean stop the log is applied again (load_replica) */
-            rc = apply_record(r, t, buf, len, verify, err);
+            rc = apply_record(r, t, &x, buf, len, verify, err);
             free(buf);
         }
-        if (rc != API_OK)
-            return rc;
     }
-    return API_OK;
+    apply_end(&x);
+    return rc;
 }
 
 static void mark_diverged(struct agent_repl *r, struct rt *t, const char *why)
@@ -1357,8 +1397,8 @@ loaded:
 
 int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, size_t len, struct api_err *err)
 {
-    size_t off = 0;
-    int appended = 0, rc = API_OK;
+    size_t off = 0, first = 0, end = 0;
+    int appended = 0, sync = 0, rc = API_OK;
 
     if ((rc = agent_repl_ensure(r, t->id, AGENT_ROLE_REPLICA, err)) != API_OK)
         return rc;
@@ -1388,12 +1428,33 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
         if ((rc = agent_log_append(t->log, buf + off, rl, err)) != API_OK)
             return rc;
         t->max_epoch_seen = rec.epoch;
-        appended++;
+        if (appended++ == 0)
+            first = off;
+        sync |= (rec.flags & AGENT_REC_F_SYNC) != 0;
+        off += rl;
+        end = off;
+    }
+    /* Only quorum records wait for the disk (repl.h); the sync covers every
+     * earlier append of this log too. */
+    if (sync && (rc = agent_log_sync(t->log, err)) != API_OK)
+        return rc;
+    /* apply what was just appended from BUF (no read back from the log),
+     * all of it in one transaction */
+    struct apply_txn x = {0};
+    if (appended)
+        rc = apply_begin(r, t, &x, err);
+    for (off = first; rc == API_OK && appended && off < end;) {
+        struct agent_rec rec;
+        size_t rl;
+        if ((rc = agent_rec_parse(buf + off, end - off, &rec, &rl, err)) != API_OK)
+            break;
+        if (rec.txid == t->txid + 1)
+            rc = apply_record(r, t, &x, buf + off, rl, 1, err);
         off += rl;
     }
-    if (appended && (rc = agent_log_sync(t->log, err)) != API_OK)
-        return rc;
-    rc = apply_from_log(r, t, 1, err);
+    apply_end(&x);
+    if (rc == API_OK)
+        rc = apply_from_log(r, t, 1, err); /* anything older still unapplied */
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     struct api_err ce;

@@ -11,12 +11,19 @@
  * log's, and a difference logged as one full-image record.
  *
  * Replica: the file stays in rollback-journal mode. Records are appended to
- * the replica's own log (durable: what quorum waits for), then applied
+ * the replica's own log, then applied
  * under an EXCLUSIVE lock through SQLite's own file handle, the change
  * counter bumped so other connections drop their caches, then the applied
  * position written to <db>-pos. After each record the checksum must equal
  * the primary's post-commit checksum; otherwise the replica asks for a
  * snapshot. Killed at any byte, the replica re-applies from its log.
+ * Records of `quorum` tenants carry a flag: the replica fdatasyncs its log
+ * before it applies and acknowledges them (what quorum waits for). Other
+ * records are appended without a sync, as SQLite's synchronous=NORMAL does
+ * with its WAL: the log is synced with the next flagged record, when it is
+ * compacted, reset, closed or promoted, and otherwise by the kernel's
+ * writeback; after an unclean stop load_replica checks the file against
+ * the log and asks for a snapshot if they differ.
  *
  * Transport: replicas pull. One long-poll per pair of nodes carries all the
  * tenants the replica follows on that primary (POST /internal/repl/pull);
@@ -89,6 +96,11 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant);
  * brings its files into the declared role's journal mode. Cheap once done.
  * API_ENOTPRIMARY if asked for a primary that is not (or not yet) one. */
 int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err);
+
+/* Declares TENANT's durability on its primary: with QUORUM set, the
+ * records of its next commits ask replicas to sync before acknowledging.
+ * The tenant's worker, before a write runs. Cheap. */
+void agent_repl_set_quorum(struct agent_repl *r, const char *tenant, int quorum);
 
 /* The store's on_open callback: installs the capture hook on primaries. */
 void agent_repl_on_open(void *ud, const char *tenant, sqlite3 *db);

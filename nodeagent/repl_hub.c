@@ -638,6 +638,21 @@ static void note_ack(struct hub *h, const char *tenant, uint64_t txid, uint64_t 
     pthread_mutex_unlock(&t->mu);
 }
 
+/* 1 if cursor C of TENANT is at the position of this node, loaded as its
+ * primary: nothing to send. hub->mu held. */
+static int caught_up(struct hub *h, const char *tenant, const struct cursor *c)
+{
+    struct rt *t = repl_rt_get(h->r, tenant, 0);
+    int yes = 0;
+    if (t != NULL) {
+        pthread_mutex_lock(&t->mu);
+        yes = t->want == AGENT_ROLE_PRIMARY && t->loaded == AGENT_ROLE_PRIMARY && t->log != NULL &&
+              c->txid == t->txid && c->ck == t->ck;
+        pthread_mutex_unlock(&t->mu);
+    }
+    return yes;
+}
+
 static void on_pull(struct api_req *req, void *ud)
 {
     struct hub *h = ud;
@@ -724,7 +739,7 @@ static void on_pull(struct api_req *req, void *ud)
         agent_parse_hex16(a, 16, &txid);
         agent_parse_hex16(b, 16, &ck);
         struct cursor *c = api_map_get(s->cursors, key);
-        int oom = 0;
+        int oom = 0, fresh = 0;
         if (c == NULL && (c = calloc(1, sizeof(*c))) != NULL) {
             api_map_put(s->cursors, key, c, &oom);
             if (oom) {
@@ -732,12 +747,16 @@ static void on_pull(struct api_req *req, void *ud)
                 continue;
             }
             follower_add(h, key, s);
+            fresh = 1;
         }
         if (c == NULL)
             continue;
         c->txid = txid;
         c->ck = ck;
-        put_dirty(s, key);
+        /* An acknowledgement of everything this primary holds needs no
+         * answer: the poll waits for the next commit (hub_notify). */
+        if (fresh || !caught_up(h, key, c))
+            put_dirty(s, key);
         note_ack(h, key, txid, ck);
     }
     for (i = 0; i < json_array_size(drop); i++) {

@@ -36,6 +36,7 @@ struct rt {
     int64_t behind_since_ms;
     uint64_t remote_durable;
     uint64_t max_epoch_seen;
+    int quorum; /* [mu] the tenant's writes wait for a replica: its records carry AGENT_REC_F_SYNC */
     int need_snapshot, broken, load_requested;
     unsigned long long mismatches, snapshots;
     /* worker only: capture state of a primary */

@@ -2,7 +2,7 @@
  * nodeagent/repl_log.h: replication records and the per-tenant log file.
  *
  * A record is one committed write transaction as page images:
- *   header (64 bytes, big-endian): "SHR1", flags, epoch, txid, pre checksum,
+ *   header (64 bytes, big-endian): "SHR1", flags (AGENT_REC_F_*), epoch, txid, pre checksum,
  *     post checksum, page size, database size in pages after the commit,
  *     number of page images, payload length, commit time (µs since the epoch)
  *   payload: lz4 block of [page numbers (u32 each)][page images]
@@ -15,8 +15,8 @@
  * agent_log_sync. Opening truncates a torn tail (a crash mid-append).
  * Compaction drops the oldest records and moves the base forward.
  *
- * Thread-safety: a log has its own mutex; the tenant's worker appends, the
- * replication hub reads concurrently.
+ * Thread-safety: a log has its own mutex; the tenant's worker appends,
+ * syncs and compacts, the replication hub reads concurrently.
  */
 #ifndef SHOAL_NODEAGENT_REPL_LOG_H
 #define SHOAL_NODEAGENT_REPL_LOG_H
@@ -29,9 +29,15 @@
 #define AGENT_REC_HDR 64
 #define AGENT_REC_TRAILER 8
 
+/* The tenant is `quorum`: a replica makes the record durable in its log
+ * before it acknowledges it. Without the flag a replica appends without
+ * fdatasync (the kernel writes the log back; agent_log_sync and closing
+ * the log make it durable). */
+#define AGENT_REC_F_SYNC 1u
+
 struct agent_rec {
     uint64_t epoch, txid, pre_ck, post_ck, time_us;
-    uint32_t page_size, commit_pages, npages, payload_len;
+    uint32_t flags, page_size, commit_pages, npages, payload_len;
 };
 
 /* Encodes a record from NPAGES page numbers PGNOS and their images PAGES
@@ -54,12 +60,14 @@ struct agent_log;
  * does not exist. A torn tail is truncated away. */
 int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struct agent_log **out,
                    struct api_err *err);
+/* Closes the log, first making its appends durable. Accepts NULL. */
 void agent_log_free(struct agent_log *log);
 
 /* Appends an encoded record; it must continue the log (txid = last + 1,
  * pre checksum = last checksum), else API_ECONFLICT. Not yet durable. */
 int agent_log_append(struct agent_log *log, const unsigned char *rec, size_t len, struct api_err *err);
-/* Makes every append durable (fdatasync). */
+/* Makes every append durable (fdatasync; nothing when every append is
+ * already durable). */
 int agent_log_sync(struct agent_log *log, struct api_err *err);
 /* Empties the log and sets a new base (after a snapshot). Durable. */
 int agent_log_reset(struct agent_log *log, uint64_t base_txid, uint64_t base_ck, struct api_err *err);

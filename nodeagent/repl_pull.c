@@ -126,6 +126,36 @@ static struct apply_job *job_for(struct apply_job **list, struct agent_repl *r, 
     return j;
 }
 
+/* Records the primary's head for each job that carries nothing else, here
+ * rather than on the tenant's worker, and frees those jobs. Returns the
+ * jobs left. */
+static struct apply_job *note_heads(struct agent_repl *r, struct apply_job *list)
+{
+    struct apply_job **pp = &list;
+    while (*pp != NULL) {
+        struct apply_job *j = *pp;
+        if (j->len > 0 || j->snapshot != NULL || j->load_only) {
+            pp = &j->next;
+            continue;
+        }
+        struct rt *t = j->have_head ? repl_rt_get(r, j->tenant, 0) : NULL;
+        if (t != NULL) {
+            pthread_mutex_lock(&t->mu);
+            if (t->want == AGENT_ROLE_REPLICA && j->head > t->head_txid)
+                t->head_txid = j->head;
+            if (t->want == AGENT_ROLE_REPLICA && t->head_txid > t->txid && t->behind_since_ms == 0)
+                t->behind_since_ms = api_now_ms();
+            else if (t->head_txid <= t->txid)
+                t->behind_since_ms = 0;
+            pthread_mutex_unlock(&t->mu);
+        }
+        *pp = j->next;
+        free(j->recs);
+        free(j);
+    }
+    return list;
+}
+
 /* Runs every job on its tenant's worker and waits for all of them. */
 static void run_jobs(struct agent_repl *r, struct apply_job *list)
 {
@@ -365,6 +395,7 @@ static void *puller_main(void *arg)
             }
         }
         api_http_resp_fini(&resp);
+        jobs = note_heads(r, jobs);
         if (jobs != NULL) {
             run_jobs(r, jobs);
             pthread_mutex_lock(&p->mu);

@@ -4,7 +4,8 @@
 // RATE > 0: open loop, one single-row insert every 1/RATE s, spread round-robin
 // over the targets, at most CONCURRENCY in flight (a tick with all slots busy
 // is counted as "late", not queued). RATE = 0: closed loop, CONCURRENCY
-// workers sending back to back. Prints one JSON line.
+// workers sending back to back. Prints one JSON line (cpu_us: this process's
+// own CPU time, so the bench can tell what the load generator took).
 import http from "node:http";
 import { readFileSync } from "node:fs";
 
@@ -69,5 +70,6 @@ if (rate > 0) {
 const secs = (Date.now() - t0) / 1000;
 lat.sort((a, b) => a - b);
 const pct = (p) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(lat.length * p))] : 0);
-console.log(JSON.stringify({ ok, errors, late, rate: ok / secs, p50_ms: pct(0.5), p99_ms: pct(0.99) }));
+const cpu = process.cpuUsage();
+console.log(JSON.stringify({ ok, errors, late, rate: ok / secs, p50_ms: pct(0.5), p99_ms: pct(0.99), cpu_us: cpu.user + cpu.system }));
 process.exit(0);
