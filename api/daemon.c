@@ -14,9 +14,10 @@ static void *volatile stop_arg;
 
 static void on_signal(int sig)
 {
+    void (*fn)(void *) = stop_fn;
     (void)sig;
-    if (stop_fn != NULL)
-        stop_fn(stop_arg);
+    if (fn != NULL)
+        fn(stop_arg);
 }
 
 int api_daemon_init(const char *program, const char *component, const char *log_level)
@@ -42,8 +43,11 @@ void api_daemon_on_stop(void (*stop)(void *arg), void *arg)
 {
     struct sigaction sa;
 
+    stop_fn = NULL;
     stop_arg = arg;
     stop_fn = stop;
+    if (stop == NULL)
+        return; /* the handlers stay: a late signal is ignored, not fatal */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal; /* no SA_RESTART: the event loop wakes up with EINTR */
     sigemptyset(&sa.sa_mask);

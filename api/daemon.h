@@ -11,7 +11,9 @@
 int api_daemon_init(const char *program, const char *component, const char *log_level);
 
 /* From now on SIGINT and SIGTERM call STOP(ARG), which must be
- * async-signal-safe (the servers' stop functions only set a flag). */
+ * async-signal-safe (the servers' stop functions only set a flag). STOP NULL
+ * detaches: call it before freeing ARG, so a second signal during shutdown
+ * does not reach a freed server (it is then ignored). */
 void api_daemon_on_stop(void (*stop)(void *arg), void *arg);
 
 void api_daemon_fini(void);

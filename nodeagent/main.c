@@ -119,6 +119,7 @@ int main(int argc, char **argv)
     api_daemon_on_stop(stop, agent);
     agent_run(agent);
     log_info("stopping");
+    api_daemon_on_stop(NULL, NULL); /* a second signal must not reach what is freed next */
     agent_free(agent); /* before api_daemon_fini: it ends libcurl */
     api_daemon_fini();
     return 0;

@@ -71,6 +71,7 @@ int main(int argc, char **argv)
     api_daemon_on_stop(stop, o);
     orch_run(o);
     log_info("stopping");
+    api_daemon_on_stop(NULL, NULL); /* a second signal must not reach what is freed next */
     orch_free(o); /* before api_daemon_fini: it ends libcurl */
     api_daemon_fini();
     return 0;
