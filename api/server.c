@@ -22,6 +22,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -29,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <h2o.h>
@@ -70,6 +72,7 @@ struct api_server {
     size_t nroutes;
     api_handler_fn fallback;
     void *fallback_ud;
+    h2o_linklist_t streams; /* streamed replies in progress (struct api_stream); loop thread only */
     /* counters for /metrics; loop thread only */
     uint64_t requests;
     uint64_t responses_by_class[6]; /* 1xx..5xx at [1..5] */
@@ -88,6 +91,7 @@ struct api_pending {
     struct api_server *server;
     h2o_req_t *req; /* NULL once the request is gone */
     struct api_resp *resp;
+    struct api_stream *stream; /* set on the loop once a streamed reply took over */
     int refs;
     int finished;
 };
@@ -344,10 +348,16 @@ static void pending_release(struct api_pending *p)
     }
 }
 
+static void stream_req_gone(struct api_stream *st);
+
 static void on_req_pool_dispose(void *arg)
 {
     struct pending_link *link = arg;
     link->p->req = NULL;
+    if (link->p->stream != NULL) {
+        stream_req_gone(link->p->stream);
+        link->p->stream = NULL;
+    }
     pending_release(link->p);
 }
 
@@ -831,6 +841,7 @@ int api_server_new(const struct api_server_config *cfg, struct api_server **out,
     h2o_context_init(&s->ctx, s->loop, &s->config);
     s->accept_ctx.ctx = &s->ctx;
     s->accept_ctx.hosts = s->config.hosts;
+    h2o_linklist_init_anchor(&s->streams);
     s->queue = h2o_multithread_create_queue(s->loop);
     h2o_multithread_register_receiver(s->queue, &s->receiver, on_messages);
 
@@ -862,6 +873,8 @@ void api_server_on_stop(struct api_server *s, void (*fn)(void *), void *ud)
     s->on_stop_ud = ud;
 }
 
+static void streams_stop_all(struct api_server *s);
+
 int api_server_run(struct api_server *s)
 {
     while (!s->stop) {
@@ -886,6 +899,8 @@ int api_server_run(struct api_server *s)
                h2o_now(s->loop) < deadline)
             h2o_evloop_run(s->loop, 50);
     }
+    /* streamed replies still open will not drain now: let their workers stop */
+    streams_stop_all(s);
     return 0;
 }
 
@@ -933,4 +948,395 @@ void api_server_metrics(const struct api_server *s, const char *prefix, char *bu
     }
     if (*len > cap)
         *len = cap;
+}
+
+/* ------------------------------------------------------------------ */
+/* streamed replies                                                   */
+/*
+ * A worker writes body bytes into a queue of heap chunks under the stream's
+ * mutex; the loop takes whole chunks from it and passes them to h2o_send,
+ * one send at a time: h2o 2.2.5 keeps pointers to the data (and the chunked
+ * encoder a buffer of its own) until it calls the generator's proceed, so a
+ * second h2o_send before that would corrupt the response. Chunks written
+ * meanwhile wait in the queue and go out together on the next proceed.
+ *
+ * The loop learns of new data through one wakeup message at a time
+ * (notify_posted), so a worker writing row by row costs a mutex and a memcpy
+ * per write, not a cross-thread message.
+ *
+ * The bound (API_STREAM_MAX_QUEUED) counts bytes queued and bytes h2o has
+ * not finished sending. Blocking the writer is the only way to bound memory
+ * without losing rows; the wait ends at the caller's deadline so a client
+ * that stops reading cannot hold the worker forever. We chose blocking over
+ * failing at once because a reader that is merely slower than SQLite (most
+ * clients over a real network) should get its rows.
+ *
+ * Lifetime: `refs` counts the worker (until end/abort), the loop's request
+ * (until h2o disposes the request, or at once if it was gone before the
+ * stream started) and each wakeup message in flight; the last release frees
+ * the stream on whichever thread drops it. When the client disconnects, h2o
+ * calls the generator's stop and then disposes the request's pool, whose
+ * hook (on_req_pool_dispose) marks the stream gone: queued data is dropped,
+ * a blocked writer wakes, and later writes return API_EIO at once.
+ */
+
+#define STREAM_CHUNK ((size_t)64 << 10)
+#define STREAM_MAX_VECS 64
+
+enum { STREAM_OPEN = 0, STREAM_ENDED = 1, STREAM_ABORTED = 2 };
+
+struct stream_chunk {
+    struct stream_chunk *next;
+    size_t len, cap;
+    char data[];
+};
+
+struct api_stream {
+    h2o_generator_t gen; /* first: h2o hands it back to the proceed and stop callbacks */
+    struct api_server *server;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* signalled when queued shrinks or the client goes */
+    /* under mu */
+    struct stream_chunk *head, *tail; /* written, not yet given to h2o */
+    size_t queued;                    /* bytes in head..tail plus bytes h2o is sending */
+    int gone;                         /* writes are dropped: the client (or the server) went away */
+    int state;                        /* STREAM_OPEN until the worker ends or aborts */
+    int notify_posted;                /* a wakeup message is on its way to the loop */
+    int refs;
+    /* loop thread only */
+    struct api_pending *pending; /* until the first wakeup ties the stream to the request */
+    struct api_resp *head_resp;  /* status and headers, until sent */
+    h2o_req_t *req;              /* NULL when not (or no longer) tied to a request */
+    struct stream_chunk *sending; /* given to h2o, freed on proceed or when the request goes */
+    size_t sending_bytes;
+    int linked, started, inflight, done, loop_ref;
+    h2o_linklist_t link; /* in server->streams while tied to a request */
+};
+
+static void chunks_free(struct stream_chunk *c)
+{
+    while (c != NULL) {
+        struct stream_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
+/* Drops one reference; the last one frees ST. Any thread. */
+static void stream_release(struct api_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    int left = --st->refs;
+    pthread_mutex_unlock(&st->mu);
+    if (left > 0)
+        return;
+    chunks_free(st->head);
+    chunks_free(st->sending);
+    api_resp_free(st->head_resp);
+    pthread_cond_destroy(&st->cv);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+/* Marks ST gone for its worker: drops what is queued and wakes a blocked
+ * writer. Loop thread (the chunks h2o may still point at are not touched). */
+static void stream_mark_gone(struct api_stream *st)
+{
+    struct stream_chunk *drop;
+    pthread_mutex_lock(&st->mu);
+    st->gone = 1;
+    drop = st->head;
+    st->head = st->tail = NULL;
+    st->queued = 0;
+    pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+    chunks_free(drop);
+}
+
+/* The request's pool is being disposed (loop thread): h2o is done with
+ * everything we gave it. */
+static void stream_req_gone(struct api_stream *st)
+{
+    if (st->req != NULL)
+        h2o_linklist_unlink(&st->link);
+    st->req = NULL;
+    chunks_free(st->sending);
+    st->sending = NULL;
+    st->sending_bytes = 0;
+    stream_mark_gone(st);
+    if (st->loop_ref) {
+        st->loop_ref = 0;
+        stream_release(st);
+    }
+}
+
+static void streams_stop_all(struct api_server *s)
+{
+    for (h2o_linklist_t *l = s->streams.next; l != &s->streams; l = l->next)
+        stream_mark_gone(H2O_STRUCT_FROM_MEMBER(struct api_stream, link, l));
+}
+
+/* Sends the status and headers (loop thread), as send_resp does, without a
+ * content-length: HTTP/1.1 replies go out chunked. */
+static void stream_start(struct api_stream *st, h2o_req_t *req)
+{
+    const struct api_resp *resp = st->head_resp;
+    int status = resp != NULL ? resp->status : 500;
+
+    if (status < 100 || status > 599)
+        status = 500;
+    st->server->responses_by_class[status / 100]++;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    if (resp != NULL && resp->content_type != NULL) {
+        h2o_iovec_t ct = h2o_strdup(&req->pool, resp->content_type, SIZE_MAX);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct.base, ct.len);
+    }
+    for (size_t i = 0; resp != NULL && i < resp->nheaders; i++) {
+        h2o_iovec_t n = h2o_strdup(&req->pool, resp->header_names[i], SIZE_MAX);
+        h2o_iovec_t v = h2o_strdup(&req->pool, resp->header_values[i], SIZE_MAX);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+    }
+    if (st->server->cors)
+        add_cors(req);
+    h2o_start_response(req, &st->gen);
+    st->started = 1;
+    api_resp_free(st->head_resp);
+    st->head_resp = NULL;
+}
+
+/* Gives h2o what the worker has written, unless a send is in flight.
+ * Loop thread. Touches nothing of ST after h2o_send. */
+static void stream_pump(struct api_stream *st)
+{
+    h2o_req_t *req = st->req;
+    h2o_iovec_t vecs[STREAM_MAX_VECS];
+    struct stream_chunk *taken = NULL, **tailp = &taken;
+    size_t n = 0, bytes = 0;
+    int state, gone;
+
+    if (req == NULL || st->done || st->inflight)
+        return;
+    pthread_mutex_lock(&st->mu);
+    gone = st->gone;
+    state = st->state;
+    if (!gone && state != STREAM_ABORTED) {
+        while (st->head != NULL && n < STREAM_MAX_VECS) {
+            struct stream_chunk *c = st->head;
+            if ((st->head = c->next) == NULL)
+                st->tail = NULL;
+            c->next = NULL;
+            *tailp = c;
+            tailp = &c->next;
+            vecs[n++] = h2o_iovec_init(c->data, c->len);
+            bytes += c->len;
+        }
+        if (st->head != NULL)
+            state = STREAM_OPEN; /* the rest goes out before the end */
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (gone)
+        return;
+    if (!st->started)
+        stream_start(st, req);
+    if (state == STREAM_ABORTED) {
+        st->done = 1;
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    if (n == 0 && state == STREAM_OPEN)
+        return;
+    st->sending = taken;
+    st->sending_bytes = bytes;
+    st->inflight = 1;
+    if (state == STREAM_ENDED)
+        st->done = 1;
+    h2o_send(req, vecs, n, state == STREAM_ENDED ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+/* h2o has sent the previous batch (loop thread). */
+static void stream_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct api_stream *st = (struct api_stream *)gen;
+    (void)req;
+    chunks_free(st->sending);
+    st->sending = NULL;
+    pthread_mutex_lock(&st->mu);
+    st->queued = st->queued > st->sending_bytes ? st->queued - st->sending_bytes : 0;
+    pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+    st->sending_bytes = 0;
+    st->inflight = 0;
+    stream_pump(st);
+}
+
+/* The client went away mid-response (loop thread); the pool's dispose hook
+ * follows at once and frees what h2o held. */
+static void stream_on_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    stream_mark_gone((struct api_stream *)gen);
+}
+
+/* First wakeup (loop thread): take over the deferred request, or find it gone. */
+static void stream_link(struct api_stream *st)
+{
+    struct api_pending *p = st->pending;
+    st->pending = NULL;
+    st->linked = 1;
+    if (p->req != NULL && !p->finished) {
+        p->finished = 1;
+        p->stream = st;
+        st->req = p->req;
+        h2o_linklist_insert(&st->server->streams, &st->link);
+        if (st->server->stop)
+            stream_mark_gone(st); /* shutting down: no new streams */
+    } else {
+        stream_mark_gone(st);
+        st->loop_ref = 0;
+        stream_release(st); /* the wakeup still holds one */
+    }
+    pending_release(p);
+}
+
+static void stream_on_notify(void *arg)
+{
+    struct api_stream *st = arg;
+    pthread_mutex_lock(&st->mu);
+    st->notify_posted = 0;
+    pthread_mutex_unlock(&st->mu);
+    if (!st->linked)
+        stream_link(st);
+    stream_pump(st);
+    stream_release(st);
+}
+
+/* With ST->mu held: 1 if the caller must post a wakeup (after unlocking). */
+static int stream_want_notify_locked(struct api_stream *st)
+{
+    if (st->notify_posted || st->gone)
+        return 0;
+    st->notify_posted = 1;
+    st->refs++;
+    return 1;
+}
+
+struct api_stream *api_pending_stream(struct api_pending *p, struct api_resp *head)
+{
+    struct api_stream *st = calloc(1, sizeof(*st));
+    pthread_condattr_t ca;
+
+    if (st == NULL) {
+        api_resp_free(head);
+        api_pending_finish(p, NULL); /* a bare 500 */
+        return NULL;
+    }
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&st->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    st->gen.proceed = stream_on_proceed;
+    st->gen.stop = stream_on_stop;
+    st->server = p->server;
+    st->pending = p;
+    st->head_resp = head;
+    st->refs = 3; /* the worker, the request, this first wakeup */
+    st->loop_ref = 1;
+    st->notify_posted = 1;
+    api_server_post(st->server, stream_on_notify, st);
+    return st;
+}
+
+int api_stream_write(struct api_stream *st, const void *data, size_t len, int64_t deadline_ms)
+{
+    struct stream_chunk *t;
+    struct timespec ts;
+    int post, rc = API_OK;
+
+    pthread_mutex_lock(&st->mu);
+    if (st->gone) {
+        pthread_mutex_unlock(&st->mu);
+        return API_EIO;
+    }
+    if (len == 0) {
+        pthread_mutex_unlock(&st->mu);
+        return API_OK;
+    }
+    t = st->tail;
+    if (t == NULL || t->cap - t->len < len) {
+        size_t cap = len > STREAM_CHUNK ? len : STREAM_CHUNK;
+        struct stream_chunk *c = malloc(sizeof(*c) + cap);
+        if (c == NULL) {
+            pthread_mutex_unlock(&st->mu);
+            return API_ENOMEM;
+        }
+        c->next = NULL;
+        c->len = 0;
+        c->cap = cap;
+        if (t != NULL)
+            t->next = c;
+        else
+            st->head = c;
+        st->tail = t = c;
+    }
+    memcpy(t->data + t->len, data, len);
+    t->len += len;
+    st->queued += len;
+    post = stream_want_notify_locked(st);
+    pthread_mutex_unlock(&st->mu);
+    if (post)
+        api_server_post(st->server, stream_on_notify, st);
+
+    pthread_mutex_lock(&st->mu);
+    ts.tv_sec = deadline_ms > 0 ? deadline_ms / 1000 : 0;
+    ts.tv_nsec = deadline_ms > 0 ? (deadline_ms % 1000) * 1000000L : 0;
+    while (!st->gone && st->queued > API_STREAM_MAX_QUEUED) {
+        if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT) {
+            if (!st->gone && st->queued > API_STREAM_MAX_QUEUED)
+                rc = API_ETIMEOUT;
+            break;
+        }
+    }
+    if (st->gone)
+        rc = API_EIO;
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
+int api_stream_gone(struct api_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    int gone = st->gone;
+    pthread_mutex_unlock(&st->mu);
+    return gone;
+}
+
+static void stream_finish(struct api_stream *st, int state)
+{
+    struct stream_chunk *drop = NULL;
+    int post;
+
+    pthread_mutex_lock(&st->mu);
+    st->state = state;
+    if (state == STREAM_ABORTED) {
+        drop = st->head;
+        st->head = st->tail = NULL;
+    }
+    post = stream_want_notify_locked(st);
+    pthread_mutex_unlock(&st->mu);
+    chunks_free(drop);
+    if (post)
+        api_server_post(st->server, stream_on_notify, st);
+    stream_release(st);
+}
+
+void api_stream_end(struct api_stream *st)
+{
+    stream_finish(st, STREAM_ENDED);
+}
+
+void api_stream_abort(struct api_stream *st)
+{
+    stream_finish(st, STREAM_ABORTED);
 }

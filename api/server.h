@@ -130,6 +130,48 @@ struct api_pending *api_req_defer(struct api_req *r);
 /* Sends RESP (taken) for the deferred request, or drops it if the client is gone. Thread-safe. */
 void api_pending_finish(struct api_pending *p, struct api_resp *resp);
 
+/* --- streamed replies (a deferred request answered piece by piece) ---
+ *
+ * A worker that produces a body over time (rows of a query) starts a
+ * streamed reply on its deferred request instead of finishing it: the status
+ * and headers go out at once, the body follows as the worker writes it
+ * (HTTP/1.1 chunked: no content-length), and api_stream_end completes it.
+ *
+ * Memory is bounded per stream: bytes written but not yet taken by the
+ * socket count against API_STREAM_MAX_QUEUED. A write always queues its data
+ * (unless the client is gone), then blocks the writing thread while the
+ * queue is over the bound, at most until the caller's deadline. The caller
+ * chooses the deadline because it knows what the wait holds up (a tenant's
+ * worker thread, a read snapshot); on API_ETIMEOUT it should stop producing
+ * and end the reply with an error of its own.
+ *
+ * If the client goes away, writes are dropped at once and return API_EIO,
+ * api_stream_gone turns 1, and the worker should stop; it must still call
+ * api_stream_end or api_stream_abort exactly once to release its handle.
+ * All functions below are for the worker (any thread but the loop's, since
+ * a write may block); the handle belongs to one thread at a time. */
+struct api_stream;
+
+#define API_STREAM_MAX_QUEUED ((size_t)1 << 20)
+
+/* Starts a streamed reply on P with HEAD's status, content type and headers
+ * (HEAD is taken; its body, if any, is ignored). P is consumed as by
+ * api_pending_finish. Returns NULL only on OOM, after answering P with 500. */
+struct api_stream *api_pending_stream(struct api_pending *p, struct api_resp *head);
+/* Appends LEN bytes of DATA (copied) to the body. Returns API_OK; API_EIO if
+ * the client is gone (DATA dropped); API_ETIMEOUT if the queue was still over
+ * API_STREAM_MAX_QUEUED at DEADLINE_MS (CLOCK_MONOTONIC milliseconds, as
+ * api_now_ms; DATA is queued all the same); API_ENOMEM. */
+int api_stream_write(struct api_stream *st, const void *data, size_t len, int64_t deadline_ms);
+/* 1 once the client has gone away (or the server stopped): later writes are dropped. */
+int api_stream_gone(struct api_stream *st);
+/* Completes the body after what is queued and releases ST. */
+void api_stream_end(struct api_stream *st);
+/* Ends the reply as failed (the client sees a truncated body: HTTP/1.1
+ * closes the connection without the last chunk), drops what is queued and
+ * releases ST. */
+void api_stream_abort(struct api_stream *st);
+
 /* --- responses --- */
 struct api_resp *api_resp_new(int status);
 void api_resp_free(struct api_resp *resp);

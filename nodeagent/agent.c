@@ -687,6 +687,120 @@ static void maintain_after_write(struct agent *a, const struct pipeline_job *j, 
         agent_repl_maintain(a->repl, j->tenant, db);
 }
 
+/* ------------------------------------------------------------------ */
+/* streamed cursors                                                    */
+/*
+ * /v3/cursor streams its entries (api_pending_stream) when its batch only
+ * reads and the connection has no transaction open: each line leaves as
+ * SQLite produces it, with memory bounded per reply (API_STREAM_MAX_QUEUED)
+ * instead of the whole batch. Every other cursor keeps the buffered reply,
+ * because a write's headers are only known at the end: `shoal-txid` is the
+ * position after its commit, and under `durability: quorum` the reply waits
+ * until a replica holds the write (finish_with_position). Reads leave the
+ * position where it was, so a streamed cursor's headers (shoal-txid of the
+ * position it read, no cookie, text/plain) are what the buffered reply would
+ * carry. With a transaction already open on the stream, a read-only batch
+ * could still COMMIT earlier writes, hence the autocommit condition.
+ *
+ * A slow reader blocks the tenant's worker while the reply is over its
+ * bound, but only until the statement's time limit (agent_hrana_sink):
+ * the worker also serves other tenants, and the read snapshot pins the WAL.
+ * A reader that stalls that long gets a terminal {"type":"error"} entry
+ * (CURSOR_STALLED); a client that disconnects stops the batch at its next
+ * entry and its stream is closed.
+ */
+
+static int cursor_write_entry(struct api_stream *out, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+{
+    size_t len;
+    char *text = api_json_encode(entry, &len);
+    int rc;
+
+    if (text == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    text[len] = '\n'; /* over the NUL: one line, one write */
+    rc = api_stream_write(out, text, len + 1, deadline_ms);
+    free(text);
+    if (rc == API_EIO)
+        return api_err_set(err, API_EIO, "the client went away");
+    if (rc == API_ETIMEOUT)
+        return api_err_set(err, API_ETIMEOUT, "the client did not read the cursor's entries in time (more than %zu "
+                                              "bytes waited until the statement's time limit)",
+                           (size_t)API_STREAM_MAX_QUEUED);
+    if (rc != API_OK)
+        return api_err_set(err, rc, "out of memory");
+    return API_OK;
+}
+
+static int cursor_sink_entry(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+{
+    return cursor_write_entry(ud, entry, deadline_ms, err);
+}
+
+/* 1 if J's cursor BATCH may stream on DB (see above). */
+static int cursor_streamable(const struct pipeline_job *j, sqlite3 *db, struct agent_hrana_stream *hs,
+                             const json_t *batch)
+{
+    return j->cursor && sqlite3_get_autocommit(db) && agent_hrana_cursor_check(hs, batch, j->version) &&
+           agent_hrana_batch_reads_only(db, batch);
+}
+
+/* Starts J's streamed reply: the headers a buffered read gets and the baton
+ * line. ST is the cursor's Hrana stream (taken). NULL on OOM (J's request is
+ * then answered with 500 and must not be finished again). */
+static struct api_stream *cursor_stream_start(struct agent *a, struct pipeline_job *j, struct agent_stream *st,
+                                              const struct agent_repl_pos *pos)
+{
+    struct api_resp *head = api_resp_new(200);
+    struct api_stream *out;
+    struct api_err err;
+    char baton[AGENT_BATON_MAX] = "", hex[17];
+
+    if (head == NULL || api_resp_set_body(head, "text/plain", "", 0) != API_OK) {
+        api_resp_free(head);
+        api_err_set(&err, API_ENOMEM, "out of memory");
+        finish_error(j->pending, &err);
+        return NULL;
+    }
+    agent_hex16(pos->txid, hex);
+    api_resp_add_header(head, "shoal-txid", hex);
+    if (st != NULL)
+        agent_streams_next_baton(a->streams, st, baton, sizeof(baton));
+    if ((out = api_pending_stream(j->pending, head)) == NULL)
+        return NULL;
+    /* the baton line; if it cannot be written the batch stops at its first entry */
+    json_t *line = json_pack("{s:o,s:n}", "baton", baton[0] ? json_string(baton) : json_null(), "base_url");
+    if (line != NULL)
+        cursor_write_entry(out, line, api_now_ms() + a->cfg.stmt_timeout_ms, &err);
+    json_decref(line);
+    return out;
+}
+
+/* Ends a streamed reply after the batch returned RC (ERR). */
+static void cursor_stream_end(struct api_stream *out, int rc, const struct api_err *err)
+{
+    struct api_err ignored;
+    if (rc == API_OK) {
+        api_stream_end(out);
+        return;
+    }
+    if (rc == API_EIO || api_stream_gone(out)) {
+        api_stream_abort(out);
+        return;
+    }
+    /* Hrana's terminal entry: the batch stopped here. Written without waiting
+     * for room: a stalled reader may never take it. */
+    json_t *e = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "message", err->msg, "code",
+                          rc == API_ETIMEOUT ? "CURSOR_STALLED" : rc == API_EINVAL ? "PROTOCOL_ERROR" : "INTERNAL_ERROR");
+    if (e == NULL || cursor_write_entry(out, e, 0, &ignored) == API_ENOMEM) {
+        json_decref(e);
+        api_stream_abort(out);
+        return;
+    }
+    json_decref(e);
+    api_stream_end(out);
+}
+
 /* Runs one pipeline on the tenant's worker. Without a baton and ending in
  * "close", it uses the thread's cached connection; otherwise it runs on a
  * stream with its own connection that outlives the request (batons). */
@@ -768,10 +882,21 @@ static void pipeline_job(void *arg)
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=1");
     memset(&outcome, 0, sizeof(outcome));
-    if (j->cursor)
+    struct api_stream *out = NULL;
+    int streamed = cursor_streamable(j, db, hs, requests);
+    if (streamed && (out = cursor_stream_start(a, j, st, &before)) != NULL) {
+        struct agent_hrana_sink sink = {.entry = cursor_sink_entry, .ud = out};
+        if (api_stream_gone(out)) /* left before the baton line: run nothing */
+            rc = api_err_set(&err, API_EIO, "the client went away");
+        else
+            rc = agent_hrana_cursor_stream(hs, requests, j->version, &sink, &outcome, &err);
+    } else if (streamed) {
+        rc = api_err_set(&err, API_ENOMEM, "out of memory"); /* already answered */
+    } else if (j->cursor) {
         rc = agent_hrana_cursor(hs, requests, j->version, &results, &outcome, &err);
-    else
+    } else {
         rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
+    }
     if (j->read_only)
         exec_pragma(db, "PRAGMA query_only=0");
     if (st != NULL) {
@@ -783,6 +908,16 @@ static void pipeline_job(void *arg)
         if (!sqlite3_get_autocommit(db))
             exec_pragma(db, "ROLLBACK");
         agent_hrana_stream_free(hs);
+    }
+    if (streamed) {
+        /* the reply has gone out as it ran; a read moves no position */
+        if (out != NULL)
+            cursor_stream_end(out, rc, &err);
+        if (rc == API_OK)
+            atomic_fetch_add(&a->pipelines, 1);
+        json_decref(doc);
+        pipeline_job_free(j);
+        return;
     }
     if (rc != API_OK)
         goto fail;

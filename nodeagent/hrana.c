@@ -62,6 +62,10 @@ struct agent_hrana_stream {
     int closed;
     int active; /* user SQL is being prepared or run: the authorizer applies */
     struct agent_stmt_cache *stmts; /* borrowed; NULL: prepare every statement */
+    /* a streamed cursor: execute_stmt hands step_begin and rows to the sink
+     * as SQLite produces them instead of collecting rows */
+    const struct agent_hrana_sink *sink;
+    size_t sink_step;
 };
 
 static int64_t now_ms(void)
@@ -378,7 +382,8 @@ json_t *agent_hrana_value_to_json(sqlite3_value *v)
 }
 
 /* Binds JSON value V to parameter I. Returns 0, or -1 with MSG for a
- * protocol error (the value itself is malformed). */
+ * protocol error (the value itself is malformed). With ST NULL it only
+ * checks V, exactly as binding would. */
 static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_t cap)
 {
     const char *type = json_string_value(json_object_get(v, "type"));
@@ -389,7 +394,7 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
         return -1;
     }
     if (strcmp(type, "null") == 0)
-        return sqlite3_bind_null(st, i), 0;
+        return st != NULL ? sqlite3_bind_null(st, i) : 0, 0;
     if (strcmp(type, "integer") == 0) {
         char *end;
         long long n;
@@ -408,22 +413,23 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
                 return -1;
             }
         }
-        return sqlite3_bind_int64(st, i, n), 0;
+        return st != NULL ? sqlite3_bind_int64(st, i, n) : 0, 0;
     }
     if (strcmp(type, "float") == 0) {
         if (!json_is_number(val)) {
             snprintf(msg, cap, "a float value must be a JSON number");
             return -1;
         }
-        return sqlite3_bind_double(st, i, json_number_value(val)), 0;
+        return st != NULL ? sqlite3_bind_double(st, i, json_number_value(val)) : 0, 0;
     }
     if (strcmp(type, "text") == 0) {
         if (!json_is_string(val)) {
             snprintf(msg, cap, "a text value must be a string");
             return -1;
         }
-        return sqlite3_bind_text64(st, i, json_string_value(val), json_string_length(val), SQLITE_TRANSIENT,
-                                   SQLITE_UTF8),
+        return st != NULL ? sqlite3_bind_text64(st, i, json_string_value(val), json_string_length(val),
+                                                SQLITE_TRANSIENT, SQLITE_UTF8)
+                          : 0,
                0;
     }
     if (strcmp(type, "blob") == 0) {
@@ -447,7 +453,10 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
             snprintf(msg, cap, "blob value is not valid base64");
             return -1;
         }
-        sqlite3_bind_blob64(st, i, bin, n, free);
+        if (st != NULL)
+            sqlite3_bind_blob64(st, i, bin, n, free);
+        else
+            free(bin);
         return 0;
     }
     snprintf(msg, cap, "unknown value type '%.20s'", type);
@@ -616,8 +625,33 @@ static int bind_args(sqlite3_stmt *st, const json_t *stmt_obj, json_t **inband, 
     return API_OK;
 }
 
+/* Hands ENTRY (stolen) to the stream's sink. The sink may block for room
+ * until the running statement's deadline, or one time limit from now
+ * between statements. */
+static int sink_emit(struct agent_hrana_stream *s, json_t *entry, struct api_err *err)
+{
+    int64_t wait = s->limits.stmt_timeout_ms > 0 ? s->limits.stmt_timeout_ms : AGENT_HRANA_CURSOR_STALL_MS;
+    int rc;
+    if (entry == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    rc = s->sink->entry(s->sink->ud, entry, s->deadline_ms > 0 ? s->deadline_ms : now_ms() + wait, err);
+    json_decref(entry);
+    return rc;
+}
+
+/* step_begin for the current step, once SQLite has produced a first row or
+ * finished: a statement that fails before that sends only its step_error,
+ * exactly as the buffered cursor does. */
+static int sink_begin(struct agent_hrana_stream *s, json_t *cols, struct api_err *err)
+{
+    return sink_emit(s, json_pack("{s:s,s:I,s:O}", "type", "step_begin", "step", (json_int_t)s->sink_step, "cols", cols),
+                     err);
+}
+
 /* Runs one Stmt. Sets exactly one of *RESULT and *ERROR (in-band), or returns
- * a protocol error. */
+ * a protocol error. Under a sink (a streamed cursor) step_begin and each row
+ * go to the sink as they come, *RESULT has no rows, there is no response
+ * size cap, and a sink error stops the statement and is returned. */
 static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, json_t **result, json_t **error,
                         struct agent_hrana_outcome *out, struct api_err *err)
 {
@@ -655,10 +689,16 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
     rows = json_array();
     sqlite3_int64 changes_before = sqlite3_total_changes64(s->db);
     uint64_t nrows = 0;
+    int begun = 0, sink_rc = API_OK;
     s->timed_out = 0;
     s->deadline_ms = s->limits.stmt_timeout_ms > 0 ? now_ms() + s->limits.stmt_timeout_ms : 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         nrows++;
+        if (s->sink != NULL && !begun) {
+            begun = 1;
+            if ((sink_rc = sink_begin(s, cols, err)) != API_OK)
+                break;
+        }
         if (!want_rows)
             continue;
         json_t *row = json_array();
@@ -667,6 +707,11 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
             s->response_bytes += 16 + (size_t)sqlite3_value_bytes(v);
             json_array_append_new(row, agent_hrana_value_to_json(v));
         }
+        if (s->sink != NULL) {
+            if ((sink_rc = sink_emit(s, json_pack("{s:s,s:o}", "type", "row", "row", row), err)) != API_OK)
+                break;
+            continue;
+        }
         json_array_append_new(rows, row);
         if (s->limits.max_response_bytes > 0 && s->response_bytes > s->limits.max_response_bytes) {
             rc = -1;
@@ -674,6 +719,15 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
         }
     }
     s->deadline_ms = 0;
+    if (sink_rc == API_OK && rc == SQLITE_DONE && s->sink != NULL && !begun)
+        sink_rc = sink_begin(s, cols, err);
+    if (sink_rc != API_OK) {
+        sqlite3_reset(st);
+        sqlite3_finalize(st);
+        json_decref(rows);
+        json_decref(cols);
+        return sink_rc;
+    }
     if (rc != SQLITE_DONE) {
         if (rc == -1)
             *error = error_json("RESPONSE_TOO_LARGE", "the response is larger than %zu bytes",
@@ -778,6 +832,24 @@ static int cond_eval(struct agent_hrana_stream *s, const json_t *c, const unsign
     return sqlite3_get_autocommit(s->db) != 0; /* is_autocommit */
 }
 
+/* Checks a Batch's shape and conditions before any step runs. */
+static int batch_check(const json_t *batch, int version, struct api_err *err)
+{
+    json_t *steps = json_object_get(batch, "steps");
+    int rc;
+
+    if (!json_is_object(batch) || !json_is_array(steps))
+        return api_err_set(err, API_EINVAL, "\"batch\" must be an object with a \"steps\" array");
+    for (size_t i = 0; i < json_array_size(steps); i++) {
+        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
+        if (!json_is_object(step) || !json_is_object(json_object_get(step, "stmt")))
+            return api_err_set(err, API_EINVAL, "batch step %zu needs a \"stmt\" object", i);
+        if (cond != NULL && !json_is_null(cond) && (rc = cond_check(cond, i, version, 0, err)) != API_OK)
+            return rc;
+    }
+    return API_OK;
+}
+
 static int execute_batch(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **result,
                          struct agent_hrana_outcome *out, struct api_err *err)
 {
@@ -787,16 +859,9 @@ static int execute_batch(struct agent_hrana_stream *s, const json_t *batch, int 
     json_t *results, *errors;
     int rc;
 
-    if (!json_is_object(batch) || !json_is_array(steps))
-        return api_err_set(err, API_EINVAL, "\"batch\" must be an object with a \"steps\" array");
+    if ((rc = batch_check(batch, version, err)) != API_OK)
+        return rc;
     n = json_array_size(steps);
-    for (size_t i = 0; i < n; i++) {
-        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
-        if (!json_is_object(step) || !json_is_object(json_object_get(step, "stmt")))
-            return api_err_set(err, API_EINVAL, "batch step %zu needs a \"stmt\" object", i);
-        if (cond != NULL && !json_is_null(cond) && (rc = cond_check(cond, i, version, 0, err)) != API_OK)
-            return rc;
-    }
     if ((state = calloc(n ? n : 1, 1)) == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     results = json_array();
@@ -1057,6 +1122,116 @@ int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int ve
 }
 
 /* ------------------------------------------------------------------ */
+/* streamed cursors                                                    */
+
+/* 1 if executing STMT_OBJ cannot raise a protocol error: what execute_stmt,
+ * stmt_sql, bind_args and bind_value check as they go, checked here for
+ * every argument whether or not the statement would use it. */
+static int stmt_well_formed(struct agent_hrana_stream *s, const json_t *stmt_obj)
+{
+    json_t *want = json_object_get(stmt_obj, "want_rows");
+    json_t *args = json_object_get(stmt_obj, "args"), *named = json_object_get(stmt_obj, "named_args");
+    const char *sql;
+    struct api_err err;
+    char msg[256];
+    size_t i;
+    json_t *v;
+
+    if (!json_is_object(stmt_obj) || (want != NULL && !json_is_null(want) && !json_is_boolean(want)))
+        return 0;
+    if (stmt_sql(s, stmt_obj, &sql, &err) != API_OK)
+        return 0;
+    if ((args != NULL && !json_is_null(args) && !json_is_array(args)) ||
+        (named != NULL && !json_is_null(named) && !json_is_array(named)))
+        return 0;
+    json_array_foreach(args, i, v)
+    {
+        if (bind_value(NULL, 0, v, msg, sizeof(msg)) != 0)
+            return 0;
+    }
+    json_array_foreach(named, i, v)
+    {
+        if (!json_is_string(json_object_get(v, "name")) ||
+            bind_value(NULL, 0, json_object_get(v, "value"), msg, sizeof(msg)) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+int agent_hrana_cursor_check(struct agent_hrana_stream *s, const json_t *batch, int version)
+{
+    struct api_err err;
+    size_t i;
+    json_t *step;
+
+    if (batch_check(batch, version, &err) != API_OK)
+        return 0;
+    json_array_foreach(json_object_get(batch, "steps"), i, step)
+    {
+        if (!stmt_well_formed(s, json_object_get(step, "stmt")))
+            return 0;
+    }
+    return 1;
+}
+
+/* The same walk as execute_batch, but each step's entries go to the sink
+ * as they are produced: step_begin and rows from execute_stmt, then
+ * step_end or step_error here, built exactly as agent_hrana_cursor builds
+ * them from a batch result. */
+static int cursor_batch(struct agent_hrana_stream *s, const json_t *batch, int version,
+                        struct agent_hrana_outcome *out, struct api_err *err)
+{
+    json_t *steps = json_object_get(batch, "steps");
+    unsigned char *state;
+    size_t n;
+    int rc;
+
+    if ((rc = batch_check(batch, version, err)) != API_OK)
+        return rc;
+    n = json_array_size(steps);
+    if ((state = calloc(n ? n : 1, 1)) == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
+        json_t *res = NULL, *e = NULL, *entry;
+        if (cond != NULL && !json_is_null(cond) && !cond_eval(s, cond, state))
+            continue; /* skipped: no entries */
+        s->sink_step = i;
+        if ((rc = execute_stmt(s, json_object_get(step, "stmt"), &res, &e, out, err)) != API_OK)
+            break;
+        state[i] = res != NULL ? STEP_OK : STEP_FAILED;
+        if (e != NULL)
+            entry = json_pack("{s:s,s:I,s:o}", "type", "step_error", "step", (json_int_t)i, "error", e);
+        else
+            entry = json_pack("{s:s,s:O,s:O}", "type", "step_end", "affected_row_count",
+                              json_object_get(res, "affected_row_count"), "last_insert_rowid",
+                              json_object_get(res, "last_insert_rowid"));
+        json_decref(res);
+        if ((rc = sink_emit(s, entry, err)) != API_OK)
+            break;
+    }
+    free(state);
+    return rc;
+}
+
+int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const json_t *batch, int version,
+                              const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out,
+                              struct api_err *err)
+{
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    s->response_bytes = 0;
+    s->active = 1;
+    s->sink = sink;
+    rc = cursor_batch(s, batch, version, out, err);
+    s->sink = NULL;
+    s->active = 0;
+    out->in_txn = !sqlite3_get_autocommit(s->db);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* can a replica answer this?                                          */
 
 /* 1 if every statement in SQL only reads (sqlite3_stmt_readonly). SQL that
@@ -1091,4 +1266,12 @@ static int sqlite_reads_only(void *db, const char *sql)
 int agent_hrana_reads_only(sqlite3 *db, const json_t *requests)
 {
     return api_pipeline_reads_only(requests, sqlite_reads_only, db);
+}
+
+int agent_hrana_batch_reads_only(sqlite3 *db, const json_t *batch)
+{
+    json_t *requests = json_pack("[{s:s,s:O}]", "type", "batch", "batch", batch);
+    int ro = requests != NULL && agent_hrana_reads_only(db, requests);
+    json_decref(requests);
+    return ro;
 }

@@ -74,6 +74,46 @@ int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, in
 int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
                        struct agent_hrana_outcome *out, struct api_err *err);
 
+/* Where a streamed cursor sends its entries, one at a time, as SQLite
+ * produces them. ENTRY is borrowed for the call. The sink may block for
+ * room until DEADLINE_MS (monotonic ms, as api_now_ms): the running
+ * statement's own deadline, or one statement time limit from now between
+ * statements (AGENT_HRANA_CURSOR_STALL_MS when there is no limit). It returns
+ * API_OK to go on; any other code (with ERR set) stops the batch, and
+ * agent_hrana_cursor_stream returns that code. */
+struct agent_hrana_sink {
+    int (*entry)(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err);
+    void *ud;
+};
+
+#define AGENT_HRANA_CURSOR_STALL_MS 30000
+
+/* 1 if BATCH can run on S without a protocol error: its shape, conditions,
+ * SQL texts (sql_id included), arguments and every value are well formed,
+ * checked for all steps and arguments, used or not (stricter than
+ * execution). A streamed cursor needs this: a protocol error answers the
+ * whole request with 400, which cannot be sent once entries have gone out. */
+int agent_hrana_cursor_check(struct agent_hrana_stream *s, const json_t *batch, int version);
+
+/* Runs BATCH as agent_hrana_cursor does, but hands each entry to SINK as it
+ * is produced instead of collecting them: step_begin (once the statement
+ * has produced its first row or finished), each row, then step_end or
+ * step_error. The entries are the ones agent_hrana_cursor returns for the
+ * same batch, with two differences that only a streamed reply can have:
+ * there is no response size cap (max_response_bytes; memory is bounded by
+ * the sink), and a statement that fails after producing rows has sent its
+ * step_begin and those rows before its step_error (the Hrana 3 spec allows
+ * this; buffered, only the step_error appears). Check the batch with
+ * agent_hrana_cursor_check first: a protocol error found midway is returned
+ * like a sink error, after entries were sent. */
+int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const json_t *batch, int version,
+                              const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out,
+                              struct api_err *err);
+
+/* 1 if every statement of BATCH (a Hrana Batch object) only reads, as
+ * agent_hrana_reads_only decides for a pipeline holding that one batch. */
+int agent_hrana_batch_reads_only(sqlite3 *db, const json_t *batch);
+
 /* 1 if every statement of REQUESTS (a pipeline's array) only reads, so a
  * replica may answer it; 0 if one writes or needs a stream's stored SQL.
  * Prepares (and finalizes) each statement on DB. */

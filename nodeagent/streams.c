@@ -96,17 +96,24 @@ static void mac_of(const struct agent_streams *ss, uint64_t id, uint64_t seq, co
     crypto_generichash_final(&h, mac, MAC_BYTES);
 }
 
-static void make_baton(const struct agent_streams *ss, const struct agent_stream *st, char *out, size_t cap)
+/* The baton of ST at sequence number SEQ. */
+static void make_baton_seq(const struct agent_streams *ss, const struct agent_stream *st, uint64_t seq, char *out,
+                           size_t cap)
 {
     unsigned char raw[16 + MAC_BYTES];
     char b64[64];
     for (int i = 0; i < 8; i++) {
         raw[i] = (unsigned char)(st->id >> (56 - 8 * i));
-        raw[8 + i] = (unsigned char)(st->seq >> (56 - 8 * i));
+        raw[8 + i] = (unsigned char)(seq >> (56 - 8 * i));
     }
-    mac_of(ss, st->id, st->seq, st->tenant, raw + 16);
+    mac_of(ss, st->id, seq, st->tenant, raw + 16);
     sodium_bin2base64(b64, sizeof(b64), raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     snprintf(out, cap, "%s.%s", ss->node, b64);
+}
+
+static void make_baton(const struct agent_streams *ss, const struct agent_stream *st, char *out, size_t cap)
+{
+    make_baton_seq(ss, st, st->seq, out, cap);
 }
 
 static void token_hash(const char *token, size_t len, unsigned char out[16])
@@ -218,6 +225,13 @@ void agent_streams_release(struct agent_streams *ss, struct agent_stream *st, in
     st->expires_ms = api_now_ms() + ss->idle_ms;
     st->busy = 0;
     make_baton(ss, st, baton_out, cap);
+    pthread_mutex_unlock(&ss->mu);
+}
+
+void agent_streams_next_baton(struct agent_streams *ss, const struct agent_stream *st, char *baton_out, size_t cap)
+{
+    pthread_mutex_lock(&ss->mu);
+    make_baton_seq(ss, st, st->seq + 1, baton_out, cap);
     pthread_mutex_unlock(&ss->mu);
 }
 

@@ -47,6 +47,10 @@ int agent_streams_add(struct agent_streams *ss, const char *tenant, const char *
 void agent_streams_release(struct agent_streams *ss, struct agent_stream *st, int closed, char *baton_out,
                            size_t cap);
 
+/* The baton agent_streams_release will give ST (taken) if it stays open, for
+ * a reply that must name it before the request has run (a streamed cursor). */
+void agent_streams_next_baton(struct agent_streams *ss, const struct agent_stream *st, char *baton_out, size_t cap);
+
 sqlite3 *agent_stream_db(const struct agent_stream *st);
 struct agent_hrana_stream *agent_stream_hrana(const struct agent_stream *st);
 

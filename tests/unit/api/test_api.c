@@ -4,7 +4,9 @@
  * parameters, 404/405/413 in the contract's JSON shape, query decoding,
  * deferred replies finished from worker threads, CORS preflight).
  */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,10 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "api/cluster.h"
 #include "api/err.h"
 #include "api/flags.h"
 #include "api/http.h"
@@ -160,6 +166,76 @@ static void on_deferred(struct api_req *r, void *ud)
     api_workq_submit(f->workers, 1, slow_job, j);
 }
 
+/* Streamed replies: the worker reports what its writes returned. */
+struct stream_probe {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, saw_gone, saw_timeout, gone_after;
+    size_t written;
+};
+static struct stream_probe probe = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0};
+
+#define STREAM_LINES 200000 /* about 2.3 MB: more than API_STREAM_MAX_QUEUED */
+
+static void stream_job(void *arg)
+{
+    struct slow_job *j = arg;
+    struct api_resp *head = api_resp_new(200);
+    struct api_stream *st;
+    char line[32];
+    int rc = API_OK;
+    size_t written = 0;
+
+    api_resp_set_body(head, "text/plain", "", 0);
+    api_resp_add_header(head, "x-stream", "yes");
+    st = api_pending_stream(j->p, head);
+    assert_non_null(st);
+    if (strcmp(j->word, "lines") == 0) {
+        for (int i = 0; i < STREAM_LINES && rc == API_OK; i++) {
+            int n = snprintf(line, sizeof(line), "line %d\n", i);
+            rc = api_stream_write(st, line, (size_t)n, api_now_ms() + 5000);
+        }
+        assert_int_equal(rc, API_OK);
+        api_stream_end(st);
+    } else if (strcmp(j->word, "abort") == 0) {
+        api_stream_write(st, "partial\n", 8, api_now_ms() + 5000);
+        api_stream_abort(st);
+    } else { /* "forever" (2 s per write) or "stall" (200 ms): until the client leaves or stops reading */
+        static char block[16384];
+        int64_t wait = strcmp(j->word, "stall") == 0 ? 200 : 2000;
+        memset(block, 'x', sizeof(block));
+        while ((rc = api_stream_write(st, block, sizeof(block), api_now_ms() + wait)) == API_OK &&
+               written < ((size_t)512 << 20))
+            written += sizeof(block);
+        pthread_mutex_lock(&probe.mu);
+        probe.saw_gone = rc == API_EIO;
+        probe.gone_after = api_stream_gone(st);
+        probe.saw_timeout = rc == API_ETIMEOUT;
+        probe.written = written;
+        pthread_mutex_unlock(&probe.mu);
+        /* writes after the client left are dropped at once */
+        if (rc == API_EIO)
+            assert_int_equal(api_stream_write(st, "x", 1, api_now_ms() + 60000), API_EIO);
+        api_stream_end(st);
+    }
+    pthread_mutex_lock(&probe.mu);
+    probe.done = 1;
+    pthread_cond_broadcast(&probe.cv);
+    pthread_mutex_unlock(&probe.mu);
+    free(j);
+}
+
+static void on_stream(struct api_req *r, void *ud)
+{
+    struct fixture *f = ud;
+    struct slow_job *j = calloc(1, sizeof(*j));
+    size_t len;
+    const char *w = api_req_param(r, "mode", &len);
+    snprintf(j->word, sizeof(j->word), "%.*s", (int)len, w);
+    j->p = api_req_defer(r);
+    api_workq_submit(f->workers, 2, stream_job, j);
+}
+
 static void on_echo_json(struct api_req *r, void *ud)
 {
     json_t *doc;
@@ -189,6 +265,7 @@ static int setup_server(void **state)
     api_server_route(f->server, "GET", "/v1/tenants/{id}", on_tenant, f);
     api_server_route(f->server, "GET", "/slow/{word}", on_deferred, f);
     api_server_route(f->server, "POST", "/echo", on_echo_json, f);
+    api_server_route(f->server, "GET", "/stream/{mode}", on_stream, f);
     snprintf(f->base, sizeof(f->base), "%s", api_server_url(f->server));
     assert_int_equal(pthread_create(&f->loop, NULL, run_loop, f->server), 0);
     f->http = api_http_client_new();
@@ -297,6 +374,116 @@ static void server_sends_replies_finished_on_worker_threads(void **state)
         json_decref(doc);
         api_http_resp_fini(&resp);
     }
+}
+
+static void probe_reset(void)
+{
+    pthread_mutex_lock(&probe.mu);
+    probe.done = probe.saw_gone = probe.saw_timeout = probe.gone_after = 0;
+    probe.written = 0;
+    pthread_mutex_unlock(&probe.mu);
+}
+
+/* Waits up to 10 s for the stream worker to finish. */
+static int probe_wait(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    pthread_mutex_lock(&probe.mu);
+    while (!probe.done && pthread_cond_timedwait(&probe.cv, &probe.mu, &ts) == 0)
+        ;
+    int done = probe.done;
+    pthread_mutex_unlock(&probe.mu);
+    return done;
+}
+
+/* A raw HTTP/1.1 connection that sent GET PATH. */
+static int raw_request(struct fixture *f, const char *path)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(api_server_port(f->server))};
+    struct timeval tv = {.tv_sec = 10};
+    char req[256];
+    int fd = socket(AF_INET, SOCK_STREAM, 0), n;
+    assert_true(fd >= 0);
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    return fd;
+}
+
+static void server_streams_replies_written_on_worker_threads(void **state)
+{
+    struct fixture *f = *state;
+    struct api_http_resp resp;
+    size_t want = 0;
+    char line[32];
+    for (int i = 0; i < STREAM_LINES; i++)
+        want += (size_t)snprintf(line, sizeof(line), "line %d\n", i);
+    for (int round = 0; round < 3; round++) { /* the connection is reused after a chunked reply */
+        probe_reset();
+        assert_int_equal(request(f, "GET", "/stream/lines", NULL, NULL, &resp), 200);
+        assert_string_equal(api_http_resp_header(&resp, "x-stream"), "yes");
+        assert_string_equal(api_http_resp_header(&resp, "content-type"), "text/plain");
+        assert_null(api_http_resp_header(&resp, "content-length"));
+        assert_string_equal(api_http_resp_header(&resp, "transfer-encoding"), "chunked");
+        assert_int_equal(resp.body_len, want);
+        assert_memory_equal(resp.body, "line 0\nline 1\n", 14);
+        assert_memory_equal(resp.body + want - 12, "line 199999\n", 12);
+        api_http_resp_fini(&resp);
+        assert_true(probe_wait());
+    }
+}
+
+static void server_stream_abort_truncates_the_reply(void **state)
+{
+    struct fixture *f = *state;
+    char buf[4096];
+    size_t len = 0;
+    ssize_t n;
+    probe_reset();
+    int fd = raw_request(f, "/stream/abort");
+    while ((n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    assert_int_equal(n, 0); /* the server closed the connection */
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    assert_non_null(strstr(buf, "transfer-encoding: chunked"));
+    assert_null(strstr(buf, "\r\n0\r\n\r\n")); /* never the last chunk */
+    assert_true(probe_wait());
+}
+
+static void server_stream_tells_the_worker_when_the_client_leaves(void **state)
+{
+    struct fixture *f = *state;
+    char buf[16384];
+    size_t got = 0;
+    ssize_t n;
+    probe_reset();
+    int fd = raw_request(f, "/stream/forever");
+    while (got < 256 * 1024 && (n = read(fd, buf, sizeof(buf))) > 0)
+        got += (size_t)n;
+    close(fd); /* unread data: the kernel resets the connection */
+    assert_true(probe_wait());
+    assert_true(probe.saw_gone);
+    assert_true(probe.gone_after);
+    assert_false(probe.saw_timeout);
+}
+
+static void server_stream_write_times_out_when_the_client_stops_reading(void **state)
+{
+    struct fixture *f = *state;
+    probe_reset();
+    int fd = raw_request(f, "/stream/stall");
+    assert_true(probe_wait()); /* the writer was not blocked for good */
+    assert_true(probe.saw_timeout);
+    /* what it got rid of fits the socket buffers and the 1 MiB queue */
+    assert_true(probe.written < ((size_t)64 << 20));
+    assert_true(probe.written > API_STREAM_MAX_QUEUED);
+    close(fd);
 }
 
 static void server_answers_cors_preflight(void **state)
@@ -408,6 +595,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(server_sends_replies_finished_on_worker_threads, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_answers_cors_preflight, setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(server_streams_replies_written_on_worker_threads, setup_server,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_abort_truncates_the_reply, setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_tells_the_worker_when_the_client_leaves, setup_server,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_write_times_out_when_the_client_stops_reading, setup_server,
+                                        teardown_server),
     };
     int failed = cmocka_run_group_tests_name("api", tests, NULL, NULL);
     api_http_global_cleanup();

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "api/jsonout.h"
 #include "nodeagent/hrana.h"
 #include "nodeagent/stmtcache.h"
 
@@ -513,6 +514,236 @@ static void cached_queries_are_reused_and_never_bypass_the_authorizer(void **sta
     assert_int_equal(sqlite3_close(f.db), SQLITE_OK);
 }
 
+/* ---- streamed cursors (agent_hrana_cursor_stream) ---- */
+
+struct lines {
+    char *buf;
+    size_t len, cap;
+    size_t entries, fail_after; /* fail_after: the sink fails on that entry (0 = never) */
+};
+
+static void lines_add(struct lines *l, const json_t *entry)
+{
+    size_t n;
+    char *text = api_json_encode(entry, &n);
+    assert_non_null(text);
+    if (l->len + n + 1 > l->cap) {
+        l->cap = (l->len + n + 1) * 2;
+        l->buf = realloc(l->buf, l->cap + 1);
+    }
+    memcpy(l->buf + l->len, text, n);
+    l->len += n;
+    l->buf[l->len++] = '\n';
+    l->buf[l->len] = '\0';
+    free(text);
+}
+
+static int collect(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+{
+    struct lines *l = ud;
+    assert_true(deadline_ms > 0);
+    if (l->fail_after > 0 && ++l->entries >= l->fail_after)
+        return api_err_set(err, API_EIO, "the client went away");
+    lines_add(l, entry);
+    return API_OK;
+}
+
+static const char cursor_schema[] =
+    "create table t(id integer primary key, a int, b real, c text, d blob, e);"
+    "insert into t values (1, 42, 1.5, 'ann', x'0102ff', null), (2, -9223372036854775808, 1e300, 'bob', x'', 7),"
+    " (3, 0, -0.0, cast(x'41ff42' as text), null, 'x');";
+
+static sqlite3 *cursor_db(void)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, cursor_schema, NULL, NULL, NULL), SQLITE_OK);
+    return db;
+}
+
+/* BATCH (JSON text) as the buffered cursor answers it, one entry a line. */
+static char *buffered_lines(const char *batch, const struct agent_hrana_limits *lim)
+{
+    sqlite3 *db = cursor_db();
+    struct agent_hrana_stream *s = agent_hrana_stream_new(db, lim);
+    struct agent_hrana_outcome out;
+    struct api_err err;
+    struct lines l = {0};
+    json_t *b = json_loads(batch, 0, NULL), *entries = NULL;
+    assert_non_null(b);
+    if (agent_hrana_cursor(s, b, 3, &entries, &out, &err) != API_OK)
+        fail_msg("protocol error: %s", err.msg);
+    for (size_t i = 0; i < json_array_size(entries); i++)
+        lines_add(&l, json_array_get(entries, i));
+    json_decref(entries);
+    json_decref(b);
+    agent_hrana_stream_free(s);
+    sqlite3_close(db);
+    return l.buf != NULL ? l.buf : strdup("");
+}
+
+/* The same batch streamed through a sink. */
+static char *streamed_lines(const char *batch, const struct agent_hrana_limits *lim)
+{
+    sqlite3 *db = cursor_db();
+    struct agent_hrana_stream *s = agent_hrana_stream_new(db, lim);
+    struct agent_hrana_outcome out;
+    struct api_err err;
+    struct lines l = {0};
+    struct agent_hrana_sink sink = {.entry = collect, .ud = &l};
+    json_t *b = json_loads(batch, 0, NULL);
+    assert_non_null(b);
+    assert_int_equal(agent_hrana_cursor_check(s, b, 3), 1);
+    if (agent_hrana_cursor_stream(s, b, 3, &sink, &out, &err) != API_OK)
+        fail_msg("streamed cursor failed: %s", err.msg);
+    json_decref(b);
+    agent_hrana_stream_free(s);
+    sqlite3_close(db);
+    return l.buf != NULL ? l.buf : strdup("");
+}
+
+static void streamed_cursor_entries_match_the_buffered_cursor(void **state)
+{
+    static const char *const batches[] = {
+        /* every value type, declared and expression columns, non-finite and bad UTF-8 */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"select id, a, b, c, d, e, a * 2 as twice, 1e308 * 10 as inf from t order by id\"}}]}",
+        /* conditions: ok, not, and, or, error; skipped steps send nothing */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"select 1\"}},"
+        "{\"condition\":{\"type\":\"not\",\"cond\":{\"type\":\"ok\",\"step\":0}},\"stmt\":{\"sql\":\"select 2\"}},"
+        "{\"stmt\":{\"sql\":\"select nope\"}},"
+        "{\"condition\":{\"type\":\"error\",\"step\":2},\"stmt\":{\"sql\":\"select 4\"}},"
+        "{\"condition\":{\"type\":\"and\",\"conds\":[{\"type\":\"ok\",\"step\":0},{\"type\":\"error\",\"step\":1}]},\"stmt\":{\"sql\":\"select 5\"}},"
+        "{\"condition\":{\"type\":\"or\",\"conds\":[{\"type\":\"ok\",\"step\":1},{\"type\":\"ok\",\"step\":3}]},\"stmt\":{\"sql\":\"select 6\"}},"
+        "{\"condition\":{\"type\":\"is_autocommit\"},\"stmt\":{\"sql\":\"select 7\"}}]}",
+        /* errors before any row: parse, runtime at the first step, two statements, no statement, arguments */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"selec 1\"}},{\"stmt\":{\"sql\":\"select abs(-9223372036854775808)\"}},"
+        "{\"stmt\":{\"sql\":\"select 1; select 2\"}},{\"stmt\":{\"sql\":\" -- nothing\"}},"
+        "{\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"integer\",\"value\":\"1\"},{\"type\":\"integer\",\"value\":\"2\"}]}},"
+        "{\"stmt\":{\"sql\":\"select :x\",\"named_args\":[{\"name\":\"y\",\"value\":{\"type\":\"null\"}}]}},"
+        "{\"stmt\":{\"sql\":\"select ?, :x\",\"args\":[{\"type\":\"null\"}],\"named_args\":[{\"name\":\"x\",\"value\":{\"type\":\"null\"}}]}}]}",
+        /* arguments of every kind, want_rows false, an empty result */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"select ?, ?2, :n, @m, $o\",\"named_args\":[],\"args\":[{\"type\":\"text\",\"value\":\"a\"},"
+        "{\"type\":\"blob\",\"base64\":\"AQID/w==\"},{\"type\":\"float\",\"value\":2.5}]}},"
+        "{\"stmt\":{\"sql\":\"select :n, @m, $o\",\"named_args\":[{\"name\":\"n\",\"value\":{\"type\":\"integer\",\"value\":\"-3\"}},"
+        "{\"name\":\"@m\",\"value\":{\"type\":\"float\",\"value\":1e21}},{\"name\":\"o\",\"value\":{\"type\":\"blob\",\"base64\":\"AQID\"}}]}},"
+        "{\"stmt\":{\"sql\":\"select * from t\",\"want_rows\":false}},"
+        "{\"stmt\":{\"sql\":\"select * from t where id > 100\"}}]}",
+        /* writes: affected rows and insert rowids, DDL, a transaction */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"begin\"}},{\"stmt\":{\"sql\":\"insert into t(a) values (5) returning id, a\"}},"
+        "{\"stmt\":{\"sql\":\"update t set a = a + 1 where id < 3\"}},{\"stmt\":{\"sql\":\"insert into t(id) values (1)\"}},"
+        "{\"stmt\":{\"sql\":\"create table u(x)\"}},{\"stmt\":{\"sql\":\"with v(x) as (select 9) insert into u select x from v\"}},"
+        "{\"stmt\":{\"sql\":\"delete from t where id = 2\"}},{\"stmt\":{\"sql\":\"commit\"}},{\"stmt\":{\"sql\":\"select count(*) from t\"}}]}",
+        /* a statement that runs past the time limit before producing a row */
+        "{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c) select count(*) from c\"}},"
+        "{\"stmt\":{\"sql\":\"select 8\"}}]}",
+        /* no steps */
+        "{\"steps\":[]}",
+    };
+    struct agent_hrana_limits lim = {.stmt_timeout_ms = 200, .max_response_bytes = 100000};
+    (void)state;
+    for (size_t i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
+        char *want = buffered_lines(batches[i], &lim), *got = streamed_lines(batches[i], &lim);
+        if (strcmp(want, got) != 0)
+            fail_msg("batch %zu:\nbuffered:\n%s\nstreamed:\n%s", i, want, got);
+        free(want);
+        free(got);
+    }
+}
+
+static size_t count_lines(const char *s, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = s; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void streamed_cursors_have_no_size_cap_and_may_fail_after_rows(void **state)
+{
+    struct agent_hrana_limits lim = {.stmt_timeout_ms = 2000, .max_response_bytes = 100000};
+    const char *big = "{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c "
+                      "where x < 5000) select x, randomblob(100) from c\"}}]}";
+    const char *midway = "{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c "
+                         "where x < 5) select case when x < 3 then x else abs(-9223372036854775808) end from c\"}}]}";
+    (void)state;
+    char *b = buffered_lines(big, &lim), *s = streamed_lines(big, &lim);
+    assert_int_equal(count_lines(b, "RESPONSE_TOO_LARGE"), 1); /* buffered: cut */
+    assert_int_equal(count_lines(s, "\"type\":\"row\""), 5000);
+    assert_int_equal(count_lines(s, "\"type\":\"step_end\""), 1);
+    free(b);
+    free(s);
+    /* failing at row 3: buffered sends only the error, streamed sent rows 1 and 2 first (the spec allows it) */
+    b = buffered_lines(midway, &lim);
+    s = streamed_lines(midway, &lim);
+    assert_int_equal(count_lines(b, "\"type\":\"row\""), 0);
+    assert_int_equal(count_lines(b, "\"type\":\"step_error\""), 1);
+    assert_int_equal(count_lines(s, "\"type\":\"step_begin\""), 1);
+    assert_int_equal(count_lines(s, "\"type\":\"row\""), 2);
+    assert_int_equal(count_lines(s, "\"type\":\"step_error\""), 1);
+    assert_int_equal(count_lines(s, "\"type\":\"step_end\""), 0);
+    free(b);
+    free(s);
+}
+
+static void a_failing_sink_stops_the_batch_and_the_connection_stays_usable(void **state)
+{
+    struct fx *f = *state;
+    struct lines l = {.fail_after = 12};
+    struct agent_hrana_sink sink = {.entry = collect, .ud = &l};
+    struct api_err err;
+    json_t *b = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 "
+                           "from c where x < 1000) select x from c\"}},{\"stmt\":{\"sql\":\"create table after(x)\"}}]}",
+                           0, NULL);
+    assert_int_equal(agent_hrana_cursor_stream(f->s, b, 3, &sink, &f->out, &err), API_EIO);
+    assert_non_null(strstr(err.msg, "went away"));
+    assert_int_equal(count_lines(l.buf, "\"type\":\"row\""), 10);
+    assert_null(sqlite3_next_stmt(f->db, NULL)); /* nothing left running */
+    json_decref(b);
+    free(l.buf);
+    /* step 1 never ran, and the stream still works */
+    json_t *res = run(f, 3, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select count(*) from sqlite_schema where name = 'after'\"}}]");
+    assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"integer\",\"value\":\"0\"}]]");
+    json_decref(res);
+}
+
+static void cursor_check_refuses_batches_that_could_fail_midway(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *batch;
+        int ok;
+    } cases[] = {
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select ?\",\"args\":[{\"type\":\"integer\",\"value\":\"1\"}]}}]}", 1},
+        {"{\"steps\":[]}", 1},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select nope\"}}]}", 1}, /* an SQL error is in-band */
+        /* skipped at run time, but an unknown sql_id there is a protocol error if reached */
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select 1\"}},{\"condition\":{\"type\":\"error\",\"step\":0},\"stmt\":{\"sql_id\":9}}]}", 0},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select 1\",\"args\":[{\"type\":\"integer\",\"value\":\"x\"}]}}]}", 0},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select :a\",\"named_args\":[{\"value\":{\"type\":\"null\"}}]}}]}", 0},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select 1\",\"args\":[{\"type\":\"blob\",\"base64\":\"***\"}]}}]}", 0},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select 1\",\"want_rows\":1}}]}", 0},
+        {"{\"steps\":[{\"stmt\":{\"sql\":\"select 1\",\"sql_id\":1}}]}", 0},
+        {"{\"steps\":[{\"condition\":{\"type\":\"ok\",\"step\":0},\"stmt\":{\"sql\":\"select 1\"}}]}", 0},
+        {"{\"steps\":{}}", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *b = json_loads(cases[i].batch, 0, NULL);
+        assert_non_null(b);
+        if (agent_hrana_cursor_check(f->s, b, 3) != cases[i].ok)
+            fail_msg("case %zu: %s: want %d", i, cases[i].batch, cases[i].ok);
+        json_decref(b);
+    }
+    assert_int_equal(sqlite3_exec(f->db, "create table t(x)", NULL, NULL, NULL), SQLITE_OK);
+    json_t *ro = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"begin\"}},{\"stmt\":{\"sql\":\"select * from t\"}},"
+                            "{\"stmt\":{\"sql\":\"commit\"}}]}", 0, NULL);
+    json_t *rw = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"select * from t\"}},{\"stmt\":{\"sql\":\"insert into t values (1)\"}}]}",
+                            0, NULL);
+    assert_int_equal(agent_hrana_batch_reads_only(f->db, ro), 1);
+    assert_int_equal(agent_hrana_batch_reads_only(f->db, rw), 0);
+    json_decref(ro);
+    json_decref(rw);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -536,6 +767,10 @@ int main(void)
         T(sql_cannot_leave_its_tenant),
         T(read_only_streams_refuse_every_write),
         cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
+        cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
+        cmocka_unit_test(streamed_cursors_have_no_size_cap_and_may_fail_after_rows),
+        T(a_failing_sink_stops_the_batch_and_the_connection_stays_usable),
+        T(cursor_check_refuses_batches_that_could_fail_midway),
     };
     return cmocka_run_group_tests_name("hrana", tests, NULL, NULL);
 }
