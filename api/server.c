@@ -34,11 +34,27 @@
 #include <h2o.h>
 
 #include "api/log.h"
+#include "api/server_loop.h"
 
 #define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
 #define SERVER_DRAIN_MS 3000
 #define SERVER_MAX_PARAMS 8
 #define SERVER_MAX_SEGMENTS 16
+
+/* One h2o timeout list per distinct duration (h2o 2.2.5 timeouts have a
+ * fixed duration each); heap nodes because h2o links them by address. */
+struct timeout_list {
+    uint32_t ms;
+    h2o_timeout_t to;
+    struct timeout_list *next;
+};
+
+struct api_timer {
+    h2o_timeout_entry_t entry; /* must stay first */
+    struct api_server *s;
+    void (*fn)(void *ud);
+    void *ud;
+};
 
 struct route {
     char *method; /* NULL = any */
@@ -69,6 +85,7 @@ struct api_server {
     size_t nroutes;
     api_handler_fn fallback;
     void *fallback_ud;
+    struct timeout_list *timeouts;
     /* counters for /metrics; loop thread only */
     uint64_t requests;
     uint64_t responses_by_class[6]; /* 1xx..5xx at [1..5] */
@@ -369,6 +386,96 @@ void api_pending_finish(struct api_pending *p, struct api_resp *resp)
     m->is_pending = 1;
     m->arg = p;
     h2o_multithread_send_message(&p->server->receiver, &m->super);
+}
+
+void api_pending_reply(struct api_pending *p, struct api_resp *resp)
+{
+    if (p->req != NULL && !p->finished) {
+        p->finished = 1;
+        if (resp == NULL) {
+            static const struct api_resp oom = {.status = 500};
+            send_resp(p->server, p->req, &oom);
+        } else {
+            send_resp(p->server, p->req, resp);
+        }
+    }
+    api_resp_free(resp);
+    pending_release(p);
+}
+
+int api_pending_gone(const struct api_pending *p)
+{
+    return p->req == NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* timers                                                             */
+
+h2o_evloop_t *api_server_evloop(struct api_server *s)
+{
+    return s->loop;
+}
+
+h2o_timeout_t *api_server_timeout(struct api_server *s, uint32_t ms)
+{
+    struct timeout_list *t;
+    for (t = s->timeouts; t != NULL; t = t->next)
+        if (t->ms == ms)
+            return &t->to;
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->ms = ms;
+    h2o_timeout_init(s->loop, &t->to, ms);
+    t->next = s->timeouts;
+    s->timeouts = t;
+    return &t->to;
+}
+
+static void on_timer(h2o_timeout_entry_t *entry)
+{
+    struct api_timer *t = (struct api_timer *)entry;
+    t->fn(t->ud);
+}
+
+struct api_timer *api_timer_new(struct api_server *s, void (*fn)(void *ud), void *ud)
+{
+    struct api_timer *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->entry.cb = on_timer;
+    t->s = s;
+    t->fn = fn;
+    t->ud = ud;
+    return t;
+}
+
+void api_timer_start(struct api_timer *t, uint32_t ms)
+{
+    h2o_timeout_t *to = api_server_timeout(t->s, ms);
+    if (to == NULL)
+        h2o_fatal("out of memory");
+    if (h2o_timeout_is_linked(&t->entry))
+        h2o_timeout_unlink(&t->entry);
+    h2o_timeout_link(t->s->loop, to, &t->entry);
+}
+
+void api_timer_stop(struct api_timer *t)
+{
+    if (h2o_timeout_is_linked(&t->entry))
+        h2o_timeout_unlink(&t->entry);
+}
+
+int api_timer_armed(const struct api_timer *t)
+{
+    return h2o_timeout_is_linked((h2o_timeout_entry_t *)&t->entry);
+}
+
+void api_timer_free(struct api_timer *t)
+{
+    if (t == NULL)
+        return;
+    api_timer_stop(t);
+    free(t);
 }
 
 void api_server_post(struct api_server *s, api_post_fn fn, void *arg)
@@ -891,6 +998,8 @@ void api_server_free(struct api_server *s)
         h2o_multithread_unregister_receiver(s->queue, &s->receiver);
         h2o_multithread_destroy_queue(s->queue);
         h2o_context_dispose(&s->ctx);
+        for (struct timeout_list *t = s->timeouts; t != NULL; t = t->next)
+            h2o_timeout_dispose(s->loop, &t->to);
         h2o_evloop_destroy(s->loop);
         h2o_config_dispose(&s->config);
     } else {
@@ -898,6 +1007,11 @@ void api_server_free(struct api_server *s)
          * leave the loop to process exit. */
         log_warn("%zu connection(s) still open at shutdown; exiting without disposing the HTTP context",
                  s->num_conns);
+    }
+    while (s->timeouts != NULL) {
+        struct timeout_list *next = s->timeouts->next;
+        free(s->timeouts);
+        s->timeouts = next;
     }
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i].method);
