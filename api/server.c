@@ -403,6 +403,50 @@ void api_pending_reply(struct api_pending *p, struct api_resp *resp)
     pending_release(p);
 }
 
+static void free_body_ref(void *arg)
+{
+    free(*(char **)arg);
+}
+
+void api_pending_reply_parts(struct api_pending *p, int status, const char *content_type, size_t ct_len,
+                             const struct api_hdr_view *headers, size_t n, char *body, size_t len)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    h2o_req_t *req = p->req;
+    struct api_server *s = p->server;
+
+    if (req == NULL || p->finished) {
+        free(body);
+        pending_release(p);
+        return;
+    }
+    p->finished = 1;
+    /* the body lives as long as the request's pool: freed with it */
+    char **ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), free_body_ref);
+    *ref = body;
+    if (status < 100 || status > 599)
+        status = 500;
+    s->responses_by_class[status / 100]++;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    if (content_type != NULL) {
+        h2o_iovec_t ct = h2o_strdup(&req->pool, content_type, ct_len);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct.base, ct.len);
+    }
+    for (size_t i = 0; i < n; i++) {
+        h2o_iovec_t nm = h2o_strdup(&req->pool, headers[i].name, headers[i].name_len);
+        h2o_iovec_t v = h2o_strdup(&req->pool, headers[i].value, headers[i].value_len);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, nm.base, nm.len, 1, NULL, v.base, v.len);
+    }
+    if (s->cors)
+        add_cors(req);
+    h2o_iovec_t b = h2o_iovec_init(body != NULL ? body : "", body != NULL ? len : 0);
+    req->res.content_length = b.len;
+    h2o_start_response(req, &generator);
+    h2o_send(req, &b, b.len ? 1 : 0, H2O_SEND_STATE_FINAL);
+    pending_release(p);
+}
+
 int api_pending_gone(const struct api_pending *p)
 {
     return p->req == NULL;

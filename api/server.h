@@ -133,6 +133,19 @@ void api_pending_finish(struct api_pending *p, struct api_resp *resp);
  * RESP (taken) is sent now, or dropped if the client is gone, and P is
  * released. For handlers that finish their work on the loop (the router). */
 void api_pending_reply(struct api_pending *p, struct api_resp *resp);
+/* One header of api_pending_reply_parts: borrowed, not NUL-terminated. */
+struct api_hdr_view {
+    const char *name; /* lower-case */
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+/* Like api_pending_reply, for a proxy relaying another server's answer
+ * without building a `struct api_resp`: STATUS, CONTENT_TYPE (NULL for
+ * none), HEADERS (N, copied into the request's pool) and BODY (malloc'd,
+ * LEN bytes, taken: freed when the request is done, never copied). */
+void api_pending_reply_parts(struct api_pending *p, int status, const char *content_type, size_t ct_len,
+                             const struct api_hdr_view *headers, size_t n, char *body, size_t len);
 /* 1 if the client of P went away (its request is disposed). Loop thread. */
 int api_pending_gone(const struct api_pending *p);
 

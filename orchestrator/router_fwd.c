@@ -360,30 +360,29 @@ static void set_src(struct fwd *j)
 /* ------------------------------------------------------------------ */
 /* answers                                                             */
 
-static struct api_resp *relay(struct api_aclient_resp *up)
+/* Sends UP to the client as it came, less hop-by-hop and per-server
+ * headers; takes its body (it can be megabytes: never copied). */
+static void relay(struct fwd *j, struct api_aclient_resp *up)
 {
-    struct api_resp *resp = api_resp_new(up->status);
-    size_t ctlen;
+    struct api_hdr_view hv[API_RESP_MAX_HEADERS * 2];
+    size_t n = 0, ctlen = 0;
     const char *ct = api_aclient_resp_header(up, "content-type", &ctlen);
-    if (resp == NULL)
-        return NULL;
-    /* the body is taken, not copied: it can be megabytes */
-    if ((resp->content_type = ct ? strndup(ct, ctlen) : strdup("application/octet-stream")) == NULL) {
-        api_resp_free(resp);
-        return NULL;
-    }
-    resp->body = up->body;
-    resp->body_len = up->body_len;
-    up->body = NULL;
-    for (size_t i = 0; i < up->nheaders; i++) {
+
+    for (size_t i = 0; i < up->nheaders && n < sizeof(hv) / sizeof(hv[0]); i++) {
         const struct api_aclient_header *h = &up->headers[i];
         if (router_is_hop_by_hop(h->name, h->name_len) || strcmp(h->name, "content-type") == 0 ||
             strcmp(h->name, "date") == 0 || strcmp(h->name, "server") == 0 ||
             strncmp(h->name, "access-control-", 15) == 0)
             continue;
-        api_resp_add_header(resp, h->name, h->value);
+        hv[n++] = (struct api_hdr_view){h->name, h->name_len, h->value, h->value_len};
     }
-    return resp;
+    if (ct == NULL) {
+        ct = "application/octet-stream";
+        ctlen = strlen(ct);
+    }
+    api_pending_reply_parts(j->pending, up->status, ct, ctlen, hv, n, up->body, up->body_len);
+    up->body = NULL;
+    fwd_free(j);
 }
 
 /* 1 if UP is an agent's refusal that guarantees nothing ran: 503 with
@@ -471,7 +470,7 @@ static void on_upstream(void *ud, int rc, struct api_aclient_resp *up, const str
     }
     if ((replay = api_aclient_resp_header(up, "fly-replay", &vlen)) == NULL) {
         r->n.forwarded++;
-        fwd_finish(j, relay(up));
+        relay(j, up);
         return;
     }
     if (orch_replay_parse(replay, &j->rp, &perr) != API_OK) {

@@ -56,6 +56,7 @@ struct orch_router {
     struct orch_app apps[ROUTER_MAX_APPS];
     size_t napps;
     struct down_mark down[ROUTER_DOWN_SLOTS];
+    int64_t down_until_max; /* no mark is active from then on: a quick "none down" */
     struct router_counters n;
     struct fwd *live; /* requests in flight (a doubly linked list) */
 };

@@ -20,7 +20,13 @@
 
 int router_is_down(struct orch_router *r, const char *url)
 {
-    int64_t now = api_now_ms();
+    int64_t now;
+    if (r->down_until_max == 0)
+        return 0;
+    if ((now = api_now_ms()) >= r->down_until_max) {
+        r->down_until_max = 0;
+        return 0;
+    }
     for (size_t i = 0; i < ROUTER_DOWN_SLOTS; i++)
         if (r->down[i].until_ms > now && strcmp(r->down[i].url, url) == 0)
             return 1;
@@ -41,6 +47,8 @@ void router_mark_down(struct orch_router *r, const char *url)
     }
     snprintf(r->down[slot].url, sizeof(r->down[slot].url), "%s", url);
     r->down[slot].until_ms = now + r->cfg.down_ms;
+    if (r->down[slot].until_ms > r->down_until_max)
+        r->down_until_max = r->down[slot].until_ms;
     log_warn("upstream down url=%s for_ms=%ld", url, r->cfg.down_ms);
 }
 
