@@ -770,6 +770,14 @@ void api_aclient_free(struct api_aclient *c)
     free(c);
 }
 
+/* Appends the string S at BUF+*N (the caller sized BUF). */
+static void head_put(char *buf, size_t *n, const char *s)
+{
+    size_t l = strlen(s);
+    memcpy(buf + *n, s, l);
+    *n += l;
+}
+
 struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct api_aclient_req *rq, api_aclient_cb cb,
                                           void *ud)
 {
@@ -801,8 +809,13 @@ struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct ap
         call_fail_soon(call, API_ENOMEM, 1, "out of memory");
         return call;
     }
-    n = (size_t)snprintf(call->head, cap, "%s %s HTTP/1.1\r\nhost: %s\r\n", rq->method,
-                         rq->path[0] ? rq->path : "/", call->up->key);
+    n = 0;
+    head_put(call->head, &n, rq->method);
+    head_put(call->head, &n, " ");
+    head_put(call->head, &n, rq->path[0] ? rq->path : "/");
+    head_put(call->head, &n, " HTTP/1.1\r\nhost: ");
+    head_put(call->head, &n, call->up->key);
+    head_put(call->head, &n, "\r\n");
     if (rq->body_len > 0 || strcmp(rq->method, "POST") == 0 || strcmp(rq->method, "PUT") == 0 ||
         strcmp(rq->method, "PATCH") == 0)
         n += (size_t)snprintf(call->head + n, cap - n, "content-length: %zu\r\n", rq->body_len);

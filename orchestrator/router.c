@@ -247,6 +247,7 @@ int orch_router_new(const struct orch_router_config *cfg, struct orch_router **o
     if (r == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     r->cfg = *cfg;
+    snprintf(r->region_hdr, sizeof(r->region_hdr), "shoal-client-region: %s", cfg->region);
     if ((rc = api_read_file(cfg->regions_path, 1 << 20, &text, &len, err)) != API_OK)
         goto fail;
     if (place_regions_parse(text, len, &r->regions, msg, sizeof(msg)) != PLACE_OK) {

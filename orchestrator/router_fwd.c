@@ -123,10 +123,13 @@ void router_fwd_set_region(struct fwd *j, const char *region)
 void router_fwd_add_header(struct fwd *j, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     char *line;
-    if (j->nheaders >= ROUTER_MAX_FWD_HEADERS)
+    if (j->nheaders >= ROUTER_MAX_FWD_HEADERS || (line = malloc(nlen + vlen + 3)) == NULL)
         return;
-    if (asprintf(&line, "%.*s: %.*s", (int)nlen, name, (int)vlen, value) >= 0)
-        j->headers[j->nheaders++] = line;
+    memcpy(line, name, nlen);
+    memcpy(line + nlen, ": ", 2);
+    memcpy(line + nlen + 2, value, vlen);
+    line[nlen + 2 + vlen] = '\0';
+    j->headers[j->nheaders++] = line;
 }
 
 static void fwd_free(struct fwd *j)
@@ -507,15 +510,13 @@ static void on_upstream(void *ud, int rc, struct api_aclient_resp *up, const str
 static void fwd_send(struct fwd *j)
 {
     const char *hdrs[ROUTER_MAX_FWD_HEADERS + 4];
-    char region_hdr[64];
     size_t n = 0;
 
     for (size_t i = 0; i < j->nheaders; i++)
         hdrs[n++] = j->headers[i];
     if (j->app == NULL) {
-        snprintf(region_hdr, sizeof(region_hdr), "shoal-client-region: %s", j->r->cfg.region);
         hdrs[n++] = "shoal-accept-replay: 1";
-        hdrs[n++] = region_hdr;
+        hdrs[n++] = j->r->region_hdr;
     }
     if (j->src[0])
         hdrs[n++] = j->src;

@@ -58,6 +58,7 @@ struct orch_router {
     struct down_mark down[ROUTER_DOWN_SLOTS];
     int64_t down_until_max; /* no mark is active from then on: a quick "none down" */
     struct router_counters n;
+    char region_hdr[64]; /* "shoal-client-region: <region>" */
     struct fwd *live; /* requests in flight (a doubly linked list) */
 };
 
