@@ -37,11 +37,27 @@
 
 #include "api/jsonout.h"
 #include "api/log.h"
+#include "api/server_loop.h"
 
 #define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
 #define SERVER_DRAIN_MS 3000
 #define SERVER_MAX_PARAMS 8
 #define SERVER_MAX_SEGMENTS 16
+
+/* One h2o timeout list per distinct duration (h2o 2.2.5 timeouts have a
+ * fixed duration each); heap nodes because h2o links them by address. */
+struct timeout_list {
+    uint32_t ms;
+    h2o_timeout_t to;
+    struct timeout_list *next;
+};
+
+struct api_timer {
+    h2o_timeout_entry_t entry; /* must stay first */
+    struct api_server *s;
+    void (*fn)(void *ud);
+    void *ud;
+};
 
 struct route {
     char *method; /* NULL = any */
@@ -73,6 +89,7 @@ struct api_server {
     api_handler_fn fallback;
     void *fallback_ud;
     h2o_linklist_t streams; /* streamed replies in progress (struct api_stream); loop thread only */
+    struct timeout_list *timeouts;
     /* counters for /metrics; loop thread only */
     uint64_t requests;
     uint64_t responses_by_class[6]; /* 1xx..5xx at [1..5] */
@@ -387,6 +404,140 @@ void api_pending_finish(struct api_pending *p, struct api_resp *resp)
     m->is_pending = 1;
     m->arg = p;
     h2o_multithread_send_message(&p->server->receiver, &m->super);
+}
+
+void api_pending_reply(struct api_pending *p, struct api_resp *resp)
+{
+    if (p->req != NULL && !p->finished) {
+        p->finished = 1;
+        if (resp == NULL) {
+            static const struct api_resp oom = {.status = 500};
+            send_resp(p->server, p->req, &oom);
+        } else {
+            send_resp(p->server, p->req, resp);
+        }
+    }
+    api_resp_free(resp);
+    pending_release(p);
+}
+
+static void free_body_ref(void *arg)
+{
+    free(*(char **)arg);
+}
+
+void api_pending_reply_parts(struct api_pending *p, int status, const char *content_type, size_t ct_len,
+                             const struct api_hdr_view *headers, size_t n, char *body, size_t len)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    h2o_req_t *req = p->req;
+    struct api_server *s = p->server;
+
+    if (req == NULL || p->finished) {
+        free(body);
+        pending_release(p);
+        return;
+    }
+    p->finished = 1;
+    /* the body lives as long as the request's pool: freed with it */
+    char **ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), free_body_ref);
+    *ref = body;
+    if (status < 100 || status > 599)
+        status = 500;
+    s->responses_by_class[status / 100]++;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    if (content_type != NULL) {
+        h2o_iovec_t ct = h2o_strdup(&req->pool, content_type, ct_len);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ct.base, ct.len);
+    }
+    for (size_t i = 0; i < n; i++) {
+        h2o_iovec_t nm = h2o_strdup(&req->pool, headers[i].name, headers[i].name_len);
+        h2o_iovec_t v = h2o_strdup(&req->pool, headers[i].value, headers[i].value_len);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, nm.base, nm.len, 1, NULL, v.base, v.len);
+    }
+    if (s->cors)
+        add_cors(req);
+    h2o_iovec_t b = h2o_iovec_init(body != NULL ? body : "", body != NULL ? len : 0);
+    req->res.content_length = b.len;
+    h2o_start_response(req, &generator);
+    h2o_send(req, &b, b.len ? 1 : 0, H2O_SEND_STATE_FINAL);
+    pending_release(p);
+}
+
+int api_pending_gone(const struct api_pending *p)
+{
+    return p->req == NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* timers                                                             */
+
+h2o_evloop_t *api_server_evloop(struct api_server *s)
+{
+    return s->loop;
+}
+
+h2o_timeout_t *api_server_timeout(struct api_server *s, uint32_t ms)
+{
+    struct timeout_list *t;
+    for (t = s->timeouts; t != NULL; t = t->next)
+        if (t->ms == ms)
+            return &t->to;
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->ms = ms;
+    h2o_timeout_init(s->loop, &t->to, ms);
+    t->next = s->timeouts;
+    s->timeouts = t;
+    return &t->to;
+}
+
+static void on_timer(h2o_timeout_entry_t *entry)
+{
+    struct api_timer *t = (struct api_timer *)entry;
+    t->fn(t->ud);
+}
+
+struct api_timer *api_timer_new(struct api_server *s, void (*fn)(void *ud), void *ud)
+{
+    struct api_timer *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->entry.cb = on_timer;
+    t->s = s;
+    t->fn = fn;
+    t->ud = ud;
+    return t;
+}
+
+void api_timer_start(struct api_timer *t, uint32_t ms)
+{
+    h2o_timeout_t *to = api_server_timeout(t->s, ms);
+    if (to == NULL)
+        h2o_fatal("out of memory");
+    if (h2o_timeout_is_linked(&t->entry))
+        h2o_timeout_unlink(&t->entry);
+    h2o_timeout_link(t->s->loop, to, &t->entry);
+}
+
+void api_timer_stop(struct api_timer *t)
+{
+    if (h2o_timeout_is_linked(&t->entry))
+        h2o_timeout_unlink(&t->entry);
+}
+
+int api_timer_armed(const struct api_timer *t)
+{
+    return h2o_timeout_is_linked((h2o_timeout_entry_t *)&t->entry);
+}
+
+void api_timer_free(struct api_timer *t)
+{
+    if (t == NULL)
+        return;
+    api_timer_stop(t);
+    free(t);
 }
 
 void api_server_post(struct api_server *s, api_post_fn fn, void *arg)
@@ -914,6 +1065,8 @@ void api_server_free(struct api_server *s)
         h2o_multithread_unregister_receiver(s->queue, &s->receiver);
         h2o_multithread_destroy_queue(s->queue);
         h2o_context_dispose(&s->ctx);
+        for (struct timeout_list *t = s->timeouts; t != NULL; t = t->next)
+            h2o_timeout_dispose(s->loop, &t->to);
         h2o_evloop_destroy(s->loop);
         h2o_config_dispose(&s->config);
     } else {
@@ -921,6 +1074,11 @@ void api_server_free(struct api_server *s)
          * leave the loop to process exit. */
         log_warn("%zu connection(s) still open at shutdown; exiting without disposing the HTTP context",
                  s->num_conns);
+    }
+    while (s->timeouts != NULL) {
+        struct timeout_list *next = s->timeouts->next;
+        free(s->timeouts);
+        s->timeouts = next;
     }
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i].method);

@@ -129,6 +129,40 @@ void api_reply_empty(struct api_req *r, int status);
 struct api_pending *api_req_defer(struct api_req *r);
 /* Sends RESP (taken) for the deferred request, or drops it if the client is gone. Thread-safe. */
 void api_pending_finish(struct api_pending *p, struct api_resp *resp);
+/* The same from the loop thread, without a trip through the message queue:
+ * RESP (taken) is sent now, or dropped if the client is gone, and P is
+ * released. For handlers that finish their work on the loop (the router). */
+void api_pending_reply(struct api_pending *p, struct api_resp *resp);
+/* One header of api_pending_reply_parts: borrowed, not NUL-terminated. */
+struct api_hdr_view {
+    const char *name; /* lower-case */
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+/* Like api_pending_reply, for a proxy relaying another server's answer
+ * without building a `struct api_resp`: STATUS, CONTENT_TYPE (NULL for
+ * none), HEADERS (N, copied into the request's pool) and BODY (malloc'd,
+ * LEN bytes, taken: freed when the request is done, never copied). */
+void api_pending_reply_parts(struct api_pending *p, int status, const char *content_type, size_t ct_len,
+                             const struct api_hdr_view *headers, size_t n, char *body, size_t len);
+/* 1 if the client of P went away (its request is disposed). Loop thread. */
+int api_pending_gone(const struct api_pending *p);
+
+/* --- timers (loop thread only) ---
+ * A timer calls FN(UD) once, on the loop, some MS after api_timer_start.
+ * Every timer must be stopped or freed before api_server_free (h2o 2.2.5
+ * asserts when a timeout list it disposes is not empty). */
+struct api_timer;
+/* A new, stopped timer. NULL on allocation failure. */
+struct api_timer *api_timer_new(struct api_server *s, void (*fn)(void *ud), void *ud);
+/* Arms T to fire MS from now (re-arms if armed). MS values are grouped per
+ * distinct value (h2o 2.2.5 timeouts have one duration each): use few. */
+void api_timer_start(struct api_timer *t, uint32_t ms);
+void api_timer_stop(struct api_timer *t);
+int api_timer_armed(const struct api_timer *t);
+/* Stops and frees T; accepts NULL. */
+void api_timer_free(struct api_timer *t);
 
 /* --- streamed replies (a deferred request answered piece by piece) ---
  *

@@ -245,7 +245,7 @@ static int lexical_reads(void *ud, const char *sql)
     return api_sql_reads_only(sql);
 }
 
-void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out)
+void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out)
 {
     json_t *doc = json_loadb(body, len, 0, NULL);
     memset(out, 0, sizeof(*out));
@@ -267,4 +267,297 @@ void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info
     out->ends_with_close = last != NULL && strcmp(last, "close") == 0;
     out->reads_only = json_is_array(requests) && api_pipeline_reads_only(requests, lexical_reads, NULL);
     json_decref(doc);
+}
+
+/* ------------------------------------------------------------------ */
+/* the fast path: a router inspects every pipeline on its event loop   */
+
+/* A scanner for the plain JSON that clients send: ASCII, no backslash
+ * escapes, ordinary numbers. Anything else makes it give up (-1) and
+ * api_pipeline_inspect parses with jansson instead, so where the fast path
+ * answers, jansson would have read the same values. */
+struct scan {
+    const char *p, *end;
+};
+
+#define SCAN_MAX_DEPTH 32
+
+static void scan_ws(struct scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+/* A string at s->p: sets *STR and *LEN to its raw contents. */
+static int scan_string(struct scan *s, const char **str, size_t *len)
+{
+    const char *q;
+    if (s->p >= s->end || *s->p != '"')
+        return -1;
+    for (q = s->p + 1; q < s->end && *q != '"'; q++)
+        if (*q == '\\' || (unsigned char)*q < 0x20 || (unsigned char)*q >= 0x80)
+            return -1;
+    if (q >= s->end)
+        return -1;
+    *str = s->p + 1;
+    *len = (size_t)(q - s->p - 1);
+    s->p = q + 1;
+    return 0;
+}
+
+static int scan_number(struct scan *s)
+{
+    const char *q = s->p;
+    size_t digits = 0;
+    if (q < s->end && *q == '-')
+        q++;
+    if (q < s->end && *q == '0') {
+        q++;
+        digits++;
+    } else {
+        while (q < s->end && *q >= '0' && *q <= '9') {
+            q++;
+            digits++;
+        }
+    }
+    if (digits == 0)
+        return -1;
+    if (q < s->end && *q == '.') {
+        size_t frac = 0;
+        q++;
+        while (q < s->end && *q >= '0' && *q <= '9') {
+            q++;
+            frac++;
+        }
+        if (frac == 0)
+            return -1;
+        digits += frac;
+    }
+    /* exponents and long numbers may overflow jansson's ranges: let it judge */
+    if (digits > 15 || (q < s->end && (*q == 'e' || *q == 'E')))
+        return -1;
+    s->p = q;
+    return 0;
+}
+
+static int scan_value(struct scan *s, int depth);
+
+/* Calls FN for each member of the object at s->p (FN scans the value). */
+static int scan_object(struct scan *s, int depth, int (*fn)(struct scan *s, const char *key, size_t klen, void *ud),
+                       void *ud)
+{
+    if (depth > SCAN_MAX_DEPTH || s->p >= s->end || *s->p != '{')
+        return -1;
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        const char *key;
+        size_t klen;
+        scan_ws(s);
+        if (scan_string(s, &key, &klen) != 0)
+            return -1;
+        scan_ws(s);
+        if (s->p >= s->end || *s->p != ':')
+            return -1;
+        s->p++;
+        scan_ws(s);
+        if ((fn != NULL ? fn(s, key, klen, ud) : scan_value(s, depth + 1)) != 0)
+            return -1;
+        scan_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+/* Calls FN for each element of the array at s->p (FN scans the element). */
+static int scan_array(struct scan *s, int depth, int (*fn)(struct scan *s, void *ud), void *ud)
+{
+    if (depth > SCAN_MAX_DEPTH || s->p >= s->end || *s->p != '[')
+        return -1;
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        scan_ws(s);
+        if ((fn != NULL ? fn(s, ud) : scan_value(s, depth + 1)) != 0)
+            return -1;
+        scan_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (s->p < s->end && *s->p == ']') {
+            s->p++;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+static int scan_literal(struct scan *s, const char *word)
+{
+    size_t n = strlen(word);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return -1;
+    s->p += n;
+    return 0;
+}
+
+static int scan_value(struct scan *s, int depth)
+{
+    const char *str;
+    size_t len;
+    if (s->p >= s->end)
+        return -1;
+    switch (*s->p) {
+    case '{':
+        return scan_object(s, depth, NULL, NULL);
+    case '[':
+        return scan_array(s, depth, NULL, NULL);
+    case '"':
+        return scan_string(s, &str, &len);
+    case 't':
+        return scan_literal(s, "true");
+    case 'f':
+        return scan_literal(s, "false");
+    case 'n':
+        return scan_literal(s, "null");
+    default:
+        return scan_number(s);
+    }
+}
+
+static int key_is(const char *key, size_t klen, const char *want)
+{
+    return strlen(want) == klen && memcmp(key, want, klen) == 0;
+}
+
+struct fast_req {
+    const char *type, *sql;
+    size_t type_len, sql_len;
+    int seen_type, seen_stmt, seen_sql;
+};
+
+static int on_stmt_member(struct scan *s, const char *key, size_t klen, void *ud)
+{
+    struct fast_req *r = ud;
+    if (key_is(key, klen, "sql")) {
+        if (r->seen_sql++ || scan_string(s, &r->sql, &r->sql_len) != 0)
+            return -1; /* twice, or not a string: jansson's reading differs or errs */
+        return 0;
+    }
+    return scan_value(s, 3);
+}
+
+static int on_req_member(struct scan *s, const char *key, size_t klen, void *ud)
+{
+    struct fast_req *r = ud;
+    if (key_is(key, klen, "type")) {
+        if (r->seen_type++ || scan_string(s, &r->type, &r->type_len) != 0)
+            return -1;
+        return 0;
+    }
+    if (key_is(key, klen, "stmt")) {
+        if (r->seen_stmt++)
+            return -1;
+        return scan_object(s, 2, on_stmt_member, r);
+    }
+    return scan_value(s, 2);
+}
+
+struct fast_pipeline {
+    struct api_pipeline_info *out;
+    int seen_baton, seen_requests, last_is_close;
+};
+
+static int on_request(struct scan *s, void *ud)
+{
+    struct fast_pipeline *fp = ud;
+    struct fast_req r;
+    char sql[4096];
+
+    memset(&r, 0, sizeof(r));
+    if (scan_object(s, 1, on_req_member, &r) != 0 || !r.seen_type)
+        return -1;
+    fp->last_is_close = key_is(r.type, r.type_len, "close");
+    if (fp->last_is_close)
+        return 0;
+    if (!key_is(r.type, r.type_len, "execute") || !r.seen_stmt)
+        return -1; /* other request types: the full walk knows them */
+    if (!r.seen_sql) {
+        fp->out->reads_only = 0; /* sql_id: a stream's stored SQL */
+        return 0;
+    }
+    if (r.sql_len >= sizeof(sql))
+        return -1;
+    memcpy(sql, r.sql, r.sql_len);
+    sql[r.sql_len] = '\0';
+    if (!api_sql_reads_only(sql))
+        fp->out->reads_only = 0;
+    return 0;
+}
+
+static int on_top_member(struct scan *s, const char *key, size_t klen, void *ud)
+{
+    struct fast_pipeline *fp = ud;
+    if (key_is(key, klen, "baton")) {
+        const char *b, *dot;
+        size_t blen;
+        if (fp->seen_baton++)
+            return -1;
+        if (scan_literal(s, "null") == 0)
+            return 0;
+        if (scan_string(s, &b, &blen) != 0)
+            return -1;
+        fp->out->has_baton = 1;
+        dot = memchr(b, '.', blen);
+        if (dot != NULL && api_name_valid(b, (size_t)(dot - b)))
+            snprintf(fp->out->baton_node, sizeof(fp->out->baton_node), "%.*s", (int)(dot - b), b);
+        return 0;
+    }
+    if (key_is(key, klen, "requests")) {
+        if (fp->seen_requests++)
+            return -1;
+        fp->out->reads_only = 1;
+        return scan_array(s, 1, on_request, fp);
+    }
+    return scan_value(s, 1);
+}
+
+/* 1 with *OUT set when the body is plain enough for the scanner, else 0. */
+static int inspect_fast(const char *body, size_t len, struct api_pipeline_info *out)
+{
+    struct scan s = {.p = body, .end = body + len};
+    struct fast_pipeline fp = {.out = out};
+
+    memset(out, 0, sizeof(*out));
+    scan_ws(&s);
+    if (scan_object(&s, 0, on_top_member, &fp) != 0)
+        return 0;
+    scan_ws(&s);
+    if (s.p != s.end || !fp.seen_requests)
+        return 0;
+    out->parsed = 1;
+    out->ends_with_close = fp.last_is_close;
+    return 1;
+}
+
+void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out)
+{
+    if (!inspect_fast(body, len, out))
+        api_pipeline_inspect_full(body, len, out);
 }

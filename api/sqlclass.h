@@ -51,7 +51,11 @@ struct api_pipeline_info {
 
 /* Inspects a /v2|/v3 pipeline body (BODY, LEN bytes). Never fails: an
  * unparsable body gives parsed=0 and reads_only=0 (the primary reports the
- * error). */
+ * error). Cheap: plain bodies (ASCII, no escapes, execute and close
+ * requests) are scanned without building a JSON tree; anything else is
+ * parsed with jansson, so the answer is the same either way. */
 void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out);
+/* The same, always through jansson (the reference; exposed for tests). */
+void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out);
 
 #endif

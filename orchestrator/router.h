@@ -4,10 +4,10 @@
  * request to the right agent, and follows `fly-replay` answers from any
  * upstream (at most two replays).
  *
- * Threads: the HTTP loop (never blocks: it authorizes, copies the request
- * and hands it on), worker threads that choose the upstream and do the
- * (blocking, keep-alive) upstream calls, and the cluster view's watch
- * thread. The fly-replay grammar is in replay.h.
+ * Threads: the HTTP loop, which does everything (it authorizes, chooses
+ * the upstream and proxies asynchronously over keep-alive connections, see
+ * api/aclient.h), and the cluster view's watch thread. The fly-replay
+ * grammar is in replay.h.
  */
 #ifndef SHOAL_ORCHESTRATOR_ROUTER_H
 #define SHOAL_ORCHESTRATOR_ROUTER_H
@@ -27,10 +27,11 @@ struct orch_router_config {
     const char *tenant_domain;
     size_t replay_max_body;  /* a replay of a larger body is refused with 413 */
     size_t max_body;
-    size_t workers;
+    size_t workers;          /* ignored: the router proxies on its event loop (kept for --workers) */
     long replay_timeout_ms;  /* how long a replay target (or a missing primary) is waited for; a
                               * fly-replay's own timeout= overrides it */
     long down_ms;            /* an instance that refused a connection is avoided this long */
+    long health_ms;          /* agents' /healthz are probed this often; 0: never */
     const char *app;         /* --app spec, or NULL */
     const char *app_config;  /* --app-config file, or NULL */
 };

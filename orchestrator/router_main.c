@@ -17,7 +17,7 @@ int main(int argc, char **argv)
 {
     struct orch_router_config cfg;
     const char *log_level = "info";
-    int64_t workers = 16, down_ms = 2000;
+    int64_t workers = 16, down_ms = 2000, health_ms = 1000;
     const char *replay_timeout = NULL;
     struct api_err err;
     int rc;
@@ -44,7 +44,11 @@ int main(int argc, char **argv)
          "JSON file {\"apps\":{\"NAME\":[{\"region\",\"instance\",\"url\"}]}}: several apps, chosen by the Host's "
          "first label", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
-        {"workers", API_FLAG_INT, &workers, 0, "upstream worker threads (default 16)", 0},
+        {"health-ms", API_FLAG_INT, &health_ms, 0,
+         "probe every agent's /healthz this often; a replica reporting a tenant as lagging gets none of its reads "
+         "(default 1000; 0 turns probing off)", 0},
+        {"workers", API_FLAG_INT, &workers, 0,
+         "ignored; kept so old command lines work (the router proxies on its event loop, without worker threads)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
         {NULL, 0, NULL, 0, NULL, 0},
     };
@@ -62,6 +66,11 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.down_ms = (long)down_ms;
+    if (health_ms < 0 || health_ms > 600000) {
+        fprintf(stderr, "shoal-router: --health-ms must be 0..600000\n");
+        return 2;
+    }
+    cfg.health_ms = (long)health_ms;
     if (cfg.app != NULL) {
         struct orch_app app;
         if (orch_app_parse(cfg.app, &app, &err) != API_OK) {

@@ -12,7 +12,14 @@
 // agent that echoes the request headers it received (for the router's own
 // request headers: shoal-accept-replay, shoal-client-region).
 //
-// usage: node replay_app.mjs --port P --instance ID --region R --primary ID [--fake-agent]
+// GET /big?bytes=N[&chunked=1] answers N bytes of 'x' with content-length, or
+// chunked (no length, written in 64 KiB pieces). --keepalive-ms sets how long
+// an idle connection stays open (default 30 s). A fake agent answers
+// GET /healthz 200, or with --lagging TENANT 503 listing TENANT as lagging,
+// in the shape of nodeagent's /healthz.
+//
+// usage: node replay_app.mjs --port P --instance ID --region R --primary ID [--fake-agent [--lagging T]]
+//        [--keepalive-ms MS]
 import http from "node:http";
 
 const args = Object.fromEntries(
@@ -51,6 +58,25 @@ const server = http.createServer((req, res) => {
       fly_region: req.headers["fly-region"] ?? null,
       conns,
     };
+    if (url.pathname === "/big") {
+      const n = Number(url.searchParams.get("bytes") ?? 0);
+      const piece = Buffer.alloc(65536, "x");
+      if (url.searchParams.get("chunked")) {
+        res.writeHead(200, { "content-type": "application/octet-stream" });
+        for (let left = n; left > 0; left -= piece.length) res.write(left >= piece.length ? piece : piece.subarray(0, left));
+        res.end();
+      } else {
+        res.writeHead(200, { "content-type": "application/octet-stream", "content-length": n });
+        res.end(Buffer.alloc(n, "x"));
+      }
+      return;
+    }
+    if (args["fake-agent"] && url.pathname === "/healthz") {
+      if (args.lagging)
+        reply(res, 503, { status: "degraded", node: me, region, session: "ok", lagging: [{ tenant: args.lagging, lag_ms: 9000 }] });
+      else reply(res, 200, { status: "ok", node: me, region, session: "ok", lagging: [] });
+      return;
+    }
     if (args["fake-agent"]) {
       reply(res, 200, { ...seen, headers: req.headers }, { "shoal-txid": "000000000000002a" });
       return;
@@ -83,6 +109,6 @@ const server = http.createServer((req, res) => {
   });
 });
 server.on("connection", () => conns++);
-server.keepAliveTimeout = 30000;
+server.keepAliveTimeout = Number(args["keepalive-ms"] ?? 30000);
 server.listen(port, "127.0.0.1");
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));

@@ -4,7 +4,10 @@
 # header table, reads to the nearest instance and writes to the primary,
 # fly-replay from agents and from an ordinary app (--app, replay_app.mjs),
 # the 2-hop limit, the replay body cap, targets that vanished, a retried
-# read, upstream keep-alive, and handovers while writes are in flight.
+# read, upstream keep-alive (also after the upstream closed an idle
+# connection), large chunked and sized responses, replicas skipped for
+# reads while their /healthz reports the tenant lagging, and handovers
+# while writes are in flight.
 BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
 APP=$SRC/tests/integration/router/replay_app.mjs
@@ -112,6 +115,13 @@ is "a baton naming an unknown node: 400 invalid_baton JSON" "400 invalid_baton" 
 s=$(hreq x5 -X POST "${AUTH[@]}" --data-binary '{"batch":{"steps":[{"stmt":{"sql":"select count(*) from t"}}]}}' "$ROUTER_URL/t/acme/v3/cursor")
 is "/v3/cursor through the router: 200" 200 "$s"
 
+# --- upstream connections are kept alive and reused -----------------------------
+c0=$(metric "$ROUTER_URL" shoal_router_upstream_connects_total); u0=$(metric "$ROUTER_URL" shoal_router_upstream_reuses_total)
+for i in $(seq 1 20); do hreq ka -X POST "${AUTH[@]}" --data-binary "$(sql 'select 1')" "$U" >/dev/null; done
+c1=$(metric "$ROUTER_URL" shoal_router_upstream_connects_total); u1=$(metric "$ROUTER_URL" shoal_router_upstream_reuses_total)
+if [ $((c1 - c0)) -le 3 ] && [ $((u1 - u0)) -ge 17 ]; then ok "20 reads in a row reuse kept-alive upstream connections ($((c1 - c0)) new, $((u1 - u0)) reused)"
+else not_ok "20 reads in a row reuse kept-alive upstream connections" "new $((c1 - c0)) reused $((u1 - u0))"; fi
+
 # --- the router's own request headers, seen by a fake agent ------------------------
 # The fake is registered in etcd like an agent (node key, tenant record, lease
 # key) and echoes what it receives.
@@ -161,11 +171,34 @@ no_replay_write() {
 if wait_until 2 no_replay_write; then ok "after the handover the router writes to n3 directly"
 else not_ok "after the handover the router writes to n3 directly" "$(cat "$T_DIR/hw.body")"; fi
 
+# --- active health: a replica reporting a tenant as lagging gets none of its reads -----
+# Two more fake agents: fi (iad) holds the leases, fl (ams, nearest the
+# router) answers /healthz 503 listing tenant "lag" as lagging.
+FP2=($(free_ports 2))
+spawn fake-i node "$APP" --port "${FP2[0]}" --instance fi --region iad --primary fi --fake-agent
+spawn fake-l node "$APP" --port "${FP2[1]}" --instance fl --region ams --primary fi --fake-agent --lagging lag
+for p in "${FP2[@]}"; do wait_until 10 curl -sS -o /dev/null "http://127.0.0.1:$p/healthz" || not_ok "fake agent on $p starts"; done
+put /shoal/nodes/fi "{\"node\":\"fi\",\"region\":\"iad\",\"url\":\"http://127.0.0.1:${FP2[0]}\",\"started_at\":1}"
+put /shoal/nodes/fl "{\"node\":\"fl\",\"region\":\"ams\",\"url\":\"http://127.0.0.1:${FP2[1]}\",\"started_at\":1}"
+for t in lag nolag; do
+    put "/shoal/tenants/$t" "{\"id\":\"$t\",\"region\":\"iad\",\"placement\":\"pinned\",\"durability\":\"async\",\"replicas\":1,\"primary\":\"fi\",\"nodes\":[\"fi\",\"fl\"],\"generation\":1,\"created_at\":1}"
+    put "/shoal/leases/$t" "{\"holder\":\"fi\",\"url\":\"http://127.0.0.1:${FP2[0]}\"}"
+done
+wait_until 5 sh -c "curl -fsS -H 'Authorization: Bearer $ADMIN_TOKEN' -X POST --data '{\"access\":\"rw\"}' $ORCH_URL/v1/tenants/lag/tokens >$T_DIR/ltok"
+wait_until 5 sh -c "curl -fsS -H 'Authorization: Bearer $ADMIN_TOKEN' -X POST --data '{\"access\":\"rw\"}' $ORCH_URL/v1/tenants/nolag/tokens >$T_DIR/ntok"
+lagging_seen() { [ "$(metric "$ROUTER_URL" shoal_router_health_lagging_replicas)" -ge 1 ]; }
+if wait_until 5 lagging_seen; then ok "the router's /healthz probes learn that fl lags for tenant lag"
+else not_ok "the router's /healthz probes learn that fl lags for tenant lag" "$(curl -sS "$ROUTER_URL/metrics" | grep health)"; fi
+s=$(hreq g1 -X POST -H "Authorization: Bearer $(jq -r .token "$T_DIR/ntok")" --data-binary "$(sql 'select 1')" "$ROUTER_URL/t/nolag/v2/pipeline")
+is "a read of tenant nolag goes to its nearest replica, fl in ams" "200 fl" "$s $(jbody g1 .instance)"
+s=$(hreq g2 -X POST -H "Authorization: Bearer $(jq -r .token "$T_DIR/ltok")" --data-binary "$(sql 'select 1')" "$ROUTER_URL/t/lag/v2/pipeline")
+is "a read of tenant lag skips fl, which reports it lagging: the primary fi answers" "200 fi" "$s $(jbody g2 .instance)"
+
 # --- an ordinary app behind a router (--app) ------------------------------------
 AP=($(free_ports 4))
 spawn app-a1 node "$APP" --port "${AP[0]}" --instance a1 --region ams --primary s1
 spawn app-i1 node "$APP" --port "${AP[1]}" --instance i1 --region iad --primary s1
-spawn app-s1 node "$APP" --port "${AP[2]}" --instance s1 --region sin --primary s1
+spawn app-s1 node "$APP" --port "${AP[2]}" --instance s1 --region sin --primary s1 --keepalive-ms 300
 APPR=http://127.0.0.1:${AP[3]}
 spawn router-app "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${AP[3]}" --etcd "$ETCD_URL" \
     --verify-key "$T_DIR/secrets/cluster.pub" --regions "$SRC/ops/regions.json" --workers 4 \
@@ -208,9 +241,18 @@ is "app: the same POST sent to the primary's region needs no replay: 200" "200 s
 for i in $(seq 1 20); do curl -sS -o /dev/null "$APPR/whoami"; done
 s=$(hreq a14 "$APPR/whoami")
 c=$(jbody a14 .conns)
-# at most one connection per router worker (--workers 4), plus the test's own start-up probe
-if [ "$s" = 200 ] && [ "$c" -ge 1 ] && [ "$c" -le 5 ]; then ok "app: 22+ requests reached a1 over $c connections (4 workers + 1 probe)"
+# one kept-alive router connection (the requests come one at a time), plus the test's own start-up probe
+if [ "$s" = 200 ] && [ "$c" -ge 1 ] && [ "$c" -le 3 ]; then ok "app: 22+ requests reached a1 over $c connections (1 from the router + 1 probe)"
 else not_ok "app: upstream connections are kept alive" "status $s conns $c"; fi
+s=$(curl -sS -o "$T_DIR/big1" -w '%{http_code}' "$APPR/big?bytes=5242880&chunked=1")
+is "app: a 5 MiB chunked response is relayed whole" "200 5242880" "$s $(wc -c <"$T_DIR/big1")"
+s=$(curl -sS -o "$T_DIR/big2" -w '%{http_code}' "$APPR/big?bytes=3145728")
+is "app: a 3 MiB response with content-length is relayed whole" "200 3145728" "$s $(wc -c <"$T_DIR/big2")"
+s=$(hreq st1 "$APPR/whoami?region=sin")
+sleep 1.8 # s1 closes connections idle for 300 ms (--keepalive-ms; Node 20 adds 1 s): the router's pooled one is gone
+s="$s $(hreq st2 "$APPR/whoami?region=sin")"
+is "app: after s1 closed the router's idle connection, the next request is served on a new one" "200 200 s1 yes" \
+    "$s $(jbody st2 .instance) $([ "$(jbody st2 .conns)" -gt "$(jbody st1 .conns)" ] && echo yes)"
 
 # --- an app instance that vanished -------------------------------------------------
 kill -KILL "$PID_app_i1"; wait "$PID_app_i1" 2>/dev/null

@@ -127,6 +127,59 @@ static void inspect_finds_baton_node_close_and_reads(void **state)
     assert_false(in.reads_only);
 }
 
+/* The scanner's answers must be jansson's: every body, plain or not. */
+static void the_fast_inspection_agrees_with_the_full_parse(void **state)
+{
+    static const char *const bodies[] = {
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}},{\"type\":\"close\"}]}",
+        " {\"requests\" : [ {\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into t values (1)\"}} ] }\n",
+        "{\"baton\":\"n2.abc\",\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":"
+        "[{\"type\":\"integer\",\"value\":\"42\"},{\"type\":\"float\",\"value\":-1.5},{\"type\":\"null\"}],"
+        "\"named_args\":[],\"want_rows\":true}},{\"type\":\"close\"}]}",
+        "{\"baton\":null,\"requests\":[]}",
+        "{\"baton\":\"no-dot\",\"requests\":[{\"type\":\"close\"}]}",
+        "{\"baton\":\"Bad_Node.x\",\"requests\":[{\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql_id\":3}},{\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1; delete from t\"}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select '\\u0041'\"}},{\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select \\\"x\\\"\"}},{\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"batch\",\"batch\":{\"steps\":[{\"stmt\":{\"sql\":\"select 1\"}}]}},"
+        "{\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"}]}",
+        "{\"requests\":[{\"stmt\":{\"sql\":\"insert into t values (1)\"}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"type\":\"close\"}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}}],\"requests\":[]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":[{\"value\":1e999}]}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":[{\"value\":01}]}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":[99999999999999999999]}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":null}}]}",
+        "{\"requests\":{}}",
+        "{\"requests\":[{\"type\":\"close\"}]} trailing",
+        "{\"requests\":[{\"type\":\"close\"}]",
+        "{\"requests\":[{\"type\":\"close\",}]}",
+        "[1,2]",
+        "",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 'caf\xc3\xa9'\"}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select '\xff'\"}}]}",
+        "{\"baton\":\"n1.a\",\"baton\":\"n2.b\",\"requests\":[]}",
+        "{\"baton\":7,\"requests\":[]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+        "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}]}",
+        "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\",\"args\":[true,false,null,tru]}}]}",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        struct api_pipeline_info a, b;
+        api_pipeline_inspect(bodies[i], strlen(bodies[i]), &a);
+        api_pipeline_inspect_full(bodies[i], strlen(bodies[i]), &b);
+        if (a.parsed != b.parsed || a.has_baton != b.has_baton || strcmp(a.baton_node, b.baton_node) != 0 ||
+            a.ends_with_close != b.ends_with_close || a.reads_only != b.reads_only)
+            fail_msg("body %zu: fast %d/%d/'%s'/%d/%d, full %d/%d/'%s'/%d/%d: %s", i, a.parsed, a.has_baton,
+                     a.baton_node, a.ends_with_close, a.reads_only, b.parsed, b.has_baton, b.baton_node,
+                     b.ends_with_close, b.reads_only, bodies[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -134,6 +187,7 @@ int main(void)
         cmocka_unit_test(anything_that_may_write_is_not_a_read),
         cmocka_unit_test(the_pipeline_walk_refuses_stream_bound_requests),
         cmocka_unit_test(inspect_finds_baton_node_close_and_reads),
+        cmocka_unit_test(the_fast_inspection_agrees_with_the_full_parse),
     };
     return cmocka_run_group_tests_name("sqlclass", tests, NULL, NULL);
 }
