@@ -249,10 +249,11 @@ static void converge(struct agent *a, const char *id)
             return;
         }
     }
-    /* A replica's file arrives with its first snapshot, so creating a
-     * tenant costs one new file, on the primary. */
+    /* The primary's file is born here as the canonical empty database,
+     * already loaded; a replica's is born the same way when it first
+     * follows the primary (repl.c), so a new tenant needs no snapshot. */
     if (!lt->file_ready && strcmp(t.primary, a->cfg.node) == 0) {
-        if (agent_store_create(a->store, id, &err) != API_OK) {
+        if (agent_repl_create(a->repl, id, &err) != API_OK) {
             log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
             return;
         }

@@ -151,6 +151,7 @@ struct agent_log {
     uint64_t *offsets; /* offsets[i] = file offset of record base_txid + 1 + i */
     size_t n, cap;
     size_t end; /* file length covered by valid records */
+    int birth_unsynced; /* created by this open; neither it nor its name synced yet */
     struct agent_rec last;
 };
 
@@ -260,6 +261,21 @@ static int scan(struct agent_log *log, struct api_err *err)
     return API_OK;
 }
 
+/* A log whose creation a crash cut short (it is created unsynced, see
+ * agent_log_open): shorter than its header, or a header of zeros and
+ * nothing else. It can hold no record, so it is created again. */
+static int unborn(int fd)
+{
+    struct stat st;
+    unsigned char hdr[LOG_HDR];
+    static const unsigned char zeros[LOG_HDR];
+    if (fstat(fd, &st) != 0)
+        return 0;
+    if (st.st_size < LOG_HDR)
+        return 1;
+    return st.st_size == LOG_HDR && read_all(fd, hdr, LOG_HDR, 0) == 0 && memcmp(hdr, zeros, LOG_HDR) == 0;
+}
+
 int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struct agent_log **out,
                    struct api_err *err)
 {
@@ -273,13 +289,21 @@ int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struc
     }
     pthread_mutex_init(&log->mu, NULL);
     log->fd = open(path, O_RDWR | O_CLOEXEC);
+    if (log->fd >= 0 && unborn(log->fd)) {
+        close(log->fd);
+        log->fd = -1;
+        errno = ENOENT;
+    }
     if (log->fd < 0 && errno == ENOENT) {
-        /* create under a temporary name so a crash never leaves a headerless log */
+        /* Created under a temporary name, so the log never lacks its
+         * header, but not synced: until its first sync it holds nothing
+         * anyone was promised, and that sync makes its birth durable. */
         char tmp[4200];
         snprintf(tmp, sizeof(tmp), "%s.tmp", path);
         int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         encode_log_header(hdr, base_txid, base_ck);
-        if (fd < 0 || write_all(fd, hdr, LOG_HDR, 0) != 0 || fdatasync(fd) != 0 || rename(tmp, path) != 0) {
+        log->birth_unsynced = 1;
+        if (fd < 0 || write_all(fd, hdr, LOG_HDR, 0) != 0 || rename(tmp, path) != 0) {
             rc = api_err_set(err, API_EIO, "cannot create log '%s': %s", path, strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -350,10 +374,37 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
     return rc;
 }
 
+/* fsyncs the directory holding PATH: the names created in it last. */
+static int sync_dir_of(const char *path)
+{
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
 int agent_log_sync(struct agent_log *log, struct api_err *err)
 {
     if (fdatasync(log->fd) != 0)
         return api_err_set(err, API_EIO, "log '%s': fdatasync: %s", log->path, strerror(errno));
+    /* The first sync of a new log also makes its name durable, and with it
+     * every name created beside it so far: the tenant's database file,
+     * whose contents the log rebuilds if they were lost (repl.c). This is
+     * where creating a tenant pays for durability: at its first write. */
+    if (log->birth_unsynced) {
+        if (sync_dir_of(log->path) != 0)
+            return api_err_set(err, API_EIO, "log '%s': syncing its directory: %s", log->path, strerror(errno));
+        log->birth_unsynced = 0;
+    }
     return API_OK;
 }
 
