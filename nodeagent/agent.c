@@ -40,6 +40,7 @@
 #include "api/workq.h"
 #include "nodeagent/hrana.h"
 #include "nodeagent/repl.h"
+#include "nodeagent/repl_log.h"
 #include "nodeagent/repl_sum.h"
 #include "nodeagent/session.h"
 #include "nodeagent/traffic.h"
@@ -1720,6 +1721,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         rcfg.workers = a->workers;
         rcfg.internal_token = itok;
         rcfg.verify_on_load = !a->started_clean;
+        /* replication logs of idle tenants close too: as many open as databases */
+        agent_log_set_max_open(cfg->max_open);
         if (cfg->log_keep_bytes)
             rcfg.log_keep_bytes = cfg->log_keep_bytes;
         if (cfg->max_lag_ms > 0)

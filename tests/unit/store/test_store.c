@@ -182,6 +182,56 @@ static void a_torn_new_log_is_created_again(void **state)
     assert_int_not_equal(agent_log_open(path, 0, 77, &log, &err), API_OK);
 }
 
+/* Past the cap, the least recently used logs close their files; a closed
+ * log reopens on use and keeps every record. */
+static void logs_past_the_cap_close_and_reopen_on_use(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    struct agent_log *logs[5];
+    unsigned char page[512];
+    uint32_t pgno = 1;
+
+    agent_log_set_max_open(2);
+    for (int i = 0; i < 5; i++) {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/l%d.log", f->dir, i);
+        assert_int_equal(agent_log_open(path, 0, AGENT_CK_EMPTY, &logs[i], &err), API_OK);
+        assert_true(agent_log_open_files() <= 2);
+    }
+    assert_int_equal(agent_log_open_files(), 2);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 5; i++) {
+            struct agent_log_pos lp;
+            unsigned char *enc, *back;
+            size_t len, blen;
+            agent_log_position(logs[i], &lp);
+            memset(page, 'a' + i + round, sizeof(page));
+            struct agent_rec rec = {.epoch = 1, .txid = lp.last_txid + 1, .pre_ck = lp.last_ck,
+                                    .post_ck = lp.last_ck ^ (uint64_t)(i + 1), .page_size = sizeof(page),
+                                    .commit_pages = 1, .npages = 1};
+            assert_int_equal(agent_rec_encode(&rec, &pgno, page, &enc, &len, &err), API_OK);
+            assert_int_equal(agent_log_append(logs[i], enc, len, &err), API_OK);
+            assert_int_equal(agent_log_sync(logs[i], &err), API_OK);
+            assert_int_equal(agent_log_read(logs[i], rec.txid, &back, &blen, &err), API_OK);
+            assert_int_equal(blen, len);
+            assert_memory_equal(back, enc, len);
+            free(back);
+            free(enc);
+            assert_true(agent_log_open_files() <= 2);
+        }
+    }
+    /* the first record of the first log, read after its file was closed */
+    unsigned char *back;
+    size_t blen;
+    assert_int_equal(agent_log_read(logs[0], 1, &back, &blen, &err), API_OK);
+    free(back);
+    for (int i = 0; i < 5; i++)
+        agent_log_free(logs[i]);
+    assert_int_equal(agent_log_open_files(), 0);
+    agent_log_set_max_open(1000);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -190,6 +240,7 @@ int main(void)
         T(both_flavours_open_in_their_mode_and_share_one_checksum),
         T(create_leaves_an_existing_file_alone_unless_told),
         T(a_torn_new_log_is_created_again),
+        T(logs_past_the_cap_close_and_reopen_on_use),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
