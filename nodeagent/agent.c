@@ -1466,7 +1466,7 @@ static void on_tenant_status(struct api_req *r, void *ud)
     else if (!assigned)
         state = "missing";
     else if (!exists)
-        state = "bootstrapping"; /* waiting for its first snapshot */
+        state = "bootstrapping"; /* no copy here yet: it is born when it first follows the primary */
     else
         state = have_pos && pos.lag_ms > 0 ? "catching_up" : "following";
     json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "tenant", auth.tenant, "node", a->cfg.node, "region",
