@@ -41,6 +41,7 @@
 #include "api/workq.h"
 #include "nodeagent/hrana.h"
 #include "nodeagent/repl.h"
+#include "nodeagent/repl_log.h"
 #include "nodeagent/repl_sum.h"
 #include "nodeagent/session.h"
 #include "nodeagent/traffic.h"
@@ -250,10 +251,11 @@ static void converge(struct agent *a, const char *id)
             return;
         }
     }
-    /* A replica's file arrives with its first snapshot, so creating a
-     * tenant costs one new file, on the primary. */
+    /* The primary's file is born here as the canonical empty database,
+     * already loaded; a replica's is born the same way when it first
+     * follows the primary (repl.c), so a new tenant needs no snapshot. */
     if (!lt->file_ready && strcmp(t.primary, a->cfg.node) == 0) {
-        if (agent_store_create(a->store, id, &err) != API_OK) {
+        if (agent_repl_create(a->repl, id, &err) != API_OK) {
             log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
             return;
         }
@@ -1603,7 +1605,7 @@ static void on_tenant_status(struct api_req *r, void *ud)
     else if (!assigned)
         state = "missing";
     else if (!exists)
-        state = "bootstrapping"; /* waiting for its first snapshot */
+        state = "bootstrapping"; /* no copy here yet: it is born when it first follows the primary */
     else
         state = have_pos && pos.lag_ms > 0 ? "catching_up" : "following";
     json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "tenant", auth.tenant, "node", a->cfg.node, "region",
@@ -1858,6 +1860,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         rcfg.workers = a->workers;
         rcfg.internal_token = itok;
         rcfg.verify_on_load = !a->started_clean;
+        /* replication logs of idle tenants close too: as many open as databases */
+        agent_log_set_max_open(cfg->max_open);
         if (cfg->log_keep_bytes)
             rcfg.log_keep_bytes = cfg->log_keep_bytes;
         if (cfg->max_lag_ms > 0)

@@ -37,7 +37,7 @@ int main(int argc, char **argv)
         {"verify-key", API_FLAG_STRING, &cfg.verify_key, 0, "cluster public key file (default run/secrets/cluster.pub)", 0},
         {"tenant-domain", API_FLAG_STRING, &cfg.tenant_domain, 0, "serve <tenant>.<domain> Host names", 0},
         {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 8)", 0},
-        {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases at most (default 1000)", 0},
+        {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
         {"stmt-timeout-ms", API_FLAG_INT, &stmt_timeout_ms, 0, "per-statement time limit (default 5000)", 0},
@@ -99,15 +99,16 @@ int main(int argc, char **argv)
         return rc;
     {
         /* Thousands of tenants: up to --max-open databases (each a file, a
-         * WAL and a shared-memory file) plus sockets. Take the hard limit. */
+         * WAL and a shared-memory file), as many replication logs, plus
+         * sockets. Take the hard limit. */
         struct rlimit rl;
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
             rl.rlim_cur = rl.rlim_max;
             if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
                 log_warn("cannot raise the open-file limit to %llu", (unsigned long long)rl.rlim_max);
         }
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(cfg.max_open * 3 + 256))
-            log_warn("open-file limit %llu is low for --max-open %zu (each open tenant needs up to 3 files)",
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(cfg.max_open * 4 + 256))
+            log_warn("open-file limit %llu is low for --max-open %zu (each open tenant needs up to 4 files)",
                      (unsigned long long)rl.rlim_cur, cfg.max_open);
     }
     struct agent *agent;

@@ -432,6 +432,8 @@ static int db_header(const char *path, uint32_t *page_size, int *wal, off_t *siz
         return -1;
     }
     close(fd);
+    if (memcmp(h, "SQLite format 3", 16) != 0)
+        return -1; /* e.g. a new file whose bytes never reached the disk */
     uint32_t ps = (uint32_t)h[16] << 8 | h[17];
     *page_size = ps == 1 ? 65536 : ps;
     *wal = h[18] == 2;
@@ -534,6 +536,87 @@ static int open_log(struct agent_repl *r, struct rt *t, uint64_t base_txid, uint
     pthread_mutex_lock(&t->mu);
     t->log = log;
     pthread_mutex_unlock(&t->mu);
+    return API_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* new tenants                                                         */
+
+/* The checksum of the canonical empty database (store.h); both flavours
+ * hash alike because page 1 is hashed normalised (repl_sum.h). */
+static uint64_t empty_ck(void)
+{
+    unsigned char img[AGENT_STORE_PAGE_SIZE];
+    agent_store_empty_image(1, img);
+    return AGENT_CK_EMPTY ^ agent_page_hash(1, img, sizeof(img));
+}
+
+/* The tenant's file is missing or is not a database: a creation cut short
+ * by a crash (a new file is not synced, store.h). If nothing written to it
+ * can be lost (no log here, or a log whose history starts at the empty
+ * database, so it replays every commit), the empty database is written
+ * again in flavour WAL; loading then rolls it forward from the log.
+ * Otherwise an error, and the file is left alone. On the tenant's worker. */
+static int repair_unborn(struct agent_repl *r, struct rt *t, int wal, struct api_err *err)
+{
+    char lpath[4200];
+    int rc;
+    file_path(r, t->id, "-log", lpath, sizeof(lpath));
+    if (t->log != NULL || access(lpath, F_OK) == 0) {
+        struct agent_log_pos lp;
+        if ((rc = open_log(r, t, 0, empty_ck(), err)) != API_OK)
+            return rc;
+        agent_log_position(t->log, &lp);
+        if (lp.base_txid != 0 || lp.base_ck != empty_ck())
+            return api_err_set(err, API_EIO,
+                               "tenant '%s': the database file is missing or torn and its log does not start at the "
+                               "empty database",
+                               t->id);
+    }
+    if ((rc = agent_store_create(r->cfg.store, t->id, wal, 1, err)) != API_OK)
+        return rc;
+    log_warn("tenant=%s database file missing or torn; wrote the empty database it started from again", t->id);
+    return API_OK;
+}
+
+/* Capture state of a primary whose WAL is empty and whose file holds the
+ * log's last position (NPAGES of PAGE_SIZE). */
+static void loaded_as_primary(struct rt *t, uint32_t npages, uint32_t page_size)
+{
+    struct agent_log_pos lp;
+    agent_log_position(t->log, &lp);
+    idx_clear(&t->idx);
+    t->salt1 = t->salt2 = t->frames_seen = 0;
+    t->npages = npages;
+    t->page_size = page_size;
+    t->ckpt_txid = lp.last_txid; /* the WAL is empty: the file holds it all */
+    set_position(t, lp.last_txid, lp.last_ck);
+    pthread_mutex_lock(&t->mu);
+    t->loaded = AGENT_ROLE_PRIMARY;
+    t->broken = 0;
+    pthread_mutex_unlock(&t->mu);
+}
+
+int agent_repl_create(struct agent_repl *r, const char *tenant, struct api_err *err)
+{
+    struct rt *t = repl_rt_get(r, tenant, 1);
+    char db[4096], lpath[4200];
+    int rc;
+
+    if (t == NULL)
+        return api_err_set(err, API_ENOMEM, "out of memory");
+    if (t->loaded != AGENT_ROLE_NONE)
+        return API_OK;
+    agent_store_path(r->cfg.store, tenant, db, sizeof(db));
+    file_path(r, tenant, "-log", lpath, sizeof(lpath));
+    if (access(db, F_OK) == 0 || access(lpath, F_OK) == 0)
+        return API_OK; /* not new here: loading checks and recovers what is there */
+    if ((rc = agent_store_create(r->cfg.store, tenant, 1, 0, err)) != API_OK)
+        return rc == API_ECONFLICT ? API_OK : rc;
+    if ((rc = open_log(r, t, 0, empty_ck(), err)) != API_OK)
+        return rc;
+    loaded_as_primary(t, 1, AGENT_STORE_PAGE_SIZE);
+    log_debug("tenant=%s born as primary", tenant);
     return API_OK;
 }
 
@@ -718,9 +801,14 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
 
     agent_store_path(r->cfg.store, t->id, db, sizeof(db));
     snprintf(wal, sizeof(wal), "%s-wal", db);
+    crashed = (stat(wal, &st) == 0 && st.st_size > 0) || r->cfg.verify_on_load;
+    if (db_header(db, &page_size, &is_wal, &size) != 0) {
+        if ((rc = repair_unborn(r, t, 1, err)) != API_OK)
+            return rc;
+        crashed = 1; /* checksum it and roll it forward from the log */
+    }
     if (db_header(db, &page_size, &is_wal, &size) != 0)
         return api_err_set(err, API_EIO, "tenant '%s': cannot read the database header of '%s'", t->id, db);
-    crashed = (stat(wal, &st) == 0 && st.st_size > 0) || r->cfg.verify_on_load;
     if (!is_wal) {
         /* a replica being promoted: finish any apply, then switch */
         if ((rc = raw_exec(db, "PRAGMA journal_mode=WAL", err)) != API_OK)
@@ -789,19 +877,8 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
      * without AGENT_REC_F_SYNC): as a primary its log is the durable copy */
     if ((rc = agent_log_sync(t->log, err)) != API_OK)
         return rc;
-    struct agent_log_pos lp;
-    agent_log_position(t->log, &lp);
-    idx_clear(&t->idx);
-    t->salt1 = t->salt2 = t->frames_seen = 0;
-    t->npages = npages;
-    t->page_size = page_size;
-    t->ckpt_txid = lp.last_txid; /* the WAL is empty: the file holds it all */
-    set_position(t, lp.last_txid, lp.last_ck);
-    pthread_mutex_lock(&t->mu);
-    t->loaded = AGENT_ROLE_PRIMARY;
-    t->broken = 0;
-    pthread_mutex_unlock(&t->mu);
-    log_debug("tenant=%s loaded as primary txid=%llu", t->id, (unsigned long long)lp.last_txid);
+    loaded_as_primary(t, npages, page_size);
+    log_debug("tenant=%s loaded as primary txid=%llu", t->id, (unsigned long long)t->txid);
     return API_OK;
 }
 
@@ -1293,21 +1370,33 @@ static int load_replica(struct agent_repl *r, struct rt *t, struct api_err *err)
     struct agent_log_pos lp;
 
     agent_store_path(r->cfg.store, t->id, db, sizeof(db));
-    if (access(db, F_OK) != 0) {
-        /* nothing here yet: a snapshot brings the first copy */
-        if ((rc = ensure_parent(db, err)) != API_OK)
-            return rc;
-        if ((rc = open_log(r, t, 0, AGENT_CK_EMPTY, err)) != API_OK)
+    if (db_header(db, &page_size, &is_wal, &size) != 0) {
+        /* Nothing usable here (a new tenant, or a file cut short by a
+         * crash): the copy is born as the canonical empty database, the
+         * position every tenant starts from on its primary too (store.h),
+         * so a new tenant needs no snapshot. Should the primary not be
+         * there (older, or created otherwise), the checksums differ and the
+         * primary sends a snapshot as before. */
+        uint64_t ck0 = empty_ck();
+        if ((rc = agent_store_create(r->cfg.store, t->id, 0, 1, err)) != API_OK ||
+            (rc = open_log(r, t, 0, ck0, err)) != API_OK)
             return rc;
         agent_log_position(t->log, &lp);
-        if ((lp.base_txid != 0 || lp.base_ck != AGENT_CK_EMPTY || lp.last_txid != 0) &&
-            (rc = agent_log_reset(t->log, 0, AGENT_CK_EMPTY, err)) != API_OK)
-            return rc;
-        set_position(t, 0, AGENT_CK_EMPTY);
+        set_position(t, 0, ck0);
+        if (lp.base_txid != 0 || lp.base_ck != ck0) {
+            if ((rc = agent_log_reset(t->log, 0, ck0, err)) != API_OK)
+                return rc;
+        } else if (lp.last_txid > 0) {
+            /* the log holds the whole history: apply it all again */
+            if ((rc = apply_from_log(r, t, 1, err)) == API_ECONFLICT)
+                mark_diverged(r, t, err->msg);
+            else if (rc != API_OK)
+                return rc;
+            if ((rc = write_pos(r, t, err)) != API_OK)
+                return rc;
+        }
         goto loaded;
     }
-    if (db_header(db, &page_size, &is_wal, &size) != 0)
-        return api_err_set(err, API_EIO, "tenant '%s': cannot read the header of '%s'", t->id, db);
     if (is_wal) {
         /* a primary becoming a replica: settle its log and file, then leave WAL */
         if ((rc = load_primary(r, t, err)) != API_OK ||

@@ -154,7 +154,93 @@ struct agent_log {
     size_t end; /* file length covered by valid records */
     int unsynced; /* appends since the last fdatasync */
     struct agent_rec last;
+    int birth_unsynced; /* created by this open; neither it nor its name synced yet */
+    /* the file stays open only while the log is among the most recently
+     * used (lru_*); fd is -1 when closed, and reopened on demand */
+    struct agent_log *lru_prev, *lru_next;
+    int in_lru;
+    int pinned; /* an fd lent out (agent_log_sync): not to be closed */
 };
+
+/* Open log files, most recently used first, capped: an idle tenant holds
+ * no descriptor. Nothing closes a file on a timer: a file is closed when
+ * another is opened past the cap. Lock order: a log's mu, then lru_mu; a
+ * victim's mu is only tried, never waited for. */
+static pthread_mutex_t lru_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct agent_log *lru_head, *lru_tail;
+static size_t lru_open, lru_cap = 1000;
+
+void agent_log_set_max_open(size_t n)
+{
+    pthread_mutex_lock(&lru_mu);
+    lru_cap = n > 0 ? n : 1;
+    pthread_mutex_unlock(&lru_mu);
+}
+
+size_t agent_log_open_files(void)
+{
+    pthread_mutex_lock(&lru_mu);
+    size_t n = lru_open;
+    pthread_mutex_unlock(&lru_mu);
+    return n;
+}
+
+/* lru_mu held */
+static void lru_unlink(struct agent_log *log)
+{
+    if (log->lru_prev)
+        log->lru_prev->lru_next = log->lru_next;
+    else
+        lru_head = log->lru_next;
+    if (log->lru_next)
+        log->lru_next->lru_prev = log->lru_prev;
+    else
+        lru_tail = log->lru_prev;
+    log->lru_prev = log->lru_next = NULL;
+    log->in_lru = 0;
+    lru_open--;
+}
+
+/* LOG (its mu held, its fd open) becomes the most recently used; files
+ * of the least recently used logs close while more than the cap are open. */
+static void lru_touch(struct agent_log *log)
+{
+    pthread_mutex_lock(&lru_mu);
+    if (log->in_lru)
+        lru_unlink(log);
+    log->lru_prev = NULL;
+    log->lru_next = lru_head;
+    if (lru_head)
+        lru_head->lru_prev = log;
+    lru_head = log;
+    if (lru_tail == NULL)
+        lru_tail = log;
+    log->in_lru = 1;
+    lru_open++;
+    for (struct agent_log *v = lru_tail; v != NULL && lru_open > lru_cap;) {
+        struct agent_log *prev = v->lru_prev;
+        if (v != log && pthread_mutex_trylock(&v->mu) == 0) {
+            if (!v->pinned) {
+                close(v->fd);
+                v->fd = -1;
+                lru_unlink(v);
+            }
+            pthread_mutex_unlock(&v->mu);
+        }
+        v = prev;
+    }
+    pthread_mutex_unlock(&lru_mu);
+}
+
+/* LOG's file descriptor, reopened if the LRU closed it; -1 with errno set
+ * on failure. LOG's mu held. */
+static int log_fd(struct agent_log *log)
+{
+    if (log->fd < 0 && (log->fd = open(log->path, O_RDWR | O_CLOEXEC)) < 0)
+        return -1;
+    lru_touch(log);
+    return log->fd;
+}
 
 static int write_all(int fd, const void *buf, size_t len, off_t off)
 {
@@ -262,6 +348,21 @@ static int scan(struct agent_log *log, struct api_err *err)
     return API_OK;
 }
 
+/* A log whose creation a crash cut short (it is created unsynced, see
+ * agent_log_open): shorter than its header, or a header of zeros and
+ * nothing else. It can hold no record, so it is created again. */
+static int unborn(int fd)
+{
+    struct stat st;
+    unsigned char hdr[LOG_HDR];
+    static const unsigned char zeros[LOG_HDR];
+    if (fstat(fd, &st) != 0)
+        return 0;
+    if (st.st_size < LOG_HDR)
+        return 1;
+    return st.st_size == LOG_HDR && read_all(fd, hdr, LOG_HDR, 0) == 0 && memcmp(hdr, zeros, LOG_HDR) == 0;
+}
+
 int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struct agent_log **out,
                    struct api_err *err)
 {
@@ -275,13 +376,21 @@ int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struc
     }
     pthread_mutex_init(&log->mu, NULL);
     log->fd = open(path, O_RDWR | O_CLOEXEC);
+    if (log->fd >= 0 && unborn(log->fd)) {
+        close(log->fd);
+        log->fd = -1;
+        errno = ENOENT;
+    }
     if (log->fd < 0 && errno == ENOENT) {
-        /* create under a temporary name so a crash never leaves a headerless log */
+        /* Created under a temporary name, so the log never lacks its
+         * header, but not synced: until its first sync it holds nothing
+         * anyone was promised, and that sync makes its birth durable. */
         char tmp[4200];
         snprintf(tmp, sizeof(tmp), "%s.tmp", path);
         int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         encode_log_header(hdr, base_txid, base_ck);
-        if (fd < 0 || write_all(fd, hdr, LOG_HDR, 0) != 0 || fdatasync(fd) != 0 || rename(tmp, path) != 0) {
+        log->birth_unsynced = 1;
+        if (fd < 0 || write_all(fd, hdr, LOG_HDR, 0) != 0 || rename(tmp, path) != 0) {
             rc = api_err_set(err, API_EIO, "cannot create log '%s': %s", path, strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -307,6 +416,7 @@ int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struc
         agent_log_free(log);
         return rc;
     }
+    lru_touch(log); /* no other thread knows LOG yet */
     *out = log;
     return API_OK;
 }
@@ -315,6 +425,10 @@ void agent_log_free(struct agent_log *log)
 {
     if (log == NULL)
         return;
+    pthread_mutex_lock(&lru_mu);
+    if (log->in_lru)
+        lru_unlink(log);
+    pthread_mutex_unlock(&lru_mu);
     if (log->fd >= 0 && log->unsynced && fdatasync(log->fd) != 0) {
         /* nothing to report to: the next open scans what reached the disk */
     }
@@ -339,9 +453,9 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
         rc = api_err_set(err, API_ECONFLICT, "record txid %llu pre %016llx does not follow the log at %llu/%016llx",
                          (unsigned long long)r.txid, (unsigned long long)r.pre_ck,
                          (unsigned long long)log->last.txid, (unsigned long long)log->last.post_ck);
-    } else if (write_all(log->fd, buf, rl, (off_t)log->end) != 0) {
+    } else if (log_fd(log) < 0 || write_all(log->fd, buf, rl, (off_t)log->end) != 0) {
         rc = api_err_set(err, API_EIO, "log '%s': append failed: %s", log->path, strerror(errno));
-        if (ftruncate(log->fd, (off_t)log->end) != 0) {
+        if (log->fd >= 0 && ftruncate(log->fd, (off_t)log->end) != 0) {
             /* the torn tail is cut at the next open */
         }
     } else if (push_offset(log, log->end) != 0) {
@@ -356,15 +470,54 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
     return rc;
 }
 
+/* fsyncs the directory holding PATH: the names created in it last. */
+static int sync_dir_of(const char *path)
+{
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
 int agent_log_sync(struct agent_log *log, struct api_err *err)
 {
-    /* Only the tenant's worker appends, rewrites and syncs, so it reads fd
-     * and unsynced without the mutex, and no reader waits on the sync. */
-    if (!log->unsynced)
+    /* Only the tenant's worker appends, rewrites and syncs, so it reads
+     * unsynced without the mutex. The fd is pinned rather than the mutex
+     * held: readers of the log (the hub) do not wait for the disk. */
+    if (!log->unsynced && !log->birth_unsynced)
         return API_OK;
-    if (fdatasync(log->fd) != 0)
-        return api_err_set(err, API_EIO, "log '%s': fdatasync: %s", log->path, strerror(errno));
+    pthread_mutex_lock(&log->mu);
+    int fd = log_fd(log);
+    if (fd >= 0)
+        log->pinned++;
+    pthread_mutex_unlock(&log->mu);
+    if (fd < 0)
+        return api_err_set(err, API_EIO, "log '%s': reopening: %s", log->path, strerror(errno));
+    int rc = fdatasync(fd), e = errno;
+    pthread_mutex_lock(&log->mu);
+    log->pinned--;
+    pthread_mutex_unlock(&log->mu);
+    if (rc != 0)
+        return api_err_set(err, API_EIO, "log '%s': fdatasync: %s", log->path, strerror(e));
     log->unsynced = 0;
+    /* The first sync of a new log also makes its name durable, and with it
+     * every name created beside it so far: the tenant's database file,
+     * whose contents the log rebuilds if they were lost (repl.c). This is
+     * where creating a tenant pays for durability: at its first write. */
+    if (log->birth_unsynced) {
+        if (sync_dir_of(log->path) != 0)
+            return api_err_set(err, API_EIO, "log '%s': syncing its directory: %s", log->path, strerror(errno));
+        log->birth_unsynced = 0;
+    }
     return API_OK;
 }
 
@@ -381,7 +534,7 @@ static int rewrite_locked(struct agent_log *log, uint64_t base_txid, uint64_t ba
 
     if (buf == NULL)
         return api_err_set(err, API_ENOMEM, "log: out of memory");
-    if (len && read_all(log->fd, buf, len, (off_t)from) != 0) {
+    if (len && (log_fd(log) < 0 || read_all(log->fd, buf, len, (off_t)from) != 0)) {
         free(buf);
         return api_err_set(err, API_EIO, "log '%s': %s", log->path, strerror(errno));
     }
@@ -398,9 +551,11 @@ static int rewrite_locked(struct agent_log *log, uint64_t base_txid, uint64_t ba
         return rc;
     }
     free(buf);
-    close(log->fd);
+    if (log->fd >= 0)
+        close(log->fd);
     log->fd = fd;
     log->unsynced = 0; /* the new file was synced whole */
+    lru_touch(log);
     /* offsets shift by (from - LOG_HDR) */
     size_t drop = 0;
     while (drop < log->n && log->offsets[drop] < from)
@@ -442,7 +597,8 @@ int agent_log_compact(struct agent_log *log, size_t keep_bytes, uint64_t max_dro
             unsigned char hdr[AGENT_REC_HDR];
             struct agent_rec prev;
             /* the new base is the position after record k-1 */
-            if (read_all(log->fd, hdr, sizeof(hdr), (off_t)log->offsets[k - 1]) != 0 || parse_header(hdr, &prev) != 0)
+            if (log_fd(log) < 0 || read_all(log->fd, hdr, sizeof(hdr), (off_t)log->offsets[k - 1]) != 0 ||
+                parse_header(hdr, &prev) != 0)
                 rc = api_err_set(err, API_EIO, "log '%s': cannot read record for compaction", log->path);
             else
                 rc = rewrite_locked(log, prev.txid, prev.post_ck, log->offsets[k], err);
@@ -466,7 +622,7 @@ int agent_log_read(struct agent_log *log, uint64_t txid, unsigned char **out, si
         unsigned char *buf = malloc(len);
         if (buf == NULL)
             rc = api_err_set(err, API_ENOMEM, "log: out of memory");
-        else if (read_all(log->fd, buf, len, (off_t)log->offsets[i]) != 0) {
+        else if (log_fd(log) < 0 || read_all(log->fd, buf, len, (off_t)log->offsets[i]) != 0) {
             free(buf);
             rc = api_err_set(err, API_EIO, "log '%s': read: %s", log->path, strerror(errno));
         } else {
@@ -486,7 +642,8 @@ int agent_log_pre_ck(struct agent_log *log, uint64_t txid, uint64_t *out)
     pthread_mutex_lock(&log->mu);
     if (txid > log->base_txid && txid <= log->last.txid) {
         size_t i = (size_t)(txid - log->base_txid - 1);
-        if (read_all(log->fd, hdr, sizeof(hdr), (off_t)log->offsets[i]) == 0 && parse_header(hdr, &r) == 0) {
+        if (log_fd(log) >= 0 && read_all(log->fd, hdr, sizeof(hdr), (off_t)log->offsets[i]) == 0 &&
+            parse_header(hdr, &r) == 0) {
             *out = r.pre_ck;
             rc = 0;
         }

@@ -17,6 +17,11 @@
  *
  * Thread-safety: a log has its own mutex; the tenant's worker appends,
  * syncs and compacts, the replication hub reads concurrently.
+ *
+ * Open files: a log keeps its file open only while it is among the most
+ * recently used logs of the process (a capped LRU, agent_log_set_max_open),
+ * and reopens it when used again, so thousands of idle tenants hold no
+ * descriptors. Its index (record offsets, last position) stays in memory.
  */
 #ifndef SHOAL_NODEAGENT_REPL_LOG_H
 #define SHOAL_NODEAGENT_REPL_LOG_H
@@ -62,6 +67,12 @@ int agent_log_open(const char *path, uint64_t base_txid, uint64_t base_ck, struc
                    struct api_err *err);
 /* Closes the log, first making its appends durable. Accepts NULL. */
 void agent_log_free(struct agent_log *log);
+
+/* The cap on log files open at once in this process (default 1000; at
+ * least 1). A log whose sync is in progress stays open past the cap. */
+void agent_log_set_max_open(size_t n);
+/* Log files open now in this process. */
+size_t agent_log_open_files(void);
 
 /* Appends an encoded record; it must continue the log (txid = last + 1,
  * pre checksum = last checksum), else API_ECONFLICT. Not yet durable. */

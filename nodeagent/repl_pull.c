@@ -38,6 +38,7 @@ struct puller {
     int stopping, started, reset;
     int polling;      /* a long-poll is in flight ... */
     char session[64]; /* ... in this session */
+    int kicked;       /* ... and its hub was asked to answer it now */
     atomic_int cancel;
     pthread_t thread;
 };
@@ -306,6 +307,7 @@ static void *puller_main(void *arg)
         struct api_err err;
         pthread_mutex_lock(&p->mu);
         p->polling = 1;
+        p->kicked = 0;
         snprintf(p->session, sizeof(p->session), "%s", session);
         pthread_mutex_unlock(&p->mu);
         int rc = http && body ? api_http_do(http, &rq, &resp, &err) : API_ENOMEM;
@@ -494,7 +496,9 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
                 api_map_put(p->tenants, tenant, pt, &oom);
                 if (oom)
                     free(pt);
-                else if (p->polling && p->session[0]) {
+                else if (p->polling && p->session[0] && !p->kicked) {
+                    /* one kick per poll: the next poll names every tenant added meanwhile */
+                    p->kicked = 1;
                     snprintf(kick_url, sizeof(kick_url), "%s", p->url);
                     snprintf(kick_session, sizeof(kick_session), "%s", p->session);
                 }

@@ -2,6 +2,7 @@
 #include "nodeagent/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,16 +99,15 @@ int agent_store_exists(const struct agent_store *st, const char *tenant)
     return access(path, F_OK) == 0;
 }
 
-static int open_db(const struct agent_store *st, const char *tenant, const char *path, int create, sqlite3 **out,
+static int open_db(const struct agent_store *st, const char *tenant, const char *path, sqlite3 **out,
                    struct api_err *err)
 {
     sqlite3 *db = NULL;
     char pragmas[256];
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
-    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 
     if (rc != SQLITE_OK) {
-        int code = (rc == SQLITE_CANTOPEN && !create) ? API_ENOTENANT : API_EIO;
+        int code = rc == SQLITE_CANTOPEN ? API_ENOTENANT : API_EIO;
         api_err_set(err, code, "open '%s': %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
         return code;
@@ -116,10 +116,11 @@ static int open_db(const struct agent_store *st, const char *tenant, const char 
      * replication log is synced before the write is acknowledged and a
      * primary rolls its file forward from the log after a crash (repl.c).
      * The journal mode is the file's own: WAL on a primary, rollback on a
-     * replica (replication switches it); a new file starts in WAL. */
+     * replica (replication switches it); a new file is born in WAL
+     * (agent_store_create). */
     snprintf(pragmas, sizeof(pragmas),
-             "%sPRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
-             create ? "PRAGMA journal_mode=WAL; " : "", st->cache_kib);
+             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+             st->cache_kib);
     char *msg = NULL;
     if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
         api_err_set(err, API_EIO, "configure '%s': %s", path, msg ? msg : "?");
@@ -133,11 +134,48 @@ static int open_db(const struct agent_store *st, const char *tenant, const char 
     return API_OK;
 }
 
-int agent_store_create(struct agent_store *st, const char *tenant, struct api_err *err)
+void agent_store_empty_image(int wal, unsigned char page[AGENT_STORE_PAGE_SIZE])
+{
+    /* https://www.sqlite.org/fileformat2.html, section 1.3 (header) and 1.6 (b-tree page header) */
+    static const unsigned char magic[16] = "SQLite format 3";
+    memset(page, 0, AGENT_STORE_PAGE_SIZE);
+    memcpy(page, magic, 16);
+    page[16] = AGENT_STORE_PAGE_SIZE >> 8; /* page size, big-endian */
+    page[17] = AGENT_STORE_PAGE_SIZE & 0xff;
+    page[18] = page[19] = wal ? 2 : 1; /* file format write/read version: 2 = WAL */
+    page[21] = 64;                     /* max embedded payload fraction (fixed) */
+    page[22] = 32;                     /* min embedded payload fraction (fixed) */
+    page[23] = 32;                     /* leaf payload fraction (fixed) */
+    page[27] = 1;                      /* file change counter */
+    page[31] = 1;                      /* database size in pages */
+    /* 32-91 stay zero: no freelist, schema cookie 0 and schema format 0 (no
+     * schema yet), default encoding chosen at the first schema write */
+    page[95] = 1; /* version-valid-for = the change counter: the size above is valid */
+    /* SQLITE_VERSION_NUMBER of the writer, fixed at 3.40.1 (Debian 12) so
+     * the image, and its checksum, are the same whatever library a node has */
+    page[96] = 0x00;
+    page[97] = 0x2e;
+    page[98] = 0x63;
+    page[99] = 0x01;
+    page[100] = 0x0d; /* table b-tree leaf (sqlite_schema), no cells */
+    page[105] = AGENT_STORE_PAGE_SIZE >> 8; /* cell content area starts at the page end */
+    page[106] = AGENT_STORE_PAGE_SIZE & 0xff;
+}
+
+int agent_store_is_empty_image(const unsigned char *page, size_t len)
+{
+    unsigned char img[AGENT_STORE_PAGE_SIZE];
+    if (len != AGENT_STORE_PAGE_SIZE)
+        return 0;
+    agent_store_empty_image(page[18] == 2, img);
+    return memcmp(img, page, len) == 0;
+}
+
+int agent_store_create(struct agent_store *st, const char *tenant, int wal, int overwrite, struct api_err *err)
 {
     char path[4096], dir[4096];
-    sqlite3 *db;
-    int rc;
+    unsigned char img[AGENT_STORE_PAGE_SIZE];
+    int rc, fd;
 
     if ((rc = api_tenant_id_check(tenant, strlen(tenant), err)) != API_OK)
         return rc;
@@ -145,11 +183,21 @@ int agent_store_create(struct agent_store *st, const char *tenant, struct api_er
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return api_err_set(err, API_EIO, "tenant '%s': cannot create '%s': %s", tenant, dir, strerror(errno));
     agent_store_path(st, tenant, path, sizeof(path));
-    if (access(path, F_OK) == 0)
-        return API_OK; /* never touch an existing file's journal mode */
-    if ((rc = open_db(st, NULL, path, 1, &db, err)) != API_OK)
-        return api_err_wrap(err, "tenant '%s'", tenant);
-    sqlite3_close(db);
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (overwrite ? O_TRUNC : O_EXCL), 0644);
+    if (fd < 0 && errno == EEXIST)
+        return api_err_set(err, API_ECONFLICT, "tenant '%s': '%s' exists", tenant, path);
+    if (fd < 0)
+        return api_err_set(err, API_EIO, "tenant '%s': cannot create '%s': %s", tenant, path, strerror(errno));
+    agent_store_empty_image(wal, img);
+    ssize_t w = pwrite(fd, img, sizeof(img), 0);
+    if (w != (ssize_t)sizeof(img)) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': writing '%s': %s", tenant, path,
+                         w < 0 ? strerror(errno) : "short write");
+        close(fd);
+        unlink(path); /* a torn new file holds nothing */
+        return rc;
+    }
+    close(fd);
     return API_OK;
 }
 
@@ -245,7 +293,7 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
         return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
     if ((e = calloc(1, sizeof(*e))) == NULL)
         return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
-    if ((rc = open_db(st, tenant, path, 0, &e->db, err)) != API_OK) {
+    if ((rc = open_db(st, tenant, path, &e->db, err)) != API_OK) {
         free(e);
         return api_err_wrap(err, "tenant '%s'", tenant);
     }
@@ -281,7 +329,7 @@ int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, 
     agent_store_path(st, tenant, path, sizeof(path));
     if (access(path, F_OK) != 0)
         return api_err_set(err, API_ENOTENANT, "tenant '%s' has no database on this node", tenant);
-    if ((rc = open_db(st, tenant, path, 0, out, err)) != API_OK)
+    if ((rc = open_db(st, tenant, path, out, err)) != API_OK)
         return api_err_wrap(err, "tenant '%s'", tenant);
     return API_OK;
 }

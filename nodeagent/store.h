@@ -38,8 +38,29 @@ void agent_store_free(struct agent_store *st);
 void agent_store_path(const struct agent_store *st, const char *tenant, char *out, size_t cap);
 /* 1 if the tenant's file exists. Any thread. */
 int agent_store_exists(const struct agent_store *st, const char *tenant);
-/* Creates the tenant's file (WAL mode) if missing. Idempotent; any thread. */
-int agent_store_create(struct agent_store *st, const char *tenant, struct api_err *err);
+
+/* The canonical empty database every new tenant starts from, on every node:
+ * one page of AGENT_STORE_PAGE_SIZE bytes, exactly what SQLite 3.40 writes
+ * for a new file switched to WAL (page 1: the 100-byte header, then an
+ * empty sqlite_schema leaf), built here from the documented file format so
+ * it does not depend on the SQLite library in use. WAL non-zero gives the
+ * primary's flavour (file format bytes 18-19 = 2), zero the replica's
+ * rollback-journal flavour (1); the replication checksum normalises those
+ * bytes (repl_sum.h), so both flavours have one checksum and a replica
+ * born from it stands at the primary's start position without a snapshot. */
+#define AGENT_STORE_PAGE_SIZE 4096
+void agent_store_empty_image(int wal, unsigned char page[AGENT_STORE_PAGE_SIZE]);
+/* 1 if PAGE (a first page of LEN bytes) is one of the two flavours above. */
+int agent_store_is_empty_image(const unsigned char *page, size_t len);
+
+/* Writes the canonical empty database (flavour WAL) as TENANT's file.
+ * Without OVERWRITE an existing file is left alone (API_ECONFLICT); with
+ * it, the file is replaced in place (the caller has established that it
+ * holds nothing: see repl.c). Nothing is synced: an empty database is a
+ * constant that recovery can write again, and the first write that must
+ * survive a crash syncs the tenant's directory (repl_log.c). Any thread;
+ * replication calls it on the tenant's worker. */
+int agent_store_create(struct agent_store *st, const char *tenant, int wal, int overwrite, struct api_err *err);
 /* Removes the tenant's files (database, WAL, replication log and
  * position). Call on the tenant's worker (it evicts the
  * cached connection of the calling thread first). */

@@ -43,7 +43,12 @@ URL="$AGENT_URL_n1/t/r1"
 
 # --- 1. thousands of random transactions with readers on a replica --------------
 node "$WORKLOAD" "$URL" "$TOK" 1 >/dev/null   # schema and accounts
-wait_until 10 test -n "$(db_of n2 r1)" || not_ok "n2 received its first snapshot"
+wait_until 10 test -n "$(db_of n2 r1)" || not_ok "n2 holds its copy of r1"
+# a new tenant's copies are born as the primary's empty database: the first
+# writes reach them as records, with no snapshot
+wait_until 10 in_step r1 || not_ok "r1's first writes reached both replicas"
+is "the new tenant reached its replicas without a snapshot" "0 0 0" \
+    "$(metric n1 shoal_agent_repl_snapshots_sent_total) $(metric n2 shoal_agent_repl_snapshots_installed_total) $(metric n3 shoal_agent_repl_snapshots_installed_total)"
 # SHOAL_TEST_SCALE (percent; the sanitizer build sets it) shrinks the long runs
 TXNS=$((2000 * ${SHOAL_TEST_SCALE:-100} / 100)) READS=$((12000 * ${SHOAL_TEST_SCALE:-100} / 100))
 "$DBTOOL" readers "$(db_of n2 r1)" "$READS" "SELECT sum(bal) = 100000 AND count(*) = 100 FROM acct" >"$T_DIR/readers.out" &

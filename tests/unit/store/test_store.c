@@ -1,0 +1,246 @@
+/*
+ * Unit tests for the canonical empty database new tenants are born from
+ * (nodeagent/store.c) and for the replication log's unsynced birth
+ * (nodeagent/repl_log.c), on files in a temporary directory.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include "api/err.h"
+#include "nodeagent/repl_log.h"
+#include "nodeagent/repl_sum.h"
+#include "nodeagent/store.h"
+
+struct fx {
+    char dir[64];
+    struct agent_store *st;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    struct api_err err;
+    snprintf(f->dir, sizeof(f->dir), "/tmp/shoal-store-test.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    struct agent_store_config cfg = {.data_dir = f->dir, .max_open = 8, .cache_kib = 64};
+    assert_int_equal(agent_store_new(&cfg, &f->st, &err), API_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char cmd[128];
+    agent_store_thread_exit();
+    agent_store_free(f->st);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+static void read_page1(const char *path, unsigned char *out)
+{
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, out, AGENT_STORE_PAGE_SIZE, 0), AGENT_STORE_PAGE_SIZE);
+    close(fd);
+}
+
+static char *query1(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt;
+    char *out = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        out = strdup((const char *)sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    assert_non_null(out);
+    return out;
+}
+
+/* SQLite itself writes the same page for a new file switched to WAL; only
+ * the writer's library version (bytes 96-99) may differ. */
+static void empty_image_is_what_sqlite_writes_for_a_new_wal_database(void **state)
+{
+    struct fx *f = *state;
+    char path[128];
+    unsigned char mine[AGENT_STORE_PAGE_SIZE], theirs[AGENT_STORE_PAGE_SIZE];
+    sqlite3 *db;
+
+    snprintf(path, sizeof(path), "%s/sqlite.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    read_page1(path, theirs);
+    agent_store_empty_image(1, mine);
+    memcpy(theirs + 96, mine + 96, 4);
+    assert_memory_equal(mine, theirs, sizeof(mine));
+    assert_true(agent_store_is_empty_image(mine, sizeof(mine)));
+}
+
+/* Both flavours open in SQLite in their journal mode, pass the integrity
+ * check, take a schema and rows, and hash to one checksum. */
+static void both_flavours_open_in_their_mode_and_share_one_checksum(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    const char *names[2] = {"prim", "repl"};
+    uint64_t ck[2];
+
+    for (int i = 0; i < 2; i++) {
+        char path[4096];
+        sqlite3 *db;
+        assert_int_equal(agent_store_create(f->st, names[i], i == 0, 0, &err), API_OK);
+        agent_store_path(f->st, names[i], path, sizeof(path));
+        int fd = open(path, O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(agent_file_checksum(fd, AGENT_STORE_PAGE_SIZE, 1, &ck[i]), 0);
+        close(fd);
+        assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+        char *mode = query1(db, "PRAGMA journal_mode");
+        assert_string_equal(mode, i == 0 ? "wal" : "delete");
+        free(mode);
+        char *ok = query1(db, "PRAGMA integrity_check");
+        assert_string_equal(ok, "ok");
+        free(ok);
+        assert_int_equal(sqlite3_exec(db, "CREATE TABLE t(a); INSERT INTO t VALUES (42)", NULL, NULL, NULL),
+                         SQLITE_OK);
+        char *v = query1(db, "SELECT a FROM t");
+        assert_string_equal(v, "42");
+        free(v);
+        sqlite3_close(db);
+    }
+    assert_true(ck[0] == ck[1]);
+    assert_true(ck[0] != AGENT_CK_EMPTY);
+}
+
+static void create_leaves_an_existing_file_alone_unless_told(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    char path[4096];
+    unsigned char page[AGENT_STORE_PAGE_SIZE];
+
+    assert_int_equal(agent_store_create(f->st, "t1", 1, 0, &err), API_OK);
+    assert_int_equal(agent_store_create(f->st, "t1", 0, 0, &err), API_ECONFLICT);
+    agent_store_path(f->st, "t1", path, sizeof(path));
+    read_page1(path, page);
+    assert_int_equal(page[18], 2);
+    assert_int_equal(agent_store_create(f->st, "t1", 0, 1, &err), API_OK);
+    read_page1(path, page);
+    assert_int_equal(page[18], 1);
+    assert_int_equal(agent_store_create(f->st, "../x", 1, 0, &err), API_EBADTENANT);
+}
+
+/* A log whose unsynced creation a crash cut short (empty, shorter than its
+ * header, or a header of zeros) is created again; a damaged header of a
+ * real log is still an error. */
+static void a_torn_new_log_is_created_again(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    struct agent_log *log;
+    struct agent_log_pos lp;
+    char path[128];
+    static const unsigned char zeros[32];
+
+    snprintf(path, sizeof(path), "%s/t.log", f->dir);
+    const size_t sizes[] = {0, 7, 32};
+    for (size_t i = 0; i < 3; i++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, zeros, sizes[i]), (ssize_t)sizes[i]);
+        close(fd);
+        assert_int_equal(agent_log_open(path, 0, 77, &log, &err), API_OK);
+        agent_log_position(log, &lp);
+        assert_int_equal(lp.base_txid, 0);
+        assert_int_equal(lp.base_ck, 77);
+        assert_int_equal(agent_log_sync(log, &err), API_OK);
+        agent_log_free(log);
+    }
+    /* a real header survives reopening with another base */
+    assert_int_equal(agent_log_open(path, 5, 99, &log, &err), API_OK);
+    agent_log_position(log, &lp);
+    assert_int_equal(lp.base_ck, 77);
+    agent_log_free(log);
+    /* damage beyond a torn birth stays an error */
+    int fd = open(path, O_RDWR);
+    assert_int_equal(pwrite(fd, "XXXX", 4, 0), 4);
+    close(fd);
+    assert_int_not_equal(agent_log_open(path, 0, 77, &log, &err), API_OK);
+}
+
+/* Past the cap, the least recently used logs close their files; a closed
+ * log reopens on use and keeps every record. */
+static void logs_past_the_cap_close_and_reopen_on_use(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    struct agent_log *logs[5];
+    unsigned char page[512];
+    uint32_t pgno = 1;
+
+    agent_log_set_max_open(2);
+    for (int i = 0; i < 5; i++) {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/l%d.log", f->dir, i);
+        assert_int_equal(agent_log_open(path, 0, AGENT_CK_EMPTY, &logs[i], &err), API_OK);
+        assert_true(agent_log_open_files() <= 2);
+    }
+    assert_int_equal(agent_log_open_files(), 2);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 5; i++) {
+            struct agent_log_pos lp;
+            unsigned char *enc, *back;
+            size_t len, blen;
+            agent_log_position(logs[i], &lp);
+            memset(page, 'a' + i + round, sizeof(page));
+            struct agent_rec rec = {.epoch = 1, .txid = lp.last_txid + 1, .pre_ck = lp.last_ck,
+                                    .post_ck = lp.last_ck ^ (uint64_t)(i + 1), .page_size = sizeof(page),
+                                    .commit_pages = 1, .npages = 1};
+            assert_int_equal(agent_rec_encode(&rec, &pgno, page, &enc, &len, &err), API_OK);
+            assert_int_equal(agent_log_append(logs[i], enc, len, &err), API_OK);
+            assert_int_equal(agent_log_sync(logs[i], &err), API_OK);
+            assert_int_equal(agent_log_read(logs[i], rec.txid, &back, &blen, &err), API_OK);
+            assert_int_equal(blen, len);
+            assert_memory_equal(back, enc, len);
+            free(back);
+            free(enc);
+            assert_true(agent_log_open_files() <= 2);
+        }
+    }
+    /* the first record of the first log, read after its file was closed */
+    unsigned char *back;
+    size_t blen;
+    assert_int_equal(agent_log_read(logs[0], 1, &back, &blen, &err), API_OK);
+    free(back);
+    for (int i = 0; i < 5; i++)
+        agent_log_free(logs[i]);
+    assert_int_equal(agent_log_open_files(), 0);
+    agent_log_set_max_open(1000);
+}
+
+int main(void)
+{
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(empty_image_is_what_sqlite_writes_for_a_new_wal_database),
+        T(both_flavours_open_in_their_mode_and_share_one_checksum),
+        T(create_leaves_an_existing_file_alone_unless_told),
+        T(a_torn_new_log_is_created_again),
+        T(logs_past_the_cap_close_and_reopen_on_use),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
