@@ -5,8 +5,11 @@
  * costs little next to what it measures, which a Node.js client could not
  * promise at tens of thousands of requests per second.
  *
- *   loadgen [-c CONC] [-d SECONDS] [-X METHOD] [-H 'Name: value']... [-k TOKENS_FILE]
+ *   loadgen [-c CONC] [-d SECONDS | -n COUNT] [-X METHOD] [-H 'Name: value']... [-k TOKENS_FILE]
  *           [-t TENANTS] URL [BODY]
+ *
+ * -n sends exactly COUNT requests (numbered 0..COUNT-1) and stops, for
+ * benchmarks that create things (tenants) rather than repeat a request.
  *
  * URL and BODY may contain {t} (the request's tenant number, request number
  * mod TENANTS), {i} (the request number) and {k} (a row key from 1 to 1000,
@@ -183,10 +186,12 @@ int main(int argc, char **argv)
 {
     int conc = 1, opt;
     double secs = 3;
-    while ((opt = getopt(argc, argv, "c:d:X:H:k:t:")) != -1) {
+    unsigned long count = 0; /* -n: this many requests, then stop; 0: run for SECS */
+    while ((opt = getopt(argc, argv, "c:d:n:X:H:k:t:")) != -1) {
         switch (opt) {
         case 'c': conc = atoi(optarg); break;
         case 'd': secs = atof(optarg); break;
+        case 'n': count = strtoul(optarg, NULL, 10); break;
         case 'X': method = optarg; break;
         case 'H':
             if (nheaders < MAX_HEADERS)
@@ -198,7 +203,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc || conc < 1 || tenants < 1 || strncmp(argv[optind], "http://", 7) != 0) {
-        fprintf(stderr, "usage: loadgen [-c CONC] [-d SECONDS] [-X METHOD] [-H HEADER]... [-k TOKENS] [-t TENANTS] "
+        fprintf(stderr, "usage: loadgen [-c CONC] [-d SECONDS | -n COUNT] [-X METHOD] [-H HEADER]... [-k TOKENS] [-t TENANTS] "
                         "http://HOST:PORT/PATH [BODY]\n");
         return 2;
     }
@@ -223,7 +228,9 @@ int main(int argc, char **argv)
     unsigned long next = 0, ok = 0, failed = 0;
     if (ep < 0 || conns == NULL || lat == NULL)
         die("setup");
-    double t0 = now_s(), deadline = t0 + secs;
+    if (count > 0 && (unsigned long)conc > count)
+        conc = (int)count;
+    double t0 = now_s(), deadline = count > 0 ? t0 + 86400.0 : t0 + secs;
     for (int k = 0; k < conc; k++) {
         struct conn *c = &conns[k];
         c->fd = connect_one();
@@ -279,7 +286,7 @@ int main(int argc, char **argv)
             if (nlat == lat_cap && (lat = realloc(lat, (lat_cap *= 2) * sizeof(*lat))) == NULL)
                 die("realloc");
             lat[nlat++] = (t - c->started) * 1000.0;
-            if (t >= deadline) {
+            if (t >= deadline || (count > 0 && next >= count)) {
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
                 active--;
