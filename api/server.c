@@ -876,20 +876,10 @@ static void on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *me
         struct posted *posted = (struct posted *)m;
         if (posted->is_pending) {
             struct api_pending *p = posted->arg;
+            struct api_resp *resp = p->resp;
             free(posted);
-            if (p->req != NULL && !p->finished) {
-                p->finished = 1;
-                struct api_resp *resp = p->resp;
-                p->resp = NULL;
-                if (resp == NULL) {
-                    static const struct api_resp oom = {.status = 500};
-                    send_resp(p->server, p->req, &oom);
-                } else {
-                    send_resp(p->server, p->req, resp);
-                    api_resp_free(resp);
-                }
-            }
-            pending_release(p);
+            p->resp = NULL;
+            api_pending_reply(p, resp); /* sends it if the client is still there, frees it, drops our ref */
         } else {
             posted->fn(posted->arg);
             free(posted);
