@@ -24,11 +24,23 @@ struct lease {
     char holder[API_NAME_MAX];
     char url[API_URL_MAX];
     int64_t epoch;
+    int64_t lease_id;
+    int64_t create_revision;
 };
 
 struct load {
     uint32_t tenants;
     uint32_t primaries;
+};
+
+/* A thread in api_cluster_wait: woken only by changes to its tenant (or a
+ * resync), so a burst of creates does not wake every waiting create for
+ * every event. */
+struct waiter {
+    const char *id;
+    pthread_cond_t cv;
+    int woken;
+    struct waiter *next;
 };
 
 struct api_cluster {
@@ -37,7 +49,7 @@ struct api_cluster {
     api_cluster_fn on_change;
     void *ud;
     pthread_mutex_t mu;
-    pthread_cond_t changed;
+    struct waiter *waiters;
     struct api_map *nodes;   /* name -> struct api_cluster_node* */
     struct api_map *tenants; /* id -> struct api_cluster_tenant* (lease fields unused) */
     struct api_map *leases;  /* id -> struct lease* */
@@ -142,6 +154,14 @@ json_t *api_cluster_node_json(const struct api_cluster_node *n)
                      (json_int_t)n->started_at);
 }
 
+char *api_cluster_lease_value(const char *node, const char *url)
+{
+    json_t *v = json_pack("{s:s,s:s}", "holder", node, "url", url);
+    char *text = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    return text;
+}
+
 static int node_parse(const char *json, size_t len, struct api_cluster_node *out)
 {
     json_t *doc = json_loadb(json, len, 0, NULL);
@@ -220,6 +240,7 @@ static int apply_kv(struct api_cluster *c, int deleted, const struct api_etcd_kv
                 log_warn("ignoring bad node record key=%s", k);
                 return 1;
             }
+            n->lease = kv->lease;
             api_map_put(c->nodes, name, n, &oom);
             if (oom)
                 free(n);
@@ -265,6 +286,8 @@ static int apply_kv(struct api_cluster *c, int deleted, const struct api_etcd_kv
                 return 1;
             }
             l->epoch = kv->mod_revision;
+            l->lease_id = kv->lease;
+            l->create_revision = kv->create_revision;
             api_map_put(c->leases, tid, l, &oom);
             if (oom)
                 free(l);
@@ -297,6 +320,16 @@ static void load_kvs(struct api_cluster *c, const struct api_etcd_kvs *kvs)
     c->revision = kvs->revision;
 }
 
+/* Wakes the waiters for ID, or all of them when ID is NULL. Mutex held. */
+static void wake(struct api_cluster *c, const char *id)
+{
+    for (struct waiter *w = c->waiters; w != NULL; w = w->next)
+        if (id == NULL || strcmp(w->id, id) == 0) {
+            w->woken = 1;
+            pthread_cond_signal(&w->cv);
+        }
+}
+
 static void on_events(void *ud, const struct api_etcd_event *evs, size_t n, int64_t revision)
 {
     struct api_cluster *c = ud;
@@ -318,11 +351,14 @@ static void on_events(void *ud, const struct api_etcd_event *evs, size_t n, int6
             snprintf(ch->id, sizeof(ch->id), "%s", id);
             ch->deleted = deleted;
             nchanges++;
+            if (kind != API_CLUSTER_NODE)
+                wake(c, id);
+        } else if (ch == NULL) {
+            wake(c, NULL); /* no memory to say what changed: let every waiter look */
         }
     }
     if (revision > c->revision)
         c->revision = revision;
-    pthread_cond_broadcast(&c->changed);
     pthread_mutex_unlock(&c->mu);
     if (c->on_change != NULL)
         for (size_t i = 0; i < nchanges; i++)
@@ -336,7 +372,7 @@ static void on_resync(void *ud, const struct api_etcd_kvs *kvs)
 
     pthread_mutex_lock(&c->mu);
     load_kvs(c, kvs);
-    pthread_cond_broadcast(&c->changed);
+    wake(c, NULL);
     pthread_mutex_unlock(&c->mu);
     log_info("cluster view resynced revision=%lld", (long long)kvs->revision);
     if (c->on_change != NULL)
@@ -356,7 +392,6 @@ int api_cluster_open(struct api_etcd *etcd, api_cluster_fn on_change, void *ud, 
     c->on_change = on_change;
     c->ud = ud;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->changed, NULL);
     if ((rc = api_etcd_range_prefix(etcd, API_CLUSTER_PREFIX, NULL, 0, &kvs, err)) != API_OK) {
         api_cluster_close(c);
         return api_err_wrap(err, "reading the cluster state");
@@ -382,7 +417,6 @@ void api_cluster_close(struct api_cluster *c)
     api_map_free(c->leases, free);
     api_map_free(c->loads, free);
     pthread_mutex_destroy(&c->mu);
-    pthread_cond_destroy(&c->changed);
     free(c);
 }
 
@@ -399,12 +433,14 @@ int api_cluster_tenant_locked(struct api_cluster *c, const char *id, struct api_
     *out = *t;
     out->leased = 0;
     out->holder[0] = out->holder_url[0] = '\0';
-    out->epoch = 0;
+    out->epoch = out->lease_id = out->lease_create_revision = 0;
     if ((l = api_map_get(c->leases, id)) != NULL) {
         out->leased = 1;
         strcpy(out->holder, l->holder);
         strcpy(out->holder_url, l->url);
         out->epoch = l->epoch;
+        out->lease_id = l->lease_id;
+        out->lease_create_revision = l->create_revision;
     }
     return 1;
 }
@@ -544,25 +580,34 @@ int64_t api_cluster_revision(struct api_cluster *c)
     return r;
 }
 
-int api_cluster_wait(struct api_cluster *c, int (*pred)(void *ud, struct api_cluster *c), void *ud,
+int api_cluster_wait(struct api_cluster *c, const char *id, int (*pred)(void *ud, struct api_cluster *c), void *ud,
                      int64_t deadline_ms)
 {
+    struct waiter w = {.id = id};
+    pthread_condattr_t attr;
     int ok;
 
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w.cv, &attr);
+    pthread_condattr_destroy(&attr);
     pthread_mutex_lock(&c->mu);
+    w.next = c->waiters;
+    c->waiters = &w;
     while (!(ok = pred(ud, c))) {
-        int64_t left = deadline_ms - api_now_ms();
-        if (left <= 0)
+        if (api_now_ms() >= deadline_ms)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        if (left > 100)
-            left = 100; /* re-check the clock at least every 100 ms */
-        ts.tv_nsec += (long)(left % 1000) * 1000000L;
-        ts.tv_sec += left / 1000 + ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&c->changed, &c->mu, &ts);
+        struct timespec ts = {.tv_sec = deadline_ms / 1000, .tv_nsec = (long)(deadline_ms % 1000) * 1000000L};
+        w.woken = 0;
+        while (!w.woken && pthread_cond_timedwait(&w.cv, &c->mu, &ts) == 0)
+            ;
     }
+    for (struct waiter **pp = &c->waiters; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == &w) {
+            *pp = w.next;
+            break;
+        }
     pthread_mutex_unlock(&c->mu);
+    pthread_cond_destroy(&w.cv);
     return ok;
 }

@@ -45,6 +45,7 @@ struct api_cluster_node {
     char region[8];
     char url[API_URL_MAX];
     int64_t started_at;
+    int64_t lease; /* the agent's session lease (the node key's), 0 if none */
 };
 
 struct api_cluster_tenant {
@@ -69,6 +70,8 @@ struct api_cluster_tenant {
     char holder[API_NAME_MAX];
     char holder_url[API_URL_MAX];
     int64_t epoch;
+    int64_t lease_id;              /* the etcd lease the key is on */
+    int64_t lease_create_revision; /* == create_revision: written with the record (born leased) */
 };
 
 enum api_cluster_change { API_CLUSTER_NODE, API_CLUSTER_TENANT, API_CLUSTER_LEASE, API_CLUSTER_ALL };
@@ -100,10 +103,12 @@ size_t api_cluster_tenant_count(struct api_cluster *c);
 /* The store revision the view reflects. */
 int64_t api_cluster_revision(struct api_cluster *c);
 
-/* Blocks until PRED(ud, c-locked view) returns non-zero after some change,
- * or DEADLINE_MS (CLOCK_MONOTONIC ms) passes. PRED runs with the view
- * locked and may call only the *_locked accessors. Returns 1 if PRED held. */
-int api_cluster_wait(struct api_cluster *c, int (*pred)(void *ud, struct api_cluster *c), void *ud,
+/* Blocks until PRED(ud, c-locked view) returns non-zero, or DEADLINE_MS
+ * (CLOCK_MONOTONIC ms) passes. PRED is checked first and then after each
+ * change to tenant ID (its record or its lease) and after a resync; other
+ * tenants' changes do not wake the caller. PRED runs with the view locked
+ * and may call only the *_locked accessors. Returns 1 if PRED held. */
+int api_cluster_wait(struct api_cluster *c, const char *id, int (*pred)(void *ud, struct api_cluster *c), void *ud,
                      int64_t deadline_ms);
 int api_cluster_tenant_locked(struct api_cluster *c, const char *id, struct api_cluster_tenant *out);
 
@@ -111,6 +116,9 @@ int api_cluster_tenant_locked(struct api_cluster *c, const char *id, struct api_
 json_t *api_cluster_tenant_record_json(const struct api_cluster_tenant *t);
 int api_cluster_tenant_record_parse(const char *json, size_t len, struct api_cluster_tenant *out, struct api_err *err);
 json_t *api_cluster_node_json(const struct api_cluster_node *n);
+/* The value of a lease key held by NODE at URL, byte for byte what the
+ * holder compares on when it releases the key (malloc'd; NULL on OOM). */
+char *api_cluster_lease_value(const char *node, const char *url);
 
 /* CLOCK_MONOTONIC in ms, and wall-clock unix seconds. */
 int64_t api_now_ms(void);

@@ -53,6 +53,7 @@ struct parked;
 struct local_tenant {
     int file_ready;
     int holding;   /* this agent holds the tenant's lease key */
+    int ever_held; /* it did at some point in this process (then never adopt: see born_leased_here) */
     int64_t epoch; /* mod_revision of our key when we acquired it */
     /* handover: while fenced, requests wait here instead of running */
     int64_t fenced_until; /* monotonic ms; 0 = not fenced */
@@ -96,7 +97,7 @@ struct agent {
     int dirty_all;
     int stopping;
 
-    atomic_ullong pipelines, forwarded, replays_sent, lease_acquisitions;
+    atomic_ullong pipelines, forwarded, replays_sent, lease_acquisitions, lease_adoptions;
 };
 
 static __thread struct api_http_client *tl_http;
@@ -205,6 +206,22 @@ static void release_lease(struct agent *a, const char *id, struct local_tenant *
     log_info("lease released tenant=%s: %s", id, why);
 }
 
+/* 1 if T's lease key was written for this agent by the orchestrator's
+ * create txn (orch.c create_record): same create revision as the record,
+ * our holder value and our current session lease. Such a key is ours
+ * without a txn: its epoch is its mod_revision, as if we had acquired it.
+ * Only for a tenant this process never held: a key we held and released
+ * may still show in a view that is behind our delete, and a view behind a
+ * session loss shows keys of a lease that is gone (checked by the lease ID
+ * and by the session being writable). */
+static int born_leased_here(struct agent *a, const struct api_cluster_tenant *t, int ever_held)
+{
+    return !ever_held && t->leased && strcmp(t->holder, a->cfg.node) == 0 &&
+           strcmp(t->holder_url, a->url) == 0 && t->lease_create_revision == t->create_revision &&
+           t->lease_id != 0 && t->lease_id == agent_session_lease_id(a->session) &&
+           agent_session_writable(a->session);
+}
+
 /* Brings tenant ID on this node in line with its record. Runs on the
  * tenant's worker (one converge of a tenant at a time). */
 static void converge(struct agent *a, const char *id)
@@ -306,21 +323,27 @@ static void converge(struct agent *a, const char *id)
     }
     char holder[API_NAME_MAX];
     int64_t epoch;
-    if (agent_session_acquire(a->session, id, &epoch, holder, &err) != API_OK) {
+    int adopted = born_leased_here(a, &t, lt->ever_held);
+    if (adopted) {
+        epoch = t.epoch;
+    } else if (agent_session_acquire(a->session, id, &epoch, holder, &err) != API_OK) {
         log_warn("%s", err.msg);
         declare_replica(a, id, &t);
         return;
     }
     pthread_mutex_lock(&a->mu);
     lt->holding = 1;
+    lt->ever_held = 1;
     lt->epoch = epoch;
     pthread_mutex_unlock(&a->mu);
     atomic_fetch_add(&a->lease_acquisitions, 1);
+    if (adopted)
+        atomic_fetch_add(&a->lease_adoptions, 1);
     agent_repl_set_role(a->repl, id, AGENT_ROLE_PRIMARY, epoch, NULL, NULL);
     /* a fence left from a handover away from us that never completed (the
      * target died; failover chose us again) ends: we hold a new epoch */
     flush_parked(a, id, 1, NULL);
-    log_info("lease acquired tenant=%s epoch=%lld", id, (long long)epoch);
+    log_info("lease %s tenant=%s epoch=%lld", adopted ? "adopted" : "acquired", id, (long long)epoch);
 }
 
 struct converge_job {
@@ -526,6 +549,7 @@ struct pipeline_job {
     size_t body_len;
     char *token; /* binds a new stream to the token that opened it */
     int quorum;  /* durability quorum: acknowledge once a replica holds the write */
+    int recheck; /* served here only if the lease is ours once the job runs (adopting) */
     char client_region[8]; /* whose writes these are, for placement */
 };
 
@@ -822,6 +846,14 @@ static void pipeline_job(void *arg)
     int rc;
 
     api_err_clear(&err);
+    if (j->recheck) { /* the adopting converge ran just before this job */
+        struct local_tenant *lt;
+        pthread_mutex_lock(&a->mu);
+        int holding = (lt = api_map_get(a->local, j->tenant)) != NULL && lt->holding;
+        pthread_mutex_unlock(&a->mu);
+        j->recheck = 0;
+        j->replica = !holding;
+    }
     if (j->replica) {
         if (replica_handoff(j))
             return;
@@ -1489,9 +1521,25 @@ static void on_pipeline(struct api_req *r, void *ud)
     lt = api_map_get(a->local, auth.tenant);
     serve_here = lt != NULL && lt->holding;
     replica_here = lt != NULL && !lt->holding && assigned_here(&t, a->cfg.node);
+    int ever_held = lt != NULL && lt->ever_held;
     pthread_mutex_unlock(&a->mu);
     int to_primary = header_is(r, "shoal-consistency", "primary");
     int leased_elsewhere = t.leased && strcmp(t.holder, a->cfg.node) != 0;
+    /* A tenant born leased to us whose record this request beat to our
+     * controller: the converge that adopts the key runs first on the
+     * tenant's worker, then the request, which looks again (recheck). */
+    int adopting = !serve_here && born_leased_here(a, &t, ever_held);
+    if (adopting) {
+        struct converge_job *cj = calloc(1, sizeof(*cj));
+        if (cj == NULL) {
+            api_reply_errorf(r, API_ENOMEM, "out of memory");
+            return;
+        }
+        cj->a = a;
+        snprintf(cj->id, sizeof(cj->id), "%s", auth.tenant);
+        api_workq_submit(a->workers, tenant_key(auth.tenant), converge_job, cj);
+        serve_here = 1;
+    }
 
     if (serve_here || (replica_here && !to_primary && !rc->cursor)) {
         if ((j = new_pipeline_job(a, r, rc, &auth, &t)) == NULL) {
@@ -1515,6 +1563,7 @@ static void on_pipeline(struct api_req *r, void *ud)
                 }
             }
         }
+        j->recheck = adopting;
         if (serve_here && park_if_fenced(a, r, auth.tenant, j))
             return;
         j->pending = api_req_defer(r);
@@ -1678,10 +1727,13 @@ static void on_metrics(struct api_req *r, void *ud)
                      "# TYPE shoal_agent_replays_sent_total counter\nshoal_agent_replays_sent_total %llu\n"
                      "# TYPE shoal_agent_lease_acquisitions_total counter\n"
                      "shoal_agent_lease_acquisitions_total %llu\n"
+                     "# TYPE shoal_agent_lease_adoptions_total counter\n"
+                     "shoal_agent_lease_adoptions_total %llu\n"
                      "# TYPE shoal_agent_session_writable gauge\nshoal_agent_session_writable %d\n",
                      tenants, primaries, (unsigned long long)atomic_load(&a->pipelines),
                      (unsigned long long)atomic_load(&a->forwarded), (unsigned long long)atomic_load(&a->replays_sent),
-                     (unsigned long long)atomic_load(&a->lease_acquisitions), agent_session_writable(a->session));
+                     (unsigned long long)atomic_load(&a->lease_acquisitions),
+                     (unsigned long long)atomic_load(&a->lease_adoptions), agent_session_writable(a->session));
     if (n > 0 && (size_t)n < sizeof(buf) - len)
         len += (size_t)n;
     struct agent_repl_stats rs;

@@ -55,7 +55,6 @@ int agent_session_new(struct api_etcd *etcd, const char *node, const char *url, 
                       int64_t ttl_s, struct agent_session **out, struct api_err *err)
 {
     struct agent_session *s = calloc(1, sizeof(*s));
-    json_t *v;
     int rc;
 
     if (s == NULL)
@@ -65,9 +64,7 @@ int agent_session_new(struct api_etcd *etcd, const char *node, const char *url, 
     snprintf(s->url, sizeof(s->url), "%s", url);
     s->ttl_s = ttl_s;
     s->node_json = strdup(node_json);
-    v = json_pack("{s:s,s:s}", "holder", node, "url", url);
-    s->lease_value = v ? json_dumps(v, JSON_COMPACT) : NULL;
-    json_decref(v);
+    s->lease_value = api_cluster_lease_value(node, url);
     if (s->node_json == NULL || s->lease_value == NULL) {
         agent_session_free(s, 0);
         return api_err_set(err, API_ENOMEM, "session: out of memory");

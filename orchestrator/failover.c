@@ -159,7 +159,7 @@ static void fail_over(struct orch *o, const char *id)
     }
     orch_op_step(o, op, "record", "%s named primary", best.node);
     struct orch_holder_is h = {id, best.node};
-    if (!api_cluster_wait(o->view, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
+    if (!api_cluster_wait(o->view, h.tenant, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
         orch_op_finish(o, op, "failed", "the chosen replica did not take the lease in time");
         return;
     }

@@ -378,7 +378,7 @@ static void run_handover(struct orch *o, struct op *op)
     api_failpoint("handover-after-move");
     /* 5. the target takes the key and promotes itself */
     struct orch_holder_is h = {op->tenant, op->to};
-    if (!api_cluster_wait(o->view, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
+    if (!api_cluster_wait(o->view, h.tenant, orch_holder_is, &h, api_now_ms() + PROMOTE_MS)) {
         snprintf(err_msg, sizeof(err_msg), "%s did not take the lease within %d ms", op->to, PROMOTE_MS);
         op_finish(o, op, "failed", err_msg);
         /* the record names a target that may be dead: if its node is gone

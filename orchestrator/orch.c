@@ -182,6 +182,50 @@ static int lease_ready(void *ud, struct api_cluster *c)
     return api_cluster_tenant_locked(c, j->want.id, &t) && t.leased;
 }
 
+/* Writes tenant T's record at KEY (JSON TEXT) if the key was never
+ * created; *CREATED says whether it was. The same txn writes the lease key
+ * for the primary on the primary agent's session lease ("born leased"): the
+ * agent adopts that key (its epoch is this txn's revision) instead of
+ * acquiring it with a txn of its own, so a create is one etcd write and one
+ * round of watch events. If the agent's session lease has just ended (etcd
+ * refuses the whole txn), or a lease key is left from an earlier tenant of
+ * the same name, the record alone is written and the agent acquires. */
+static int create_record(struct orch *o, const struct api_cluster_tenant *t, const struct api_cluster_node *primary,
+                         const char *key, const char *text, int *created, struct api_err *err)
+{
+    struct api_etcd_cmp cmps[2] = {{.key = key, .target = API_ETCD_CREATE, .result = API_ETCD_EQUAL, .number = 0}};
+    struct api_etcd_op puts[2] = {{.kind = API_ETCD_OP_PUT, .key = key, .value = text, .value_len = strlen(text)}};
+    struct api_etcd_txn_result res;
+    char lkey[256];
+    char *lval = NULL;
+    int rc;
+
+    if (primary->lease != 0 && (lval = api_cluster_lease_value(primary->node, primary->url)) != NULL) {
+        snprintf(lkey, sizeof(lkey), "%s%s", API_CLUSTER_LEASES, t->id);
+        cmps[1] = (struct api_etcd_cmp){.key = lkey, .target = API_ETCD_CREATE, .result = API_ETCD_EQUAL, .number = 0};
+        puts[1] = (struct api_etcd_op){.kind = API_ETCD_OP_PUT, .key = lkey, .value = lval,
+                                       .value_len = strlen(lval), .lease = primary->lease};
+        rc = api_etcd_txn(o->etcd, cmps, 2, puts, 2, NULL, 0, &res, err);
+        free(lval);
+        if (rc == API_OK && res.succeeded) {
+            api_etcd_txn_result_fini(&res);
+            *created = 1;
+            return API_OK;
+        }
+        if (rc == API_OK)
+            api_etcd_txn_result_fini(&res);
+        else if (rc != API_ENOTFOUND) /* not a refusal: the txn may have happened */
+            return rc;
+        log_debug("tenant=%s not born leased (%s): writing the record alone", t->id,
+                  rc == API_OK ? "a lease key exists" : "the primary's session lease is gone");
+    }
+    if ((rc = api_etcd_txn(o->etcd, cmps, 1, puts, 1, NULL, 0, &res, err)) != API_OK)
+        return rc;
+    *created = res.succeeded;
+    api_etcd_txn_result_fini(&res);
+    return API_OK;
+}
+
 static void create_job(void *arg)
 {
     struct create_job *j = arg;
@@ -237,17 +281,13 @@ static void create_job(void *arg)
             goto fail;
         }
         snprintf(key, sizeof(key), "%s%s", API_CLUSTER_TENANTS, t.id);
-        struct api_etcd_cmp cmp = {.key = key, .target = API_ETCD_CREATE, .result = API_ETCD_EQUAL, .number = 0};
-        struct api_etcd_op put = {.kind = API_ETCD_OP_PUT, .key = key, .value = text, .value_len = strlen(text)};
-        struct api_etcd_txn_result res;
-        rc = api_etcd_txn(o->etcd, &cmp, 1, &put, 1, NULL, 0, &res, &err);
+        int created = 0;
+        rc = create_record(o, &t, &nodes[d.primary], key, text, &created, &err);
         free(text);
         if (rc != API_OK) {
             api_err_wrap(&err, "creating tenant '%s'", t.id);
             goto fail;
         }
-        int created = res.succeeded;
-        api_etcd_txn_result_fini(&res);
         if (!created) {
             api_err_set(&err, API_ETENANTEXISTS, "tenant '%s' already exists", t.id);
             goto fail;
@@ -255,7 +295,7 @@ static void create_job(void *arg)
         atomic_fetch_add(&o->tenants_created, 1);
         log_info("tenant created tenant=%s primary=%s nodes=%zu", t.id, t.primary, t.nnodes);
         /* Wait (event-driven) until the primary holds the lease. */
-        api_cluster_wait(o->view, lease_ready, j, api_now_ms() + o->cfg.create_wait_ms);
+        api_cluster_wait(o->view, j->want.id, lease_ready, j, api_now_ms() + o->cfg.create_wait_ms);
         struct api_cluster_tenant now;
         if (!api_cluster_tenant(o->view, t.id, &now))
             now = t; /* the view has not caught up: answer with what we wrote */
