@@ -179,7 +179,8 @@ static int lease_ready(void *ud, struct api_cluster *c)
 {
     struct create_job *j = ud;
     struct api_cluster_tenant t;
-    return api_cluster_tenant_locked(c, j->want.id, &t) && t.leased;
+    /* held by the primary named in the record: not some key left over */
+    return api_cluster_tenant_locked(c, j->want.id, &t) && t.leased && strcmp(t.holder, t.primary) == 0;
 }
 
 /* Writes tenant T's record at KEY (JSON TEXT) if the key was never

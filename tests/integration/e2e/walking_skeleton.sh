@@ -28,6 +28,15 @@ kv=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$key64\"}")
 is "lease key mod_revision equals the epoch" "$epoch" "$(jq -r '.kvs[0].mod_revision' <<<"$kv")"
 is "lease key names n2 as holder" n2 "$(jq -r '.kvs[0].value' <<<"$kv" | base64 -d | jq -r .holder)"
 like "lease key is attached to a session lease" '^[1-9][0-9]*$' "$(jq -r '.kvs[0].lease' <<<"$kv")"
+# Born leased: the create txn wrote the record and n2's lease key together,
+# on n2's session lease (the one its node key is on), and n2 adopted it.
+rec=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$(printf '/shoal/tenants/acme' | base64 -w0)\"}")
+node=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$(printf '/shoal/nodes/n2' | base64 -w0)\"}")
+is "lease key written by the create txn (same create_revision as the record)" \
+   "$(jq -r '.kvs[0].create_revision' <<<"$rec")" "$(jq -r '.kvs[0].create_revision' <<<"$kv")"
+is "lease key is on n2's session lease" "$(jq -r '.kvs[0].lease' <<<"$node")" "$(jq -r '.kvs[0].lease' <<<"$kv")"
+is "n2 adopted the key (no acquire txn)" 1 \
+   "$(curl -sS "$AGENT_URL_n2/metrics" | awk '$1 == "shoal_agent_lease_adoptions_total" {print $2}')"
 
 r=$(admin POST /v1/tenants '{"id":"acme","region":"iad"}')
 is "second create is 409" 409 "$(status_of "$r")"
@@ -176,6 +185,27 @@ if wait_until 10 sh -c "! find '$T_DIR/data' -name 'acme.db*' | grep -q ."; then
 else not_ok "agents removed the tenant's files" "$(find "$T_DIR/data" -name 'acme.db*')"; fi
 kv=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$key64\"}")
 is "lease key is gone" 0 "$(jq -r '.kvs | length' <<<"$kv")"
+
+# --- a lease key left over (a holder that has not let go yet): the create txn
+# cannot write the key, so it writes the record alone and n2 acquires the key
+# with its own txn once the old one is gone
+stale64=$(printf '/shoal/leases/stale' | base64 -w0)
+curl -sS -X POST "$ETCD_URL/v3/kv/put" \
+    --data "{\"key\":\"$stale64\",\"value\":\"$(printf '{"holder":"n9","url":"http://127.0.0.1:9"}' | base64 -w0)\"}" >/dev/null
+( sleep 1; curl -sS -X POST "$ETCD_URL/v3/kv/deleterange" --data "{\"key\":\"$stale64\"}" >/dev/null ) &
+deleter=$!
+r=$(admin POST /v1/tenants '{"id":"stale","region":"iad"}')
+wait "$deleter"
+is "create over a left-over lease key is 201" 201 "$(status_of "$r")"
+kv=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$stale64\"}")
+is "n2 acquired the key once the old one went" n2 "$(jq -r '.kvs[0].value' <<<"$kv" | base64 -d | jq -r .holder)"
+is "create answered with n2's lease" "$(jq -r '.kvs[0].mod_revision' <<<"$kv")" "$(body_of "$r" | jq -r .primary.epoch)"
+is "that key was acquired, not adopted" 1 \
+   "$(curl -sS "$AGENT_URL_n2/metrics" | awk '$1 == "shoal_agent_lease_adoptions_total" {print $2}')"
+r=$(admin POST /v1/tenants/stale/tokens '{"access":"rw","ttl_s":600}')
+ST=$(body_of "$r" | jq -r .token)
+r=$(pipeline "$ROUTER_URL/t/stale/v2/pipeline" "$ST" '{"requests":[{"type":"execute","stmt":{"sql":"create table t(x)"}},{"type":"execute","stmt":{"sql":"insert into t values (7)"}},{"type":"close"}]}')
+is "that tenant takes writes" "200 1" "$(status_of "$r") $(body_of "$r" | jq -r '.results[1].response.result.affected_row_count')"
 
 # --- health and metrics, then clean stops ---------------------------------------------
 like "agent metrics are Prometheus text" 'shoal_agent_pipelines_total [0-9]+' "$(curl -sS "$AGENT_URL_n2/metrics")"
