@@ -1653,8 +1653,8 @@ static void on_tenant_status(struct api_req *r, void *ud)
         state = have_pos && pos.broken ? "broken" : "serving";
     else if (!assigned)
         state = "missing";
-    else if (!exists)
-        state = "bootstrapping"; /* no copy here yet: it is born when it first follows the primary */
+    else if (!exists && !have_pos)
+        state = "bootstrapping"; /* no copy here yet, and not known to be new (unborn copies have a position) */
     else
         state = have_pos && pos.lag_ms > 0 ? "catching_up" : "following";
     json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "tenant", auth.tenant, "node", a->cfg.node, "region",

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,7 +286,7 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant)
     t->log = NULL;
     t->want = t->loaded = AGENT_ROLE_NONE;
     t->txid = t->ck = t->head_txid = t->remote_durable = t->max_epoch_seen = 0;
-    t->need_snapshot = t->broken = t->load_requested = 0;
+    t->need_snapshot = t->broken = t->load_requested = t->unborn = 0;
     t->upstream[0] = t->upstream_url[0] = '\0';
     idx_clear(&t->idx);
     t->salt1 = t->salt2 = t->frames_seen = t->npages = t->page_size = 0;
@@ -313,7 +314,7 @@ int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_r
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&t->mu);
     out->role = t->want;
-    out->loaded = t->loaded != AGENT_ROLE_NONE;
+    out->loaded = t->loaded != AGENT_ROLE_NONE || t->unborn;
     out->broken = t->broken;
     out->txid = t->txid;
     out->ck = t->ck;
@@ -546,9 +547,49 @@ static int open_log(struct agent_repl *r, struct rt *t, uint64_t base_txid, uint
  * hash alike because page 1 is hashed normalised (repl_sum.h). */
 static uint64_t empty_ck(void)
 {
-    unsigned char img[AGENT_STORE_PAGE_SIZE];
-    agent_store_empty_image(1, img);
-    return AGENT_CK_EMPTY ^ agent_page_hash(1, img, sizeof(img));
+    static _Atomic uint64_t cached; /* 0 is never a checksum */
+    uint64_t ck = atomic_load(&cached);
+    if (ck == 0) {
+        unsigned char img[AGENT_STORE_PAGE_SIZE];
+        agent_store_empty_image(1, img);
+        ck = AGENT_CK_EMPTY ^ agent_page_hash(1, img, sizeof(img));
+        atomic_store(&cached, ck);
+    }
+    return ck;
+}
+
+uint64_t repl_empty_ck(void)
+{
+    return empty_ck();
+}
+
+/* 1 if neither TENANT's database nor its log exists here. */
+static int files_absent(struct agent_repl *r, const char *tenant)
+{
+    char db[4096], lpath[4200];
+    agent_store_path(r->cfg.store, tenant, db, sizeof(db));
+    file_path(r, tenant, "-log", lpath, sizeof(lpath));
+    return access(db, F_OK) != 0 && errno == ENOENT && access(lpath, F_OK) != 0 && errno == ENOENT;
+}
+
+int repl_unborn(struct agent_repl *r, struct rt *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int unborn = t->unborn, check = !unborn && t->loaded == AGENT_ROLE_NONE && t->log == NULL;
+    pthread_mutex_unlock(&t->mu);
+    if (!check)
+        return unborn;
+    if (!files_absent(r, t->id))
+        return 0;
+    pthread_mutex_lock(&t->mu);
+    if (t->loaded == AGENT_ROLE_NONE && t->log == NULL) {
+        t->unborn = 1;
+        t->txid = 0;
+        t->ck = empty_ck();
+    }
+    unborn = t->unborn;
+    pthread_mutex_unlock(&t->mu);
+    return unborn;
 }
 
 /* The tenant's file is missing or is not a database: a creation cut short
@@ -600,23 +641,32 @@ static void loaded_as_primary(struct rt *t, uint32_t npages, uint32_t page_size)
 int agent_repl_create(struct agent_repl *r, const char *tenant, struct api_err *err)
 {
     struct rt *t = repl_rt_get(r, tenant, 1);
-    char db[4096], lpath[4200];
-    int rc;
 
     if (t == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     if (t->loaded != AGENT_ROLE_NONE)
         return API_OK;
-    agent_store_path(r->cfg.store, tenant, db, sizeof(db));
-    file_path(r, tenant, "-log", lpath, sizeof(lpath));
-    if (access(db, F_OK) == 0 || access(lpath, F_OK) == 0)
-        return API_OK; /* not new here: loading checks and recovers what is there */
-    if ((rc = agent_store_create(r->cfg.store, tenant, 1, 0, err)) != API_OK)
-        return rc == API_ECONFLICT ? API_OK : rc;
+    (void)err;
+    /* not new here if it has files: loading checks and recovers them */
+    if (repl_unborn(r, t))
+        log_debug("tenant=%s new here: its files are born on first use", tenant);
+    return API_OK;
+}
+
+static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err);
+
+/* An unborn tenant's first use as primary: its files are born as the
+ * canonical empty database (WAL) and a log starting there. Nothing is
+ * synced (store.h; the log's first sync syncs the directory). */
+static int birth_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
+{
+    int rc;
+    if ((rc = agent_store_create(r->cfg.store, t->id, 1, 0, err)) != API_OK)
+        return rc == API_ECONFLICT ? load_primary(r, t, err) : rc;
     if ((rc = open_log(r, t, 0, empty_ck(), err)) != API_OK)
         return rc;
     loaded_as_primary(t, 1, AGENT_STORE_PAGE_SIZE);
-    log_debug("tenant=%s born as primary", tenant);
+    log_debug("tenant=%s born as primary", t->id);
     return API_OK;
 }
 
@@ -1781,10 +1831,16 @@ int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role 
     }
     /* switching modes: no connection may keep the old mode's state */
     agent_store_evict(tenant);
+    int unborn = repl_unborn(r, t);
     if (want == AGENT_ROLE_PRIMARY)
-        rc = load_primary(r, t, err);
+        rc = unborn ? birth_primary(r, t, err) : load_primary(r, t, err);
     else
-        rc = load_replica(r, t, err);
+        rc = load_replica(r, t, err); /* born there when it has no file */
+    if (unborn && rc == API_OK) {
+        pthread_mutex_lock(&t->mu);
+        t->unborn = 0;
+        pthread_mutex_unlock(&t->mu);
+    }
     if (rc != API_OK) {
         log_error("tenant=%s cannot load as %s: %s", tenant, want == AGENT_ROLE_PRIMARY ? "primary" : "replica",
                   err->msg);

@@ -257,6 +257,19 @@ static void build_tenant(struct hub *h, const char *tenant, struct cursor *c, st
         return;
     }
     if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
+        int unborn = t->unborn;
+        if (!unborn && t->loaded == AGENT_ROLE_NONE) {
+            pthread_mutex_unlock(&t->mu);
+            unborn = repl_unborn(r, t);
+            pthread_mutex_lock(&t->mu);
+        }
+        if (unborn && c->txid == 0 && c->ck == repl_empty_ck()) {
+            /* both at the empty database: nothing to send, and no reason
+             * to give the tenant files before its first use (the load on
+             * that use notifies us) */
+            pthread_mutex_unlock(&t->mu);
+            return;
+        }
         int submit = !t->load_requested;
         t->load_requested = 1;
         pthread_mutex_unlock(&t->mu);
@@ -646,8 +659,9 @@ static int caught_up(struct hub *h, const char *tenant, const struct cursor *c)
     int yes = 0;
     if (t != NULL) {
         pthread_mutex_lock(&t->mu);
-        yes = t->want == AGENT_ROLE_PRIMARY && t->loaded == AGENT_ROLE_PRIMARY && t->log != NULL &&
-              c->txid == t->txid && c->ck == t->ck;
+        yes = t->want == AGENT_ROLE_PRIMARY &&
+              ((t->loaded == AGENT_ROLE_PRIMARY && t->log != NULL && c->txid == t->txid && c->ck == t->ck) ||
+               (t->unborn && c->txid == 0 && c->ck == repl_empty_ck()));
         pthread_mutex_unlock(&t->mu);
     }
     return yes;

@@ -38,6 +38,10 @@ struct rt {
     uint64_t max_epoch_seen;
     int quorum; /* [mu] the tenant's writes wait for a replica: its records carry AGENT_REC_F_SYNC */
     int need_snapshot, broken, load_requested;
+    /* [mu] new here and never used: no file, no log, position (0, the
+     * empty database's checksum). The files are born on first use (a
+     * request, or a record to apply), so creating a tenant creates none. */
+    int unborn;
     unsigned long long mismatches, snapshots;
     /* worker only: capture state of a primary */
     struct pgidx idx;
@@ -64,6 +68,11 @@ struct agent_repl {
 };
 
 struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create);
+/* The checksum of the canonical empty database (store.h). */
+uint64_t repl_empty_ck(void);
+/* 1 if T is unborn here (see struct rt), checking the disk the first time
+ * for a tenant not loaded. Takes t->mu; any thread. */
+int repl_unborn(struct agent_repl *r, struct rt *t);
 
 /* worker-side operations used by the transport */
 int repl_snapshot_make(struct agent_repl *r, struct rt *t, unsigned char **out, size_t *len, struct api_err *err);

@@ -89,12 +89,17 @@ static void apply_job(void *arg)
         countdown_done(j->cd);
         return;
     }
-    if (j->load_only)
-        rc = agent_repl_ensure(j->r, j->tenant, AGENT_ROLE_REPLICA, &err);
-    else if (j->snapshot != NULL)
-        rc = repl_snapshot_install(j->r, t, j->snapshot, j->snap_len, &err);
-    else if (j->len > 0)
-        rc = repl_receive(j->r, t, j->recs, j->len, &err);
+    pthread_mutex_lock(&t->mu);
+    int loaded = t->loaded == AGENT_ROLE_REPLICA;
+    pthread_mutex_unlock(&t->mu);
+    if (j->load_only || (!loaded && (j->snapshot != NULL || j->len > 0)))
+        rc = agent_repl_ensure(j->r, j->tenant, AGENT_ROLE_REPLICA, &err); /* an unborn copy is born now */
+    if (rc == API_OK && !j->load_only) {
+        if (j->snapshot != NULL)
+            rc = repl_snapshot_install(j->r, t, j->snapshot, j->snap_len, &err);
+        else if (j->len > 0)
+            rc = repl_receive(j->r, t, j->recs, j->len, &err);
+    }
     if (rc != API_OK)
         log_warn("tenant=%s replication: %s", j->tenant, err.msg);
     if (j->have_head) {
@@ -268,7 +273,9 @@ static void *puller_main(void *arg)
         struct apply_job *loads = NULL;
         for (size_t i = 0; i < g.ids.n; i++) {
             struct rt *t = repl_rt_get(r, g.ids.v[i], 1);
-            if (t != NULL && t->loaded != AGENT_ROLE_REPLICA) {
+            /* an unborn copy stands at the empty database's position with
+             * no files: it is born when a record or a read needs it */
+            if (t != NULL && t->loaded != AGENT_ROLE_REPLICA && !repl_unborn(r, t)) {
                 struct apply_job *j = job_for(&loads, r, NULL, g.ids.v[i]);
                 if (j != NULL)
                     j->load_only = 1;
@@ -284,7 +291,7 @@ static void *puller_main(void *arg)
             if (t == NULL)
                 continue;
             pthread_mutex_lock(&t->mu);
-            int ok = t->want == AGENT_ROLE_REPLICA && t->loaded == AGENT_ROLE_REPLICA;
+            int ok = t->want == AGENT_ROLE_REPLICA && (t->loaded == AGENT_ROLE_REPLICA || t->unborn);
             agent_hex16(t->txid, a);
             agent_hex16(t->need_snapshot ? 0 : t->ck, b); /* 0 is never a checksum: asks for a snapshot */
             pthread_mutex_unlock(&t->mu);
