@@ -29,6 +29,7 @@
 
 #include "api/cluster.h"
 #include "api/failpoint.h"
+#include "api/http.h"
 #include "api/log.h"
 #include "api/server.h"
 #include "api/token.h"
@@ -174,6 +175,7 @@ int agent_repl_new(const struct agent_repl_config *cfg, struct agent_repl **out,
     snprintf(r->node, sizeof(r->node), "%s", cfg->node);
     r->internal_token = strdup(cfg->internal_token ? cfg->internal_token : "");
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->kick_mu, NULL);
     r->tenants = api_map_new();
     r->pullers = api_map_new();
     if (r->internal_token == NULL || r->tenants == NULL || r->pullers == NULL || hub_new(r, &r->hub) != 0) {
@@ -210,6 +212,8 @@ void agent_repl_free(struct agent_repl *r)
     api_map_free(r->pullers, NULL);
     api_map_free(r->tenants, rt_free);
     pthread_mutex_destroy(&r->mu);
+    api_http_client_free(r->kick_client);
+    pthread_mutex_destroy(&r->kick_mu);
     free(r->internal_token);
     free(r);
 }

@@ -62,6 +62,9 @@ struct agent_repl {
     struct api_map *pullers; /* upstream node -> struct puller* */
     struct hub *hub;
     int stopped; /* [mu] no new pullers */
+    /* kicks (repl_pull.c) share one client, so its connections stay alive */
+    pthread_mutex_t kick_mu;
+    struct api_http_client *kick_client;
     atomic_ullong records_captured, records_applied, bytes_sent, bytes_raw, snapshots_sent, snapshots_installed,
         mismatches, pulls;
     atomic_ullong lag_buckets[AGENT_REPL_LAG_BUCKETS], lag_sum_us;

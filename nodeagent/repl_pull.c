@@ -455,19 +455,19 @@ static void kick(struct agent_repl *r, const char *url, const char *session)
 {
     char full[300], auth[600], body[128];
     const char *hdrs[] = {auth, "content-type: application/json", NULL};
-    struct api_http_client *c = api_http_client_new();
     struct api_http_resp resp;
     struct api_err err;
-    if (c == NULL)
-        return;
     snprintf(full, sizeof(full), "%s/internal/repl/kick", url);
     snprintf(auth, sizeof(auth), "authorization: Bearer %s", r->internal_token);
     snprintf(body, sizeof(body), "{\"session\":\"%s\"}", session);
     struct api_http_req rq = {.method = "POST", .url = full, .headers = hdrs, .body = body, .body_len = strlen(body),
                               .timeout_ms = 1000};
-    if (api_http_do(c, &rq, &resp, &err) == API_OK)
+    pthread_mutex_lock(&r->kick_mu);
+    if (r->kick_client == NULL)
+        r->kick_client = api_http_client_new();
+    if (r->kick_client != NULL && api_http_do(r->kick_client, &rq, &resp, &err) == API_OK)
         api_http_resp_fini(&resp);
-    api_http_client_free(c);
+    pthread_mutex_unlock(&r->kick_mu);
 }
 
 void pull_follow(struct agent_repl *r, const char *tenant, const char *old, const char *upstream, const char *url)
