@@ -105,4 +105,20 @@ out=$("${CTL[@]}" nodes drain n2 2>&1); rc=$?
 is "shoalctl nodes drain exits 0" 0 "$rc"
 like "shoalctl nodes drain names the operation" "op-[0-9a-f]+" "$out"
 
+# --- a tenant never used: no files anywhere, handed over, then written ----------
+r=$(admin POST /v1/tenants '{"id":"u1","region":"sin","replicas":2}')
+is "tenant u1 created (primary n3)" "201 n3" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+is "a new tenant has no files on any node" "" "$(find "$T_DIR/data" -name 'u1.db*' -o -name 'u1.db-log' | tr '\n' ' ')"
+wait_until 10 in_step u1
+is "every instance stands at txid 0 with one checksum" "0000000000000000" "$(jq -r '.instances[0].txid' "$T_DIR/body")"
+r=$(admin POST "/v1/tenants/u1/handover?wait=1" '{"to_node":"n1"}')
+is "handover of the unused tenant finishes" done "$(body_of "$r" | jq -r .state)"
+admin POST /v1/tenants/u1/tokens '{"access":"rw","ttl_s":600}' >/dev/null
+UT=$(jq -r .token "$T_DIR/body")
+r=$(pipeline "$ROUTER_URL/t/u1/v2/pipeline" "$UT" '{"requests":[{"type":"execute","stmt":{"sql":"create table t(x)"}},{"type":"execute","stmt":{"sql":"insert into t values (1),(2)"}},{"type":"close"}]}')
+is "its first write, on the new primary n1" "200 2" "$(status_of "$r") $(body_of "$r" | jq -r '.results[1].response.result.affected_row_count')"
+if wait_until 10 in_step u1; then ok "both replicas are born from records and reach the primary's txid and checksum"
+else not_ok "both replicas are born from records and reach the primary's txid and checksum" "$(cat "$T_DIR/body")"; fi
+is "each node now has the database" 3 "$(find "$T_DIR/data" -name 'u1.db' | wc -l)"
+
 done_testing
