@@ -1005,8 +1005,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
                                 .time_us = (uint64_t)now_us(), .page_size = ps, .commit_pages = commit_pages,
                                 .npages = (uint32_t)n};
         if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
-            (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK ||
-            (rc = agent_log_sync(t->log, err)) != API_OK)
+            (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK)
             goto out;
         atomic_fetch_add(&r->records_captured, 1);
         atomic_fetch_add(&r->bytes_raw, (unsigned long long)n * (4 + ps) + AGENT_REC_HDR);
@@ -1020,6 +1019,16 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
             idx_truncate(&t->idx, commit_pages);
         t->npages = commit_pages;
         set_position(t, rec.txid, ck);
+        /* Followers get the record while this thread waits for the disk:
+         * the commit is already visible on this node, and the write is
+         * acknowledged only after the sync below. Should this node die
+         * before the sync, a follower may hold a record the log lost: it
+         * is then ahead of (or beside) the primary's history, which the
+         * hub answers with a snapshot (build_tenant), and failover may
+         * keep that never-acknowledged write, as it may under async. */
+        hub_notify(r->hub, t->id);
+        if ((rc = agent_log_sync(t->log, err)) != API_OK)
+            goto out;
     }
 out:
     free(pgnos);
@@ -1109,7 +1118,6 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
         pthread_mutex_unlock(&t->mu);
         return SQLITE_OK;
     }
-    hub_notify(r->hub, t->id);
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     /* Checkpoints and compaction sync and rewrite files: they run after
