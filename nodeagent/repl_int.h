@@ -38,6 +38,7 @@ struct rt {
     uint64_t max_epoch_seen;
     int quorum; /* [mu] the tenant's writes wait for a replica: its records carry AGENT_REC_F_SYNC */
     int need_snapshot, broken, load_requested;
+    int pos_dirty; /* worker only: <db>-pos is behind the applied position (written at the engine's end) */
     unsigned long long mismatches, snapshots;
     /* worker only: capture state of a primary */
     struct pgidx idx;
