@@ -1195,12 +1195,25 @@ static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
 /* An EXCLUSIVE transaction on the replica's file in which records are
  * written through SQLite's own file handle: readers see the state before
  * it or after it, never a mix. One transaction may carry several records
- * (a batch of one tenant), saving the lock round trips of each. */
+ * (a batch of one tenant), saving the lock round trips of each. Page 1 and
+ * the file's size are kept here for the whole transaction: page 1 is
+ * written once, at the end, with the change counter bumped once (what
+ * makes other connections drop their caches), and the file is resized
+ * only when a record changes its size. */
 struct apply_txn {
     sqlite3 *db;
     sqlite3_file *fp;
     int open;
+    int have_state;     /* size and p1 read */
+    int p1_dirty;       /* p1 differs from the file's page 1 */
+    sqlite3_int64 size; /* the file's size in bytes as the records left it */
+    uint32_t ps, counter;
+    unsigned char *p1; /* page 1 as the records left it (normalised) */
+    int64_t *times;    /* primary commit times (µs) of the verified records, observed as lag at COMMIT */
+    size_t ntimes, cap_times;
 };
+
+static void mark_diverged(struct agent_repl *r, struct rt *t, const char *why);
 
 static int apply_begin(struct agent_repl *r, struct rt *t, struct apply_txn *x, struct api_err *err)
 {
@@ -1218,13 +1231,32 @@ static int apply_begin(struct agent_repl *r, struct rt *t, struct apply_txn *x, 
     return API_OK;
 }
 
-/* Commits (also after a failed apply: what was written is repaired from
- * the log or replaced by a snapshot, as after a crash). */
-static void apply_end(struct apply_txn *x)
+/* Writes page 1 (when a record changed the file) and commits, also after
+ * a failed apply: what was written is repaired from the log or replaced by
+ * a snapshot, as after a crash. A failed page 1 write leaves the file
+ * behind the position the records set: the replica asks for a snapshot.
+ * The lag of each record is observed here, when readers can see it. */
+static void apply_end(struct agent_repl *r, struct rt *t, struct apply_txn *x)
 {
+    int failed = 0;
+    if (x->open && x->p1_dirty && x->size > 0) {
+        normalise_page1(x->p1, x->counter + 1, (uint32_t)(x->size / x->ps));
+        failed = x->fp->pMethods->xWrite(x->fp, x->p1, (int)x->ps, 0) != SQLITE_OK;
+    }
     if (x->open)
         sqlite3_exec(x->db, "COMMIT", NULL, NULL, NULL);
+    if (failed)
+        mark_diverged(r, t, "writing page 1 failed");
+    if (x->ntimes > 0) {
+        int64_t now = now_us();
+        for (size_t i = 0; i < x->ntimes; i++)
+            observe_lag(r, now - x->times[i]);
+    }
     x->open = 0;
+    free(x->p1);
+    free(x->times);
+    x->p1 = NULL;
+    x->times = NULL;
 }
 
 /* Applies the encoded record BUF to the replica's file inside X (see
@@ -1234,51 +1266,69 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
                         size_t len, int verify, struct api_err *err)
 {
     struct agent_rec rec;
-    size_t rl;
     void *block = NULL;
     const uint32_t *pgnos;
     const unsigned char *pages;
     sqlite3_file *fp = x->fp;
-    unsigned char *old = NULL, *p1 = NULL;
-    sqlite3_int64 size;
+    unsigned char *old = NULL;
+    size_t rl;
     int rc;
 
     if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
         (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK)
         return rc;
     uint32_t ps = rec.page_size, lock = agent_lock_page(ps);
-    if (fp->pMethods->xFileSize(fp, &size) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': cannot size the replica", t->id);
+    if (!x->have_state) {
+        if (fp->pMethods->xFileSize(fp, &x->size) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': cannot size the replica", t->id);
+            goto out;
+        }
+        if ((x->p1 = malloc(ps)) == NULL) {
+            rc = api_err_set(err, API_ENOMEM, "apply: out of memory");
+            goto out;
+        }
+        x->ps = ps;
+        if (x->size >= ps) {
+            if (fp->pMethods->xRead(fp, x->p1, (int)ps, 0) != SQLITE_OK) {
+                rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+                goto out;
+            }
+            uint32_t fps = (uint32_t)x->p1[16] << 8 | x->p1[17];
+            if ((fps == 1 ? 65536 : fps) != ps) {
+                rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's",
+                                 t->id, ps);
+                goto out;
+            }
+            x->counter = agent_get32(x->p1 + 24);
+        } else {
+            memset(x->p1, 0, ps);
+        }
+        x->have_state = 1;
+    } else if (ps != x->ps) {
+        rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's", t->id, ps);
         goto out;
     }
-    old = malloc(ps);
-    p1 = malloc(ps);
-    if (old == NULL || p1 == NULL) {
+    if ((old = malloc(ps)) == NULL) {
         rc = api_err_set(err, API_ENOMEM, "apply: out of memory");
         goto out;
     }
-    uint32_t cur = (uint32_t)(size / ps), counter = 0;
-    if (cur > 0) {
-        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
-            goto out;
-        }
-        uint32_t fps = (uint32_t)p1[16] << 8 | p1[17];
-        if ((fps == 1 ? 65536 : fps) != ps) {
-            rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's", t->id,
-                             ps);
-            goto out;
-        }
-        counter = agent_get32(p1 + 24);
-    }
-    counter++;
+    uint32_t cur = (uint32_t)(x->size / ps);
     uint64_t ck = t->ck;
-    int wrote1 = 0;
     for (uint32_t i = 0; i < rec.npages; i++) {
         uint32_t pg = pgnos[i];
         const unsigned char *img = pages + (size_t)i * ps;
         if (pg == 0 || pg > rec.commit_pages || pg == lock)
             continue;
+        if (pg == 1) {
+            /* the file's page 1 may be behind x->p1: hash and keep x->p1 */
+            if (cur >= 1)
+                ck ^= agent_page_hash(1, x->p1, ps);
+            ck ^= agent_page_hash(1, img, ps);
+            memcpy(x->p1, img, ps);
+            if (x->size < ps)
+                x->size = ps;
+            continue;
+        }
         if (pg <= cur) {
             if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
                 rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
@@ -1287,42 +1337,35 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
             ck ^= agent_page_hash(pg, old, ps);
         }
         ck ^= agent_page_hash(pg, img, ps);
-        if (pg == 1) {
-            memcpy(p1, img, ps);
-            normalise_page1(p1, counter, rec.commit_pages);
-            img = p1;
-            wrote1 = 1;
-        }
         if (fp->pMethods->xWrite(fp, img, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
             rc = api_err_set(err, API_EIO, "tenant '%s': writing page %u", t->id, pg);
             goto out;
         }
+        if ((sqlite3_int64)pg * ps > x->size)
+            x->size = (sqlite3_int64)pg * ps;
     }
     for (uint32_t pg = rec.commit_pages + 1; pg <= cur; pg++) {
         if (pg == lock)
             continue;
+        if (pg == 1) {
+            ck ^= agent_page_hash(1, x->p1, ps);
+            continue;
+        }
         if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
             rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
             goto out;
         }
         ck ^= agent_page_hash(pg, old, ps);
     }
-    if (fp->pMethods->xTruncate(fp, (sqlite3_int64)rec.commit_pages * ps) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': resizing the replica", t->id);
-        goto out;
-    }
-    if (!wrote1 && rec.commit_pages > 0) {
-        /* bump the change counter so other connections drop their caches */
-        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+    if (x->size != (sqlite3_int64)rec.commit_pages * ps) {
+        if (fp->pMethods->xTruncate(fp, (sqlite3_int64)rec.commit_pages * ps) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': resizing the replica", t->id);
             goto out;
         }
-        normalise_page1(p1, counter, rec.commit_pages);
-        if (fp->pMethods->xWrite(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': writing page 1", t->id);
-            goto out;
-        }
+        x->size = (sqlite3_int64)rec.commit_pages * ps;
     }
+    /* page 1 goes to the file in apply_end, with this size and a new change counter */
+    x->p1_dirty = 1;
     /* No xSync: the record is durable in the replica's log, and after an
      * unclean stop load_replica applies the log again. */
     if (verify && ck != rec.post_ck) {
@@ -1333,12 +1376,21 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
     }
     set_position(t, rec.txid, verify ? ck : rec.post_ck);
     atomic_fetch_add(&r->records_applied, 1);
-    if (verify)
-        observe_lag(r, now_us() - (int64_t)rec.time_us);
+    if (verify) {
+        if (x->ntimes == x->cap_times) {
+            size_t ncap = x->cap_times ? x->cap_times * 2 : 8;
+            int64_t *nt = realloc(x->times, ncap * sizeof(*nt));
+            if (nt != NULL) {
+                x->times = nt;
+                x->cap_times = ncap;
+            }
+        }
+        if (x->ntimes < x->cap_times)
+            x->times[x->ntimes++] = (int64_t)rec.time_us;
+    }
     rc = API_OK;
 out:
     free(old);
-    free(p1);
     free(block);
     return rc;
 }
@@ -1362,7 +1414,7 @@ static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct
             free(buf);
         }
     }
-    apply_end(&x);
+    apply_end(r, t, &x);
     return rc;
 }
 
@@ -1557,8 +1609,8 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
             rc = apply_record(r, t, &x, buf + off, rl, 1, err);
         off += rl;
     }
-    apply_end(&x);
-    if (rc == API_OK)
+    apply_end(r, t, &x);
+    if (rc == API_OK && !t->need_snapshot)
         rc = apply_from_log(r, t, 1, err); /* anything older still unapplied */
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
