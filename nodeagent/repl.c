@@ -1261,9 +1261,10 @@ static void apply_end(struct agent_repl *r, struct rt *t, struct apply_txn *x)
 
 /* Applies the encoded record BUF to the replica's file inside X (see
  * apply_begin). With VERIFY, the running checksum must reach the record's
- * post checksum (API_ECONFLICT otherwise). */
+ * post checksum (API_ECONFLICT otherwise). CHECKED: the caller verified
+ * the record's trailing checksum already. */
 static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x, const unsigned char *buf,
-                        size_t len, int verify, struct api_err *err)
+                        size_t len, int verify, int checked, struct api_err *err)
 {
     struct agent_rec rec;
     void *block = NULL;
@@ -1274,7 +1275,7 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
     size_t rl;
     int rc;
 
-    if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
+    if ((rc = (checked ? agent_rec_peek : agent_rec_parse)(buf, len, &rec, &rl, err)) != API_OK ||
         (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK)
         return rc;
     uint32_t ps = rec.page_size, lock = agent_lock_page(ps);
@@ -1410,7 +1411,7 @@ static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct
         if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) == API_OK) {
             /* no file sync: the replica's log is the durable copy, and after an
              * unclean stop the log is applied again (load_replica) */
-            rc = apply_record(r, t, &x, buf, len, verify, err);
+            rc = apply_record(r, t, &x, buf, len, verify, 0, err);
             free(buf);
         }
     }
@@ -1603,10 +1604,10 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
     for (off = first; rc == API_OK && appended && off < end;) {
         struct agent_rec rec;
         size_t rl;
-        if ((rc = agent_rec_parse(buf + off, end - off, &rec, &rl, err)) != API_OK)
+        if ((rc = agent_rec_peek(buf + off, end - off, &rec, &rl, err)) != API_OK)
             break;
-        if (rec.txid == t->txid + 1)
-            rc = apply_record(r, t, &x, buf + off, rl, 1, err);
+        if (rec.txid == t->txid + 1) /* verified by the loop above */
+            rc = apply_record(r, t, &x, buf + off, rl, 1, 1, err);
         off += rl;
     }
     apply_end(r, t, &x);
