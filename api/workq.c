@@ -95,6 +95,11 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
     pthread_mutex_unlock(&w->mu);
 }
 
+size_t api_workq_slot(const struct api_workq *q, uint64_t key)
+{
+    return (size_t)(key % q->n);
+}
+
 void api_workq_free(struct api_workq *q)
 {
     if (q == NULL)

@@ -28,6 +28,11 @@ int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out
 /* Queues FN(ARG) on the thread chosen by KEY. */
 void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg);
 
+/* The thread KEY's jobs run on, as an index: jobs of keys with the same
+ * slot run on one thread in submission order, so a caller may submit one
+ * job that does the work of several such keys. */
+size_t api_workq_slot(const struct api_workq *q, uint64_t key);
+
 /* Runs every queued job, then stops and joins the threads. Accepts NULL. */
 void api_workq_free(struct api_workq *q);
 

@@ -186,9 +186,16 @@ int agent_repl_new(const struct agent_repl_config *cfg, struct agent_repl **out,
     return API_OK;
 }
 
+static int write_pos(struct agent_repl *r, struct rt *t, struct api_err *err);
+
+/* After the workers stopped: a replica's applied position goes to its
+ * <db>-pos now rather than after every apply (repl_receive). */
 static void rt_free(void *p)
 {
     struct rt *t = p;
+    struct api_err err;
+    if (t->pos_dirty && t->loaded == AGENT_ROLE_REPLICA && write_pos(t->r, t, &err) != API_OK)
+        log_warn("%s", err.msg); /* the next start re-applies from an older position and checksums the file */
     agent_log_free(t->log);
     idx_clear(&t->idx);
     pthread_mutex_destroy(&t->mu);
@@ -482,6 +489,7 @@ static int raw_exec(const char *path, const char *sql, struct api_err *err)
 static int write_pos(struct agent_repl *r, struct rt *t, struct api_err *err)
 {
     char path[4200];
+    t->pos_dirty = 0;
     unsigned char buf[32];
     file_path(r, t->id, "-pos", path, sizeof(path));
     memcpy(buf, pos_magic, 4);
@@ -1059,8 +1067,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
                                 .time_us = (uint64_t)now_us(), .page_size = ps, .commit_pages = commit_pages,
                                 .npages = (uint32_t)n};
         if ((rc = agent_rec_encode(&rec, pgnos, pages, &enc, &enc_len, err)) != API_OK ||
-            (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK ||
-            (rc = agent_log_sync(t->log, err)) != API_OK)
+            (rc = agent_log_append(t->log, enc, enc_len, err)) != API_OK)
             goto out;
         atomic_fetch_add(&r->records_captured, 1);
         atomic_fetch_add(&r->bytes_raw, (unsigned long long)n * (4 + ps) + AGENT_REC_HDR);
@@ -1074,6 +1081,16 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
             idx_truncate(&t->idx, commit_pages);
         t->npages = commit_pages;
         set_position(t, rec.txid, ck);
+        /* Followers get the record while this thread waits for the disk:
+         * the commit is already visible on this node, and the write is
+         * acknowledged only after the sync below. Should this node die
+         * before the sync, a follower may hold a record the log lost: it
+         * is then ahead of (or beside) the primary's history, which the
+         * hub answers with a snapshot (build_tenant), and failover may
+         * keep that never-acknowledged write, as it may under async. */
+        hub_notify(r->hub, t->id);
+        if ((rc = agent_log_sync(t->log, err)) != API_OK)
+            goto out;
     }
 out:
     free(pgnos);
@@ -1163,7 +1180,6 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
         pthread_mutex_unlock(&t->mu);
         return SQLITE_OK;
     }
-    hub_notify(r->hub, t->id);
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
     /* Checkpoints and compaction sync and rewrite files: they run after
@@ -1233,12 +1249,25 @@ static void normalise_page1(unsigned char *p, uint32_t counter, uint32_t npages)
 /* An EXCLUSIVE transaction on the replica's file in which records are
  * written through SQLite's own file handle: readers see the state before
  * it or after it, never a mix. One transaction may carry several records
- * (a batch of one tenant), saving the lock round trips of each. */
+ * (a batch of one tenant), saving the lock round trips of each. Page 1 and
+ * the file's size are kept here for the whole transaction: page 1 is
+ * written once, at the end, with the change counter bumped once (what
+ * makes other connections drop their caches), and the file is resized
+ * only when a record changes its size. */
 struct apply_txn {
     sqlite3 *db;
     sqlite3_file *fp;
     int open;
+    int have_state;     /* size and p1 read */
+    int p1_dirty;       /* p1 differs from the file's page 1 */
+    sqlite3_int64 size; /* the file's size in bytes as the records left it */
+    uint32_t ps, counter;
+    unsigned char *p1; /* page 1 as the records left it (normalised) */
+    int64_t *times;    /* primary commit times (µs) of the verified records, observed as lag at COMMIT */
+    size_t ntimes, cap_times;
 };
+
+static void mark_diverged(struct agent_repl *r, struct rt *t, const char *why);
 
 static int apply_begin(struct agent_repl *r, struct rt *t, struct apply_txn *x, struct api_err *err)
 {
@@ -1256,67 +1285,105 @@ static int apply_begin(struct agent_repl *r, struct rt *t, struct apply_txn *x, 
     return API_OK;
 }
 
-/* Commits (also after a failed apply: what was written is repaired from
- * the log or replaced by a snapshot, as after a crash). */
-static void apply_end(struct apply_txn *x)
+/* Writes page 1 (when a record changed the file) and commits, also after
+ * a failed apply: what was written is repaired from the log or replaced by
+ * a snapshot, as after a crash. A failed page 1 write leaves the file
+ * behind the position the records set: the replica asks for a snapshot.
+ * The lag of each record is observed here, when readers can see it. */
+static void apply_end(struct agent_repl *r, struct rt *t, struct apply_txn *x)
 {
+    int failed = 0;
+    if (x->open && x->p1_dirty && x->size > 0) {
+        normalise_page1(x->p1, x->counter + 1, (uint32_t)(x->size / x->ps));
+        failed = x->fp->pMethods->xWrite(x->fp, x->p1, (int)x->ps, 0) != SQLITE_OK;
+    }
     if (x->open)
         sqlite3_exec(x->db, "COMMIT", NULL, NULL, NULL);
+    if (failed)
+        mark_diverged(r, t, "writing page 1 failed");
+    if (x->ntimes > 0) {
+        int64_t now = now_us();
+        for (size_t i = 0; i < x->ntimes; i++)
+            observe_lag(r, now - x->times[i]);
+    }
     x->open = 0;
+    free(x->p1);
+    free(x->times);
+    x->p1 = NULL;
+    x->times = NULL;
 }
 
 /* Applies the encoded record BUF to the replica's file inside X (see
  * apply_begin). With VERIFY, the running checksum must reach the record's
- * post checksum (API_ECONFLICT otherwise). */
+ * post checksum (API_ECONFLICT otherwise). CHECKED: the caller verified
+ * the record's trailing checksum already. */
 static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x, const unsigned char *buf,
-                        size_t len, int verify, struct api_err *err)
+                        size_t len, int verify, int checked, struct api_err *err)
 {
     struct agent_rec rec;
-    size_t rl;
     void *block = NULL;
     const uint32_t *pgnos;
     const unsigned char *pages;
     sqlite3_file *fp = x->fp;
-    unsigned char *old = NULL, *p1 = NULL;
-    sqlite3_int64 size;
+    unsigned char *old = NULL;
+    size_t rl;
     int rc;
 
-    if ((rc = agent_rec_parse(buf, len, &rec, &rl, err)) != API_OK ||
+    if ((rc = (checked ? agent_rec_peek : agent_rec_parse)(buf, len, &rec, &rl, err)) != API_OK ||
         (rc = agent_rec_unpack(buf, &rec, &block, &pgnos, &pages, err)) != API_OK)
         return rc;
     uint32_t ps = rec.page_size, lock = agent_lock_page(ps);
-    if (fp->pMethods->xFileSize(fp, &size) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': cannot size the replica", t->id);
+    if (!x->have_state) {
+        if (fp->pMethods->xFileSize(fp, &x->size) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': cannot size the replica", t->id);
+            goto out;
+        }
+        if ((x->p1 = malloc(ps)) == NULL) {
+            rc = api_err_set(err, API_ENOMEM, "apply: out of memory");
+            goto out;
+        }
+        x->ps = ps;
+        if (x->size >= ps) {
+            if (fp->pMethods->xRead(fp, x->p1, (int)ps, 0) != SQLITE_OK) {
+                rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+                goto out;
+            }
+            uint32_t fps = (uint32_t)x->p1[16] << 8 | x->p1[17];
+            if ((fps == 1 ? 65536 : fps) != ps) {
+                rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's",
+                                 t->id, ps);
+                goto out;
+            }
+            x->counter = agent_get32(x->p1 + 24);
+        } else {
+            memset(x->p1, 0, ps);
+        }
+        x->have_state = 1;
+    } else if (ps != x->ps) {
+        rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's", t->id, ps);
         goto out;
     }
-    old = malloc(ps);
-    p1 = malloc(ps);
-    if (old == NULL || p1 == NULL) {
+    if ((old = malloc(ps)) == NULL) {
         rc = api_err_set(err, API_ENOMEM, "apply: out of memory");
         goto out;
     }
-    uint32_t cur = (uint32_t)(size / ps), counter = 0;
-    if (cur > 0) {
-        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
-            goto out;
-        }
-        uint32_t fps = (uint32_t)p1[16] << 8 | p1[17];
-        if ((fps == 1 ? 65536 : fps) != ps) {
-            rc = api_err_set(err, API_ECONFLICT, "tenant '%s': record page size %u differs from the replica's", t->id,
-                             ps);
-            goto out;
-        }
-        counter = agent_get32(p1 + 24);
-    }
-    counter++;
+    uint32_t cur = (uint32_t)(x->size / ps);
     uint64_t ck = t->ck;
-    int wrote1 = 0;
     for (uint32_t i = 0; i < rec.npages; i++) {
         uint32_t pg = pgnos[i];
         const unsigned char *img = pages + (size_t)i * ps;
         if (pg == 0 || pg > rec.commit_pages || pg == lock)
             continue;
+        if (pg == 1) {
+            /* the file's page 1 may be behind x->p1: hash and keep x->p1 */
+            if (cur >= 1)
+                ck ^= agent_page_hash(1, x->p1, ps);
+            ck ^= agent_page_hash(1, img, ps);
+            memcpy(x->p1, img, ps);
+            if (x->size < ps)
+                x->size = ps;
+            continue;
+        }
         if (pg <= cur) {
             if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
                 rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
@@ -1325,42 +1392,35 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
             ck ^= agent_page_hash(pg, old, ps);
         }
         ck ^= agent_page_hash(pg, img, ps);
-        if (pg == 1) {
-            memcpy(p1, img, ps);
-            normalise_page1(p1, counter, rec.commit_pages);
-            img = p1;
-            wrote1 = 1;
-        }
         if (fp->pMethods->xWrite(fp, img, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
             rc = api_err_set(err, API_EIO, "tenant '%s': writing page %u", t->id, pg);
             goto out;
         }
+        if ((sqlite3_int64)pg * ps > x->size)
+            x->size = (sqlite3_int64)pg * ps;
     }
     for (uint32_t pg = rec.commit_pages + 1; pg <= cur; pg++) {
         if (pg == lock)
             continue;
+        if (pg == 1) {
+            ck ^= agent_page_hash(1, x->p1, ps);
+            continue;
+        }
         if (fp->pMethods->xRead(fp, old, (int)ps, (sqlite3_int64)(pg - 1) * ps) != SQLITE_OK) {
             rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u", t->id, pg);
             goto out;
         }
         ck ^= agent_page_hash(pg, old, ps);
     }
-    if (fp->pMethods->xTruncate(fp, (sqlite3_int64)rec.commit_pages * ps) != SQLITE_OK) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': resizing the replica", t->id);
-        goto out;
-    }
-    if (!wrote1 && rec.commit_pages > 0) {
-        /* bump the change counter so other connections drop their caches */
-        if (fp->pMethods->xRead(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': reading page 1", t->id);
+    if (x->size != (sqlite3_int64)rec.commit_pages * ps) {
+        if (fp->pMethods->xTruncate(fp, (sqlite3_int64)rec.commit_pages * ps) != SQLITE_OK) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': resizing the replica", t->id);
             goto out;
         }
-        normalise_page1(p1, counter, rec.commit_pages);
-        if (fp->pMethods->xWrite(fp, p1, (int)ps, 0) != SQLITE_OK) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': writing page 1", t->id);
-            goto out;
-        }
+        x->size = (sqlite3_int64)rec.commit_pages * ps;
     }
+    /* page 1 goes to the file in apply_end, with this size and a new change counter */
+    x->p1_dirty = 1;
     /* No xSync: the record is durable in the replica's log, and after an
      * unclean stop load_replica applies the log again. */
     if (verify && ck != rec.post_ck) {
@@ -1371,12 +1431,21 @@ static int apply_record(struct agent_repl *r, struct rt *t, struct apply_txn *x,
     }
     set_position(t, rec.txid, verify ? ck : rec.post_ck);
     atomic_fetch_add(&r->records_applied, 1);
-    if (verify)
-        observe_lag(r, now_us() - (int64_t)rec.time_us);
+    if (verify) {
+        if (x->ntimes == x->cap_times) {
+            size_t ncap = x->cap_times ? x->cap_times * 2 : 8;
+            int64_t *nt = realloc(x->times, ncap * sizeof(*nt));
+            if (nt != NULL) {
+                x->times = nt;
+                x->cap_times = ncap;
+            }
+        }
+        if (x->ntimes < x->cap_times)
+            x->times[x->ntimes++] = (int64_t)rec.time_us;
+    }
     rc = API_OK;
 out:
     free(old);
-    free(p1);
     free(block);
     return rc;
 }
@@ -1396,11 +1465,11 @@ static int apply_from_log(struct agent_repl *r, struct rt *t, int verify, struct
         if ((rc = agent_log_read(t->log, t->txid + 1, &buf, &len, err)) == API_OK) {
             /* no file sync: the replica's log is the durable copy, and after an
              * unclean stop the log is applied again (load_replica) */
-            rc = apply_record(r, t, &x, buf, len, verify, err);
+            rc = apply_record(r, t, &x, buf, len, verify, 0, err);
             free(buf);
         }
     }
-    apply_end(&x);
+    apply_end(r, t, &x);
     return rc;
 }
 
@@ -1589,14 +1658,14 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
     for (off = first; rc == API_OK && appended && off < end;) {
         struct agent_rec rec;
         size_t rl;
-        if ((rc = agent_rec_parse(buf + off, end - off, &rec, &rl, err)) != API_OK)
+        if ((rc = agent_rec_peek(buf + off, end - off, &rec, &rl, err)) != API_OK)
             break;
-        if (rec.txid == t->txid + 1)
-            rc = apply_record(r, t, &x, buf + off, rl, 1, err);
+        if (rec.txid == t->txid + 1) /* verified by the loop above */
+            rc = apply_record(r, t, &x, buf + off, rl, 1, 1, err);
         off += rl;
     }
-    apply_end(&x);
-    if (rc == API_OK)
+    apply_end(r, t, &x);
+    if (rc == API_OK && !t->need_snapshot)
         rc = apply_from_log(r, t, 1, err); /* anything older still unapplied */
     struct agent_log_pos lp;
     agent_log_position(t->log, &lp);
@@ -1608,9 +1677,11 @@ int repl_receive(struct agent_repl *r, struct rt *t, const unsigned char *buf, s
         mark_diverged(r, t, err->msg);
         rc = API_OK;
     }
-    struct api_err e2;
-    if (write_pos(r, t, &e2) != API_OK)
-        log_warn("%s", e2.msg);
+    /* <db>-pos is read only after a clean stop (load_replica), and one
+     * older than the file is safe there (the log is applied again over the
+     * later state, then the file checksummed): the engine writes it once
+     * at its end instead of three system calls per apply here. */
+    t->pos_dirty = 1;
     hub_applied(r->hub);
     return rc;
 }

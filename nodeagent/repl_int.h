@@ -42,6 +42,7 @@ struct rt {
      * empty database's checksum). The files are born on first use (a
      * request, or a record to apply), so creating a tenant creates none. */
     int unborn;
+    int pos_dirty; /* worker only: <db>-pos is behind the applied position (written at the engine's end) */
     unsigned long long mismatches, snapshots;
     /* worker only: capture state of a primary */
     struct pgidx idx;

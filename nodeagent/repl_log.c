@@ -104,6 +104,19 @@ int agent_rec_parse(const unsigned char *buf, size_t len, struct agent_rec *rec,
     return API_OK;
 }
 
+int agent_rec_peek(const unsigned char *buf, size_t len, struct agent_rec *rec, size_t *rec_len, struct api_err *err)
+{
+    struct agent_rec r;
+    if (len < AGENT_REC_HDR + AGENT_REC_TRAILER || parse_header(buf, &r) != 0)
+        return api_err_set(err, API_EINVAL, "replication record: bad header");
+    size_t total = AGENT_REC_HDR + (size_t)r.payload_len + AGENT_REC_TRAILER;
+    if (total > len)
+        return api_err_set(err, API_EINVAL, "replication record txid %llu: truncated", (unsigned long long)r.txid);
+    *rec = r;
+    *rec_len = total;
+    return API_OK;
+}
+
 int agent_rec_unpack(const unsigned char *buf, const struct agent_rec *rec, void **block, const uint32_t **pgnos,
                      const unsigned char **pages, struct api_err *err)
 {
@@ -446,7 +459,7 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
     size_t rl;
     int rc;
 
-    if ((rc = agent_rec_parse(buf, len, &r, &rl, err)) != API_OK)
+    if ((rc = agent_rec_peek(buf, len, &r, &rl, err)) != API_OK)
         return rc;
     pthread_mutex_lock(&log->mu);
     if (r.txid != log->last.txid + 1 || r.pre_ck != log->last.post_ck) {

@@ -74,8 +74,15 @@ void agent_log_set_max_open(size_t n);
 /* Log files open now in this process. */
 size_t agent_log_open_files(void);
 
-/* Appends an encoded record; it must continue the log (txid = last + 1,
- * pre checksum = last checksum), else API_ECONFLICT. Not yet durable. */
+/* The header of the record at BUF whose trailing checksum the caller has
+ * verified already (agent_rec_parse) or just computed (agent_rec_encode):
+ * agent_rec_parse without the CRC over the whole record. */
+int agent_rec_peek(const unsigned char *buf, size_t len, struct agent_rec *rec, size_t *rec_len,
+                   struct api_err *err);
+
+/* Appends an encoded record, verified or made by the caller (its trailer
+ * is not checked again); it must continue the log (txid = last + 1, pre
+ * checksum = last checksum), else API_ECONFLICT. Not yet durable. */
 int agent_log_append(struct agent_log *log, const unsigned char *rec, size_t len, struct api_err *err);
 /* Makes every append durable (fdatasync; nothing when every append is
  * already durable). */

@@ -52,14 +52,13 @@ struct countdown {
 static void countdown_done(struct countdown *c)
 {
     pthread_mutex_lock(&c->mu);
-    c->n--;
-    pthread_cond_signal(&c->cv);
+    if (--c->n == 0) /* the waiter wakes once, not once per job */
+        pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
 
 struct apply_job {
     struct agent_repl *r;
-    struct countdown *cd;
     char tenant[64];
     unsigned char *recs; /* concatenated records */
     size_t len, cap;
@@ -71,27 +70,20 @@ struct apply_job {
     struct apply_job *next;
 };
 
-static void apply_job(void *arg)
+/* One tenant's share of a poll, on the tenant's worker. */
+static void apply_one(struct apply_job *j)
 {
-    struct apply_job *j = arg;
     struct api_err err;
     struct rt *t = repl_rt_get(j->r, j->tenant, 1);
     int rc = API_OK;
 
-    if (t == NULL) {
-        countdown_done(j->cd);
+    if (t == NULL)
         return;
-    }
     pthread_mutex_lock(&t->mu);
-    int follow = t->want == AGENT_ROLE_REPLICA;
+    int follow = t->want == AGENT_ROLE_REPLICA, loaded = t->loaded == AGENT_ROLE_REPLICA;
     pthread_mutex_unlock(&t->mu);
-    if (!follow) {
-        countdown_done(j->cd);
+    if (!follow)
         return;
-    }
-    pthread_mutex_lock(&t->mu);
-    int loaded = t->loaded == AGENT_ROLE_REPLICA;
-    pthread_mutex_unlock(&t->mu);
     if (j->load_only || (!loaded && (j->snapshot != NULL || j->len > 0)))
         rc = agent_repl_ensure(j->r, j->tenant, AGENT_ROLE_REPLICA, &err); /* an unborn copy is born now */
     if (rc == API_OK && !j->load_only) {
@@ -113,10 +105,26 @@ static void apply_job(void *arg)
         }
         pthread_mutex_unlock(&t->mu);
     }
-    countdown_done(j->cd);
 }
 
-static struct apply_job *job_for(struct apply_job **list, struct agent_repl *r, struct countdown *cd, const char *id)
+/* The jobs of one worker thread (tenants whose keys share a slot). */
+struct apply_batch {
+    struct apply_batch *next;
+    size_t slot;
+    struct countdown *cd;
+    struct apply_job **v;
+    size_t n, cap;
+};
+
+static void apply_batch_job(void *arg)
+{
+    struct apply_batch *b = arg;
+    for (size_t i = 0; i < b->n; i++)
+        apply_one(b->v[i]);
+    countdown_done(b->cd);
+}
+
+static struct apply_job *job_for(struct apply_job **list, struct agent_repl *r, const char *id)
 {
     for (struct apply_job *j = *list; j != NULL; j = j->next)
         if (strcmp(j->tenant, id) == 0)
@@ -125,7 +133,6 @@ static struct apply_job *job_for(struct apply_job **list, struct agent_repl *r, 
     if (j == NULL)
         return NULL;
     j->r = r;
-    j->cd = cd;
     snprintf(j->tenant, sizeof(j->tenant), "%s", id);
     j->next = *list;
     *list = j;
@@ -162,24 +169,58 @@ static struct apply_job *note_heads(struct agent_repl *r, struct apply_job *list
     return list;
 }
 
-/* Runs every job on its tenant's worker and waits for all of them. */
+/* Runs every job on its tenant's worker and waits for all of them. The
+ * jobs of tenants that share a worker thread go as one job: a poll that
+ * brought a hundred tenants wakes each thread once, and this thread once. */
 static void run_jobs(struct agent_repl *r, struct apply_job *list)
 {
     struct countdown cd = {.n = 0};
+    struct apply_batch *batches = NULL, *b;
     pthread_mutex_init(&cd.mu, NULL);
     pthread_cond_init(&cd.cv, NULL);
-    for (struct apply_job *j = list; j != NULL; j = j->next)
-        cd.n++;
     for (struct apply_job *j = list; j != NULL; j = j->next) {
-        j->cd = &cd;
-        api_workq_submit(r->cfg.workers, agent_repl_key(j->tenant), apply_job, j);
+        uint64_t key = agent_repl_key(j->tenant);
+        size_t slot = api_workq_slot(r->cfg.workers, key);
+        for (b = batches; b != NULL && b->slot != slot; b = b->next)
+            ;
+        if (b == NULL) {
+            if ((b = calloc(1, sizeof(*b))) == NULL) {
+                apply_one(j); /* out of memory: on this thread, as a last resort */
+                continue;
+            }
+            b->slot = slot;
+            b->cd = &cd;
+            b->next = batches;
+            batches = b;
+        }
+        if (b->n == b->cap) {
+            size_t ncap = b->cap ? b->cap * 2 : 8;
+            void *nv = realloc(b->v, ncap * sizeof(*b->v));
+            if (nv == NULL) {
+                apply_one(j);
+                continue;
+            }
+            b->v = nv;
+            b->cap = ncap;
+        }
+        b->v[b->n++] = j;
     }
+    for (b = batches; b != NULL; b = b->next)
+        cd.n++;
+    for (b = batches; b != NULL; b = b->next)
+        api_workq_submit(r->cfg.workers, agent_repl_key(b->v[0]->tenant), apply_batch_job, b);
     pthread_mutex_lock(&cd.mu);
     while (cd.n > 0)
         pthread_cond_wait(&cd.cv, &cd.mu);
     pthread_mutex_unlock(&cd.mu);
     pthread_mutex_destroy(&cd.mu);
     pthread_cond_destroy(&cd.cv);
+    while (batches != NULL) {
+        b = batches->next;
+        free(batches->v);
+        free(batches);
+        batches = b;
+    }
 }
 
 static void free_jobs(struct apply_job *list)
@@ -276,7 +317,7 @@ static void *puller_main(void *arg)
             /* an unborn copy stands at the empty database's position with
              * no files: it is born when a record or a read needs it */
             if (t != NULL && t->loaded != AGENT_ROLE_REPLICA && !repl_unborn(r, t)) {
-                struct apply_job *j = job_for(&loads, r, NULL, g.ids.v[i]);
+                struct apply_job *j = job_for(&loads, r, g.ids.v[i]);
                 if (j != NULL)
                     j->load_only = 1;
             }
@@ -360,7 +401,7 @@ static void *puller_main(void *arg)
             if (off + 6 + idl + plen > n)
                 break;
             off += 6 + idl + plen;
-            struct apply_job *j = job_for(&jobs, r, NULL, id);
+            struct apply_job *j = job_for(&jobs, r, id);
             if (j == NULL)
                 continue;
             if (kind == PULL_RECORD) {
