@@ -339,8 +339,10 @@ static ssize_t parse_head(struct api_aclient_call *call, const char *buf, size_t
     for (size_t i = 0; i < nh; i++) {
         struct api_aclient_header *o = &call->resp.headers[i];
         char *p = call->resp.store_ + off;
-        for (size_t k = 0; k < hs[i].name_len; k++)
-            p[k] = (char)tolower((unsigned char)hs[i].name[k]);
+        for (size_t k = 0; k < hs[i].name_len; k++) {
+            char ch = hs[i].name[k];
+            p[k] = ch >= 'A' && ch <= 'Z' ? (char)(ch + ('a' - 'A')) : ch; /* header names are ASCII */
+        }
         p[hs[i].name_len] = '\0';
         o->name = p;
         o->name_len = hs[i].name_len;
@@ -770,6 +772,19 @@ void api_aclient_free(struct api_aclient *c)
     free(c);
 }
 
+/* Appends V in decimal at BUF+*N (the caller sized BUF). */
+static void head_put_size(char *buf, size_t *n, size_t v)
+{
+    char digits[24];
+    size_t k = sizeof(digits);
+    do {
+        digits[--k] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(buf + *n, digits + k, sizeof(digits) - k);
+    *n += sizeof(digits) - k;
+}
+
 /* Appends the string S at BUF+*N (the caller sized BUF). */
 static void head_put(char *buf, size_t *n, const char *s)
 {
@@ -817,8 +832,11 @@ struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct ap
     head_put(call->head, &n, call->up->key);
     head_put(call->head, &n, "\r\n");
     if (rq->body_len > 0 || strcmp(rq->method, "POST") == 0 || strcmp(rq->method, "PUT") == 0 ||
-        strcmp(rq->method, "PATCH") == 0)
-        n += (size_t)snprintf(call->head + n, cap - n, "content-length: %zu\r\n", rq->body_len);
+        strcmp(rq->method, "PATCH") == 0) {
+        head_put(call->head, &n, "content-length: ");
+        head_put_size(call->head, &n, rq->body_len);
+        head_put(call->head, &n, "\r\n");
+    }
     for (size_t i = 0; i < rq->nheaders; i++) {
         size_t l = strlen(rq->headers[i]);
         memcpy(call->head + n, rq->headers[i], l);

@@ -63,15 +63,21 @@ struct fwd {
     int64_t deadline, unserved_deadline, primary_deadline;
 };
 
-static const char *const hop_by_hop[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-                                         "host", "content-length", "expect", "proxy-connection",
-                                         "shoal-accept-replay", "shoal-client-region", "fly-replay-src",
-                                         "fly-replay-failed", "fly-replay", NULL};
+#define HOP(s) {s, sizeof(s) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} hop_by_hop[] = {HOP("connection"),          HOP("keep-alive"),          HOP("te"),
+                  HOP("trailer"),             HOP("transfer-encoding"),   HOP("upgrade"),
+                  HOP("host"),                HOP("content-length"),      HOP("expect"),
+                  HOP("proxy-connection"),    HOP("shoal-accept-replay"), HOP("shoal-client-region"),
+                  HOP("fly-replay-src"),      HOP("fly-replay-failed"),   HOP("fly-replay")};
+#undef HOP
 
 int router_is_hop_by_hop(const char *name, size_t len)
 {
-    for (const char *const *h = hop_by_hop; *h; h++)
-        if (strlen(*h) == len && strncasecmp(name, *h, len) == 0)
+    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
+        if (hop_by_hop[i].len == len && strncasecmp(name, hop_by_hop[i].name, len) == 0)
             return 1;
     return 0;
 }
@@ -97,7 +103,9 @@ struct fwd *router_fwd_new(struct orch_router *r, struct api_req *req, const str
     }
     j->r = r;
     j->app = app;
-    snprintf(j->method, sizeof(j->method), "%.*s", (int)(mlen < 7 ? mlen : 7), method);
+    mlen = mlen < sizeof(j->method) - 1 ? mlen : sizeof(j->method) - 1;
+    memcpy(j->method, method, mlen);
+    j->method[mlen] = '\0';
     memcpy(j->body, body, blen);
     j->body_len = blen;
     if ((v = api_req_header(req, "fly-force-instance-id", &len)) != NULL)
@@ -109,7 +117,7 @@ struct fwd *router_fwd_new(struct orch_router *r, struct api_req *req, const str
 
 void router_fwd_set_tenant(struct fwd *j, const char *tenant, int pipeline, int cursor, int to_primary)
 {
-    snprintf(j->tenant, sizeof(j->tenant), "%s", tenant);
+    router_copy(j->tenant, sizeof(j->tenant), tenant);
     j->pipeline = pipeline;
     j->cursor = cursor;
     j->to_primary = to_primary;
@@ -193,7 +201,7 @@ static void fwd_pause(struct fwd *j)
 static void goto_first(struct fwd *j, const char *exclude)
 {
     j->step = FWD_FIRST;
-    snprintf(j->exclude, sizeof(j->exclude), "%s", exclude ? exclude : "");
+    router_copy(j->exclude, sizeof(j->exclude), exclude ? exclude : "");
     j->primary_deadline = 0;
 }
 
