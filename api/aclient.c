@@ -246,7 +246,9 @@ static int body_reserve(struct api_aclient_call *call, size_t more)
     if (need - 1 > call->c->cfg.max_body + (call->state == ST_BODY_CHUNKED ? 4096 : 0))
         return -1;
     if (need > call->body_cap) {
-        size_t cap = call->body_cap ? call->body_cap : 4096;
+        /* a length known in advance gets exactly that: most answers are
+         * small, and a small block is the allocator's cheapest */
+        size_t cap = call->body_cap ? call->body_cap : call->state == ST_BODY_LEN ? need : 4096;
         while (cap < need)
             cap *= 2;
         char *b = realloc(call->resp.body, cap);

@@ -29,6 +29,7 @@
 #define ROUTER_MAX_APPS 8
 #define ROUTER_DOWN_SLOTS 64
 #define ROUTER_RETRY_PAUSE_MS 25
+#define ROUTER_FWD_SPARE 64 /* freed request states kept for reuse (router_fwd.c) */
 #define ROUTER_UNKNOWN_RTT 1000000u
 
 struct place_regions;
@@ -61,6 +62,8 @@ struct orch_router {
     struct router_counters n;
     char region_hdr[64]; /* "shoal-client-region: <region>" */
     struct fwd *live; /* requests in flight (a doubly linked list) */
+    struct fwd *spare; /* freed ones kept for reuse, linked by next */
+    size_t nspare;
 };
 
 /* One place a request can go: an agent of a tenant, or an app instance. */
@@ -123,6 +126,8 @@ void router_fwd_start(struct fwd *f, struct api_req *req);
 /* Frees every request still in flight, without replying (shutdown, after
  * the client's calls were dropped by api_aclient_free). */
 void router_fwd_drop_all(struct orch_router *r);
+/* Frees the request states kept for reuse (after router_fwd_drop_all). */
+void router_fwd_spare_free(struct orch_router *r);
 /* Requests in flight now. */
 size_t router_fwd_count(const struct orch_router *r);
 int router_is_hop_by_hop(const char *name, size_t len);
