@@ -246,7 +246,9 @@ static int body_reserve(struct api_aclient_call *call, size_t more)
     if (need - 1 > call->c->cfg.max_body + (call->state == ST_BODY_CHUNKED ? 4096 : 0))
         return -1;
     if (need > call->body_cap) {
-        size_t cap = call->body_cap ? call->body_cap : 4096;
+        /* a length known in advance gets exactly that: most answers are
+         * small, and a small block is the allocator's cheapest */
+        size_t cap = call->body_cap ? call->body_cap : call->state == ST_BODY_LEN ? need : 4096;
         while (cap < need)
             cap *= 2;
         char *b = realloc(call->resp.body, cap);
@@ -339,8 +341,10 @@ static ssize_t parse_head(struct api_aclient_call *call, const char *buf, size_t
     for (size_t i = 0; i < nh; i++) {
         struct api_aclient_header *o = &call->resp.headers[i];
         char *p = call->resp.store_ + off;
-        for (size_t k = 0; k < hs[i].name_len; k++)
-            p[k] = (char)tolower((unsigned char)hs[i].name[k]);
+        for (size_t k = 0; k < hs[i].name_len; k++) {
+            char ch = hs[i].name[k];
+            p[k] = ch >= 'A' && ch <= 'Z' ? (char)(ch + ('a' - 'A')) : ch; /* header names are ASCII */
+        }
         p[hs[i].name_len] = '\0';
         o->name = p;
         o->name_len = hs[i].name_len;
@@ -770,6 +774,19 @@ void api_aclient_free(struct api_aclient *c)
     free(c);
 }
 
+/* Appends V in decimal at BUF+*N (the caller sized BUF). */
+static void head_put_size(char *buf, size_t *n, size_t v)
+{
+    char digits[24];
+    size_t k = sizeof(digits);
+    do {
+        digits[--k] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(buf + *n, digits + k, sizeof(digits) - k);
+    *n += sizeof(digits) - k;
+}
+
 /* Appends the string S at BUF+*N (the caller sized BUF). */
 static void head_put(char *buf, size_t *n, const char *s)
 {
@@ -817,8 +834,11 @@ struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct ap
     head_put(call->head, &n, call->up->key);
     head_put(call->head, &n, "\r\n");
     if (rq->body_len > 0 || strcmp(rq->method, "POST") == 0 || strcmp(rq->method, "PUT") == 0 ||
-        strcmp(rq->method, "PATCH") == 0)
-        n += (size_t)snprintf(call->head + n, cap - n, "content-length: %zu\r\n", rq->body_len);
+        strcmp(rq->method, "PATCH") == 0) {
+        head_put(call->head, &n, "content-length: ");
+        head_put_size(call->head, &n, rq->body_len);
+        head_put(call->head, &n, "\r\n");
+    }
     for (size_t i = 0; i < rq->nheaders; i++) {
         size_t l = strlen(rq->headers[i]);
         memcpy(call->head + n, rq->headers[i], l);

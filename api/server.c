@@ -109,6 +109,7 @@ struct api_pending {
     h2o_req_t *req; /* NULL once the request is gone */
     struct api_resp *resp;
     struct api_stream *stream; /* set on the loop once a streamed reply took over */
+    h2o_socket_t *parked;      /* the HTTP/1 socket kept polled while deferred (see park_socket), or NULL */
     int refs;
     int finished;
 };
@@ -371,11 +372,64 @@ static void on_req_pool_dispose(void *arg)
 {
     struct pending_link *link = arg;
     link->p->req = NULL;
+    link->p->parked = NULL; /* the connection is closing: its socket goes with it */
     if (link->p->stream != NULL) {
         stream_req_gone(link->p->stream);
         link->p->stream = NULL;
     }
     pending_release(link->p);
+}
+
+/*
+ * Parking the socket of a deferred HTTP/1 request (h2o 2.2.5).
+ *
+ * h2o's HTTP/1 server stops reading a connection before it calls the
+ * handler and starts again once the response is written
+ * (lib/http1.c: handle_incoming_request, on_send_complete). For a reply in
+ * the same loop turn the two cancel out before the loop looks at them; for
+ * a deferred one (a worker, or the router's upstream answer) the loop turn
+ * in between sees "not reading" and the next one "reading": an epoll_ctl
+ * DEL and an ADD per request, a third of the router's syscalls for a
+ * proxied read.
+ *
+ * So while a request is deferred its socket stays polled for reading, with
+ * h2o_socket_dont_read() set so that the event loop never reads into the
+ * input buffer the request's headers and body point into, and with a read
+ * callback that only stops reading: data (a pipelined request) or EOF
+ * arriving meanwhile costs the epoll change h2o would have made anyway,
+ * and everything else is left for h2o to find when it reads again, as
+ * before. Before the reply the socket goes back as h2o left it (reading
+ * stopped, reads allowed); h2o starts reading again after writing the
+ * response, in the same loop turn, so the epoll registration never
+ * changes. HTTP/2 reads its connection all along: not parked.
+ *
+ * Loop thread only.
+ */
+static void on_parked_read(h2o_socket_t *sock, const char *err)
+{
+    (void)err;
+    h2o_socket_read_stop(sock);
+}
+
+static void park_socket(struct api_pending *p, h2o_req_t *req)
+{
+    h2o_socket_t *sock;
+    if (req->version >= 0x200 || req->conn->callbacks->get_socket == NULL ||
+        (sock = req->conn->callbacks->get_socket(req->conn)) == NULL || sock->ssl != NULL)
+        return;
+    h2o_socket_dont_read(sock, 1);
+    h2o_socket_read_start(sock, on_parked_read);
+    p->parked = sock;
+}
+
+/* Hands P's socket back to h2o as h2o left it; before anything is sent. */
+static void unpark_socket(struct api_pending *p)
+{
+    if (p->parked == NULL)
+        return;
+    h2o_socket_read_stop(p->parked);
+    h2o_socket_dont_read(p->parked, 0);
+    p->parked = NULL;
 }
 
 struct api_pending *api_req_defer(struct api_req *r)
@@ -391,6 +445,7 @@ struct api_pending *api_req_defer(struct api_req *r)
     link = h2o_mem_alloc_shared(&r->req->pool, sizeof(*link), on_req_pool_dispose);
     link->p = p;
     r->deferred = 1;
+    park_socket(p, r->req);
     return p;
 }
 
@@ -410,6 +465,7 @@ void api_pending_reply(struct api_pending *p, struct api_resp *resp)
 {
     if (p->req != NULL && !p->finished) {
         p->finished = 1;
+        unpark_socket(p);
         if (resp == NULL) {
             static const struct api_resp oom = {.status = 500};
             send_resp(p->server, p->req, &oom);
@@ -439,6 +495,7 @@ void api_pending_reply_parts(struct api_pending *p, int status, const char *cont
         return;
     }
     p->finished = 1;
+    unpark_socket(p);
     /* the body lives as long as the request's pool: freed with it */
     char **ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), free_body_ref);
     *ref = body;
@@ -1334,6 +1391,7 @@ static void stream_link(struct api_stream *st)
     st->linked = 1;
     if (p->req != NULL && !p->finished) {
         p->finished = 1;
+        unpark_socket(p);
         p->stream = st;
         st->req = p->req;
         h2o_linklist_insert(&st->server->streams, &st->link);

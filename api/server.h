@@ -125,7 +125,10 @@ void api_reply_empty(struct api_req *r, int status);
 
 /* --- deferred replies --- */
 /* Marks R as answered later; the returned handle must be finished exactly
- * once with api_pending_finish (from any thread). */
+ * once with api_pending_finish (from any thread), api_pending_reply,
+ * api_pending_reply_parts or api_pending_stream, never with api_reply_*:
+ * until then an HTTP/1 connection is kept polled but not read (server.c,
+ * "Parking"), and only those hand it back to h2o. */
 struct api_pending *api_req_defer(struct api_req *r);
 /* Sends RESP (taken) for the deferred request, or drops it if the client is gone. Thread-safe. */
 void api_pending_finish(struct api_pending *p, struct api_resp *resp);

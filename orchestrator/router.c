@@ -336,6 +336,7 @@ void orch_router_free(struct orch_router *r)
      * must be gone before the server disposes the loop */
     if (r->client != NULL)
         router_fwd_drop_all(r);
+    router_fwd_spare_free(r);
     router_health_free(r->health);
     api_aclient_free(r->client);
     api_server_free(r->server);

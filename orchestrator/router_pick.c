@@ -67,9 +67,9 @@ static uint32_t rtt_to(struct orch_router *r, const char *region)
 
 static void cand_from_node(const struct api_cluster_node *n, int primary, struct cand *c)
 {
-    snprintf(c->id, sizeof(c->id), "%s", n->node);
-    snprintf(c->region, sizeof(c->region), "%s", n->region);
-    snprintf(c->url, sizeof(c->url), "%s", n->url);
+    router_copy(c->id, sizeof(c->id), n->node);
+    router_copy(c->region, sizeof(c->region), n->region);
+    router_copy(c->url, sizeof(c->url), n->url);
     c->primary = primary;
 }
 
@@ -97,9 +97,9 @@ void router_app_cands(const struct orch_app *a, struct cands *out)
     out->n = 0;
     for (size_t i = 0; i < a->n && i < API_CLUSTER_MAX_INSTANCES + 1; i++) {
         struct cand *c = &out->v[out->n++];
-        snprintf(c->id, sizeof(c->id), "%s", a->inst[i].id);
-        snprintf(c->region, sizeof(c->region), "%s", a->inst[i].region);
-        snprintf(c->url, sizeof(c->url), "%s", a->inst[i].url);
+        router_copy(c->id, sizeof(c->id), a->inst[i].id);
+        router_copy(c->region, sizeof(c->region), a->inst[i].region);
+        router_copy(c->url, sizeof(c->url), a->inst[i].url);
         c->primary = 0;
     }
 }

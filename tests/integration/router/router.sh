@@ -267,6 +267,49 @@ s=$(hreq v4 "$APPR/replay?to=instance%3Di1%3Btimeout%3D300ms%3Bfallback%3Dprefer
 is "app: ... with fallback=prefer_self it returns to a1 with reason=timeout" "200 a1 instance=i1;reason=timeout" \
     "$s $(jbody v4 .instance) $(jbody v4 .failed)"
 
+# --- pipelined HTTP/1.1 and clients that leave (deferred replies keep the socket polled) ---
+# raw URL REQUEST-FILE: sends the file in one write on one connection; prints what came back until the server closed
+raw() {
+    local hp=${1#http://}
+    exec 3<>"/dev/tcp/${hp%%:*}/${hp##*:}" || return 1
+    cat "$2" >&3
+    timeout 10 cat <&3
+    exec 3<&- 3>&-
+}
+# pipe_req PATH BODY [close]: one raw HTTP/1.1 POST with the tenant's token
+pipe_req() {
+    printf 'POST %s HTTP/1.1\r\nhost: t\r\nauthorization: Bearer %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s' \
+        "$1" "$TOK" "${#2}" "${3:+$'connection: close\r\n'}" "$2"
+}
+for target in "$ROUTER_URL" "$AGENT_URL_n2"; do
+    { pipe_req /t/acme/v2/pipeline "$(sql 'select 41 + 1')"; pipe_req /t/acme/v2/pipeline "$(sql 'select 42 + 1')" close; } >"$T_DIR/pipe.req"
+    out=$(raw "$target" "$T_DIR/pipe.req" | tr -d '\r')
+    got="$(grep -o 'HTTP/1.1 200' <<<"$out" | wc -l) $(grep -o '"value":"4[23]"' <<<"$out" | tr '\n' ' ')"
+    is "two pipelined reads on one connection to ${target##*:}: both answered, in order" '2 "value":"42" "value":"43" ' "$got"
+    # the second one arrives while the first (a slow read) is still deferred
+    slow=$(sql 'with recursive c(x) as (select 1 union all select x + 1 from c where x < 400000) select count(*) from c')
+    pipe_req /t/acme/v2/pipeline "$slow" >"$T_DIR/pipe1.req"
+    pipe_req /t/acme/v2/pipeline "$(sql 'select 44 + 1')" close >"$T_DIR/pipe2.req"
+    hp=${target#http://}
+    exec 3<>"/dev/tcp/${hp%%:*}/${hp##*:}"
+    cat "$T_DIR/pipe1.req" >&3
+    sleep 0.02
+    cat "$T_DIR/pipe2.req" >&3
+    out=$(timeout 10 cat <&3 | tr -d '\r')
+    exec 3<&- 3>&-
+    got="$(grep -o 'HTTP/1.1 200' <<<"$out" | wc -l) $(grep -o '"value":"\(400000\|45\)"' <<<"$out" | tr '\n' ' ')"
+    is "... and one sent while the first is in flight: both answered, in order" '2 "value":"400000" "value":"45" ' "$got"
+done
+# a client that sends a read and closes at once: the next requests are served as usual
+pipe_req /t/acme/v2/pipeline "$(sql 'select 1')" >"$T_DIR/gone.req"
+for i in 1 2 3 4 5; do
+    hp=${ROUTER_URL#http://}
+    exec 3<>"/dev/tcp/${hp%%:*}/${hp##*:}" && cat "$T_DIR/gone.req" >&3 && exec 3<&- 3>&-
+done
+s=$(hreq g1 -X POST "${AUTH[@]}" --data-binary "$(sql 'select 7')" "$U")
+is "after clients left with their reads in flight, the router serves the next one" "200 7" \
+    "$s $(jbody g1 '.results[0].response.result.rows[0][0].value')"
+
 # --- an agent that vanished ----------------------------------------------------------
 kill -KILL "$PID_agent_n3"; wait "$PID_agent_n3" 2>/dev/null
 s=$(hreq d1 -X POST "${AUTH[@]}" -H "fly-prefer-region: sin" --data-binary "$(sql 'select count(*) from t')" "$U")
