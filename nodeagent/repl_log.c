@@ -91,11 +91,10 @@ static int parse_header(const unsigned char *buf, struct agent_rec *rec)
 int agent_rec_parse(const unsigned char *buf, size_t len, struct agent_rec *rec, size_t *rec_len, struct api_err *err)
 {
     struct agent_rec r;
-    if (len < AGENT_REC_HDR + AGENT_REC_TRAILER || parse_header(buf, &r) != 0)
-        return api_err_set(err, API_EINVAL, "replication record: bad header");
-    size_t total = AGENT_REC_HDR + (size_t)r.payload_len + AGENT_REC_TRAILER;
-    if (total > len)
-        return api_err_set(err, API_EINVAL, "replication record txid %llu: truncated", (unsigned long long)r.txid);
+    size_t total;
+    int rc = agent_rec_peek(buf, len, &r, &total, err);
+    if (rc != API_OK)
+        return rc;
     if (agent_crc64(0, buf, AGENT_REC_HDR + r.payload_len) != agent_get64(buf + AGENT_REC_HDR + r.payload_len))
         return api_err_set(err, API_EINVAL, "replication record txid %llu: trailing checksum mismatch",
                            (unsigned long long)r.txid);
