@@ -23,6 +23,7 @@
 
 #include "api/cluster.h"
 #include "api/etcd.h"
+#include "api/failpoint.h"
 #include "api/http.h"
 #include "api/jsonutil.h"
 #include "api/log.h"
@@ -202,10 +203,12 @@ static int create_record(struct orch *o, const struct api_cluster_tenant *t, con
     int rc;
 
     if (primary->lease != 0 && (lval = api_cluster_lease_value(primary->node, primary->url)) != NULL) {
+        /* the fault test's stand-in for a session lease that ended after the view saw it */
+        int64_t lease = api_failpoint_error("create-lease-gone") ? primary->lease ^ 0x5a5a5a5a : primary->lease;
         snprintf(lkey, sizeof(lkey), "%s%s", API_CLUSTER_LEASES, t->id);
         cmps[1] = (struct api_etcd_cmp){.key = lkey, .target = API_ETCD_CREATE, .result = API_ETCD_EQUAL, .number = 0};
         puts[1] = (struct api_etcd_op){.kind = API_ETCD_OP_PUT, .key = lkey, .value = lval,
-                                       .value_len = strlen(lval), .lease = primary->lease};
+                                       .value_len = strlen(lval), .lease = lease};
         rc = api_etcd_txn(o->etcd, cmps, 2, puts, 2, NULL, 0, &res, err);
         free(lval);
         if (rc == API_OK && res.succeeded) {

@@ -220,4 +220,28 @@ TOK=$(jq -r .token "$T_DIR/body")
 if write_ok "$(admin GET /v1/tenants/k1 >/dev/null; jq -r .primary.node "$T_DIR/body")" k1; then ok "k1 still takes writes on its primary"
 else not_ok "k1 still takes writes on its primary" "$(cat "$T_DIR/pbody")"; fi
 
+# --- 4. a create whose primary's session lease is gone ---------------------------------
+# etcd refuses the whole born-leased txn (requested lease not found); the record is
+# written alone and the primary acquires its key with a txn of its own
+kill_orchestrator; ORCH_FAILPOINTS=create-lease-gone=error restart_orchestrator
+adoptions() { curl -sS "$AGENT_URL_n2/metrics" | awk '$1 == "shoal_agent_lease_adoptions_total" {print $2}'; }
+before=$(adoptions)
+r=$(admin POST /v1/tenants '{"id":"kl","region":"iad","replicas":2}')
+is "kl: created anyway, led by n2" "201 n2" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+grep -q 'failpoint hit name=create-lease-gone' "$T_DIR/orchestrator.log" && ok "kl: the create hit the failpoint" \
+    || not_ok "kl: the create hit the failpoint"
+lk=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$(printf /shoal/leases/kl | base64 -w0)\"}")
+rk=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$(printf /shoal/tenants/kl | base64 -w0)\"}")
+nk=$(curl -sS -X POST "$ETCD_URL/v3/kv/range" --data "{\"key\":\"$(printf /shoal/nodes/n2 | base64 -w0)\"}")
+is "kl: n2 holds the key on its real session lease" "n2 $(jq -r '.kvs[0].lease' <<<"$nk")" \
+    "$(jq -r '.kvs[0].value' <<<"$lk" | base64 -d | jq -r .holder) $(jq -r '.kvs[0].lease' <<<"$lk")"
+[ "$(jq -r '.kvs[0].create_revision' <<<"$lk")" -gt "$(jq -r '.kvs[0].create_revision' <<<"$rk")" ] \
+    && ok "kl: the key came after the record (acquired, not born with it)" \
+    || not_ok "kl: the key came after the record (acquired, not born with it)" "$lk" "$rk"
+is "kl: n2 adopted nothing" "$before" "$(adoptions)"
+admin POST /v1/tenants/kl/tokens '{"access":"rw","ttl_s":600}' >/dev/null
+TOK=$(jq -r .token "$T_DIR/body")
+if write_ok n2 kl; then ok "kl: n2 takes writes"; else not_ok "kl: n2 takes writes" "$(cat "$T_DIR/pbody")"; fi
+kill_orchestrator; ORCH_FAILPOINTS= restart_orchestrator
+
 done_testing
