@@ -535,6 +535,12 @@ struct delete_job {
     char id[API_NAME_MAX];
 };
 
+static int tenant_gone(void *ud, struct api_cluster *c)
+{
+    struct api_cluster_tenant t;
+    return !api_cluster_tenant_locked(c, ((struct delete_job *)ud)->id, &t);
+}
+
 static void delete_job(void *arg)
 {
     struct delete_job *j = arg;
@@ -558,6 +564,9 @@ static void delete_job(void *arg)
             log_warn("tenant=%s lease key not removed: %s", j->id, err.msg);
         atomic_fetch_add(&j->o->tenants_deleted, 1);
         log_info("tenant deleted tenant=%s", j->id);
+        /* answer once this orchestrator's own view has seen it go, so a GET
+         * right after the 204 says 404 (event-driven, bounded) */
+        api_cluster_wait(j->o->view, j->id, tenant_gone, j, api_now_ms() + j->o->cfg.create_wait_ms);
         resp = api_resp_new(204);
     }
     api_pending_finish(j->p, resp);
