@@ -5,17 +5,24 @@
  * costs little next to what it measures, which a Node.js client could not
  * promise at tens of thousands of requests per second.
  *
- *   loadgen [-c CONC] [-d SECONDS | -n COUNT] [-X METHOD] [-H 'Name: value']... [-k TOKENS_FILE]
+ *   loadgen [-c CONC] [-d SECONDS | -n COUNT] [-r RATE] [-X METHOD] [-H 'Name: value']... [-k TOKENS_FILE]
  *           [-t TENANTS] URL [BODY]
  *
  * -n sends exactly COUNT requests (numbered 0..COUNT-1) and stops, for
  * benchmarks that create things (tenants) rather than repeat a request.
  *
+ * -r RATE makes it open loop: one request every 1/RATE s on an idle
+ * connection of the CONC, for -d SECONDS; a request due while all CONC are
+ * busy is counted as "late" and not sent (not queued: the offered rate stays
+ * what it was). Latency is from the moment a request is sent.
+ *
  * URL and BODY may contain {t} (the request's tenant number, request number
  * mod TENANTS), {i} (the request number) and {k} (a row key from 1 to 1000,
  * spread over the requests). With -k, request i carries
  * "Authorization: Bearer <line {t} of TOKENS_FILE>". Prints one JSON line:
- *   {"requests":N,"ok":N,"failed":N,"seconds":S,"rate":R,"p50_ms":X,"p99_ms":Y}
+ *   {"requests":N,"ok":N,"failed":N,"errors":N,"late":N,"seconds":S,"rate":R,"p50_ms":X,"p99_ms":Y,"cpu_us":U}
+ * ("errors" is "failed" again; cpu_us is this process's own CPU time, so a
+ * bench can tell what the load generator took from the machine)
  * where ok counts 2xx answers whose body does not contain "\"type\":\"error\""
  * (a Hrana error inside a 200). Not a test; never used by one.
  */
@@ -29,6 +36,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +51,8 @@ struct conn {
     char *in;
     size_t in_len, in_cap;
     double started;
+    int busy;               /* a request is in flight (open loop) */
+    struct conn *next_idle; /* open loop: the idle list */
 };
 
 static double now_s(void)
@@ -187,8 +197,10 @@ int main(int argc, char **argv)
     int conc = 1, opt;
     double secs = 3;
     unsigned long count = 0; /* -n: this many requests, then stop; 0: run for SECS */
-    while ((opt = getopt(argc, argv, "c:d:n:X:H:k:t:")) != -1) {
+    double rate = 0;         /* -r: open loop at this many requests per second */
+    while ((opt = getopt(argc, argv, "c:d:n:r:X:H:k:t:")) != -1) {
         switch (opt) {
+        case 'r': rate = atof(optarg); break;
         case 'c': conc = atoi(optarg); break;
         case 'd': secs = atof(optarg); break;
         case 'n': count = strtoul(optarg, NULL, 10); break;
@@ -202,8 +214,9 @@ int main(int argc, char **argv)
         default: return 2;
         }
     }
-    if (optind >= argc || conc < 1 || tenants < 1 || strncmp(argv[optind], "http://", 7) != 0) {
-        fprintf(stderr, "usage: loadgen [-c CONC] [-d SECONDS | -n COUNT] [-X METHOD] [-H HEADER]... [-k TOKENS] [-t TENANTS] "
+    if (optind >= argc || conc < 1 || tenants < 1 || rate < 0 || (rate > 0 && count > 0) ||
+        strncmp(argv[optind], "http://", 7) != 0) {
+        fprintf(stderr, "usage: loadgen [-c CONC] [-d SECONDS | -n COUNT | -r RATE -d SECONDS] [-X METHOD] [-H HEADER]... [-k TOKENS] [-t TENANTS] "
                         "http://HOST:PORT/PATH [BODY]\n");
         return 2;
     }
@@ -225,7 +238,10 @@ int main(int argc, char **argv)
     struct conn *conns = calloc((size_t)conc, sizeof(*conns));
     size_t lat_cap = 1 << 16, nlat = 0;
     double *lat = malloc(lat_cap * sizeof(*lat));
-    unsigned long next = 0, ok = 0, failed = 0;
+    unsigned long next = 0, ok = 0, failed = 0, late = 0;
+    struct conn *idle = NULL;
+    double due = 0, interval = rate > 0 ? 1.0 / rate : 0;
+    int inflight = 0;
     if (ep < 0 || conns == NULL || lat == NULL)
         die("setup");
     if (count > 0 && (unsigned long)conc > count)
@@ -235,15 +251,50 @@ int main(int argc, char **argv)
         struct conn *c = &conns[k];
         c->fd = connect_one();
         c->in = malloc(c->in_cap = 65536);
+        if (rate > 0) { /* open loop: idle until a request is due */
+            struct epoll_event ev = {.events = 0, .data.ptr = c};
+            epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+            c->next_idle = idle;
+            idle = c;
+            continue;
+        }
         build_request(c, next++);
         c->started = now_s();
+        c->busy = 1;
         struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     }
-    int active = conc;
+    int active = rate > 0 ? 1 : conc;
     while (active > 0) {
         struct epoll_event evs[256];
-        int n = epoll_wait(ep, evs, 256, 1000);
+        int timeout = 1000;
+        if (rate > 0) {
+            double now = now_s();
+            while (now < deadline && t0 + due <= now) { /* send what is due */
+                struct conn *c = idle;
+                if (c == NULL) {
+                    late++;
+                } else {
+                    idle = c->next_idle;
+                    build_request(c, next++);
+                    c->started = now;
+                    c->busy = 1;
+                    inflight++;
+                    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                }
+                due += interval;
+            }
+            if (now >= deadline && inflight == 0)
+                break;
+            if (now < deadline) {
+                /* rounded up: epoll's millisecond timer may send a request up
+                 * to 1 ms late (as a timer-driven client does), but it never spins */
+                double wait_ms = (t0 + due - now) * 1000.0;
+                timeout = wait_ms <= 0 ? 0 : (int)wait_ms + 1;
+            }
+        }
+        int n = epoll_wait(ep, evs, 256, timeout);
         if (n < 0 && errno != EINTR)
             die("epoll_wait");
         for (int e = 0; e < n; e++) {
@@ -268,6 +319,16 @@ int main(int argc, char **argv)
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
                 c->fd = connect_one();
+                if (rate > 0) { /* back to the idle list */
+                    struct epoll_event ev = {.events = 0, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+                    if (c->busy)
+                        inflight--;
+                    c->busy = 0;
+                    c->next_idle = idle;
+                    idle = c;
+                    continue;
+                }
                 build_request(c, next++);
                 c->started = now_s();
                 struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
@@ -286,6 +347,15 @@ int main(int argc, char **argv)
             if (nlat == lat_cap && (lat = realloc(lat, (lat_cap *= 2) * sizeof(*lat))) == NULL)
                 die("realloc");
             lat[nlat++] = (t - c->started) * 1000.0;
+            if (rate > 0) {
+                struct epoll_event ev = {.events = 0, .data.ptr = c};
+                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                c->busy = 0;
+                inflight--;
+                c->next_idle = idle;
+                idle = c;
+                continue;
+            }
             if (t >= deadline || (count > 0 && next >= count)) {
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
@@ -299,10 +369,15 @@ int main(int argc, char **argv)
         }
     }
     double took = now_s() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long long cpu_us = (long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000LL + ru.ru_utime.tv_usec +
+                       ru.ru_stime.tv_usec;
     qsort(lat, nlat, sizeof(*lat), cmp_double);
-    printf("{\"requests\":%zu,\"ok\":%lu,\"failed\":%lu,\"seconds\":%.3f,\"rate\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
-           nlat, ok, failed, took, (double)nlat / took, nlat ? lat[nlat / 2] : 0.0,
-           nlat ? lat[(size_t)((double)nlat * 0.99)] : 0.0);
+    printf("{\"requests\":%zu,\"ok\":%lu,\"failed\":%lu,\"errors\":%lu,\"late\":%lu,\"seconds\":%.3f,\"rate\":%.1f,"
+           "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"cpu_us\":%lld}\n",
+           nlat, ok, failed, failed, late, took, (double)nlat / took, nlat ? lat[nlat / 2] : 0.0,
+           nlat ? lat[(size_t)((double)nlat * 0.99)] : 0.0, cpu_us);
     for (int k = 0; k < conc; k++) {
         free(conns[k].out);
         free(conns[k].in);
