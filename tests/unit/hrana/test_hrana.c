@@ -634,8 +634,8 @@ static void streamed_cursor_entries_match_the_buffered_cursor(void **state)
         "{\"stmt\":{\"sql\":\"create table u(x)\"}},{\"stmt\":{\"sql\":\"with v(x) as (select 9) insert into u select x from v\"}},"
         "{\"stmt\":{\"sql\":\"delete from t where id = 2\"}},{\"stmt\":{\"sql\":\"commit\"}},{\"stmt\":{\"sql\":\"select count(*) from t\"}}]}",
         /* a statement that runs past the time limit before producing a row */
-        "{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c) select count(*) from c\"}},"
-        "{\"stmt\":{\"sql\":\"select 8\"}}]}",
+        ("{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 from c) select count(*) from c\"}},"
+         "{\"stmt\":{\"sql\":\"select 8\"}}]}"),
         /* no steps */
         "{\"steps\":[]}",
     };
