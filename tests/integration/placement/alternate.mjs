@@ -17,7 +17,10 @@ async function write(url, sql) {
   return res.status === 200 && body.results[0].type === "ok";
 }
 await write(urls[0], "CREATE TABLE IF NOT EXISTS alt(id INTEGER PRIMARY KEY, at INTEGER)");
-for (let i = 0; Date.now() < end; i++) {
+// The table is made through the first URL, so the alternation starts with the
+// second: at no point does one region lead by more than one write (a window
+// of ten writes split 6:4 would already be a 20 % gain for iad).
+for (let i = 1; Date.now() < end; i++) {
   const k = i % urls.length;
   try {
     if (await write(urls[k], `INSERT INTO alt(at) VALUES (${Date.now()})`)) { ok++; byUrl[k]++; } else failed++;

@@ -9,8 +9,9 @@ BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
 AGENT_FLAGS="--pull-wait-ms 300 --traffic-interval-ms 300"
-# window 4 s (judged every second), dwell 6 s, 10 writes make a verdict
-ORCH_FLAGS="--placement-window 4 --placement-dwell 6 --placement-min-writes 10 --repair-grace 3"
+# window 4 s (judged every second), dwell 6 s, 20 writes make a verdict (fewer
+# would let the first slices of an alternating load decide on a handful of writes)
+ORCH_FLAGS="--placement-window 4 --placement-dwell 6 --placement-min-writes 20 --repair-grace 3"
 start_cluster 3
 
 primary_of() { admin GET "/v1/tenants/$1" >/dev/null; jq -r .primary.node "$T_DIR/body"; }
