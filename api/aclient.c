@@ -260,6 +260,19 @@ static int body_reserve(struct api_aclient_call *call, size_t more)
     return 0;
 }
 
+/* Copies the N bytes at IN to the end of CALL's body (not counted in
+ * body_len: the caller decides, chunked bodies decode in place). Fails
+ * CALL and returns -1 when the body would pass its limit. */
+static int body_copy_in(struct api_aclient_call *call, const char *in, size_t n)
+{
+    if (body_reserve(call, n) != 0) {
+        call_fail(call, API_EUPSTREAM, 0, "response body over the limit of %zu bytes", call->c->cfg.max_body);
+        return -1;
+    }
+    memcpy(call->resp.body + call->resp.body_len, in, n);
+    return 0;
+}
+
 static int value_is(const struct phr_header *h, const char *word)
 {
     size_t wl = strlen(word);
@@ -437,13 +450,8 @@ static void on_read(h2o_socket_t *sock, const char *err)
         case ST_BODY_CHUNKED: {
             size_t n = in->size;
             ssize_t r;
-            if (n == 0)
+            if (n == 0 || body_copy_in(call, in->bytes, n) != 0)
                 return;
-            if (body_reserve(call, n) != 0) {
-                call_fail(call, API_EUPSTREAM, 0, "response body over the limit of %zu bytes", call->c->cfg.max_body);
-                return;
-            }
-            memcpy(call->resp.body + call->resp.body_len, in->bytes, n);
             h2o_buffer_consume(&sock->input, n);
             r = phr_decode_chunked(&call->dec, call->resp.body + call->resp.body_len, &n);
             if (r == -1) {
@@ -460,13 +468,8 @@ static void on_read(h2o_socket_t *sock, const char *err)
         }
         case ST_BODY_EOF: {
             size_t n = in->size;
-            if (n == 0)
+            if (n == 0 || body_copy_in(call, in->bytes, n) != 0)
                 return;
-            if (body_reserve(call, n) != 0) {
-                call_fail(call, API_EUPSTREAM, 0, "response body over the limit of %zu bytes", call->c->cfg.max_body);
-                return;
-            }
-            memcpy(call->resp.body + call->resp.body_len, in->bytes, n);
             call->resp.body_len += n;
             h2o_buffer_consume(&sock->input, n);
             return;

@@ -105,7 +105,7 @@ int64_t api_cluster_revision(struct api_cluster *c);
 
 /* Blocks until PRED(ud, c-locked view) returns non-zero, or DEADLINE_MS
  * (CLOCK_MONOTONIC ms) passes. PRED is checked first and then after each
- * change to tenant ID (its record or its lease) and after a resync; other
+ * change to tenant ID (not NULL: its record or its lease) and after a resync; other
  * tenants' changes do not wake the caller. PRED runs with the view locked
  * and may call only the *_locked accessors. Returns 1 if PRED held. */
 int api_cluster_wait(struct api_cluster *c, const char *id, int (*pred)(void *ud, struct api_cluster *c), void *ud,

@@ -51,7 +51,7 @@
 struct parked;
 
 struct local_tenant {
-    int file_ready;
+    int repl_created; /* agent_repl_create ran for it here (as its primary) */
     int holding;   /* this agent holds the tenant's lease key */
     int ever_held; /* it did at some point in this process (then never adopt: see born_leased_here) */
     int64_t epoch; /* mod_revision of our key when we acquired it */
@@ -268,19 +268,18 @@ static void converge(struct agent *a, const char *id)
             return;
         }
     }
-    /* The primary's file is born here as the canonical empty database,
-     * already loaded; a replica's is born the same way when it first
-     * follows the primary (repl.c), so a new tenant needs no snapshot. */
-    if (!lt->file_ready && strcmp(t.primary, a->cfg.node) == 0) {
+    /* A tenant new here stands at the canonical empty database's position
+     * with no files, on the primary and on replicas alike, until its first
+     * use (repl.c, "unborn"), so a new tenant needs no snapshot. */
+    if (!lt->repl_created && strcmp(t.primary, a->cfg.node) == 0) {
         if (agent_repl_create(a->repl, id, &err) != API_OK) {
             log_error("cannot create tenant database tenant=%s: %s", id, err.msg);
             return;
         }
         pthread_mutex_lock(&a->mu);
-        lt->file_ready = 1;
+        lt->repl_created = 1;
         pthread_mutex_unlock(&a->mu);
-        log_info("tenant database ready tenant=%s role=%s", id,
-                 strcmp(t.primary, a->cfg.node) == 0 ? "primary" : "replica");
+        log_info("tenant ready tenant=%s role=primary", id);
     }
     if (strcmp(t.primary, a->cfg.node) != 0) {
         if (lt->unhealthy) { /* another node leads now; this copy follows it (a snapshot repairs it) */
@@ -356,6 +355,18 @@ static void converge_job(void *arg)
     struct converge_job *j = arg;
     converge(j->a, j->id);
     free(j);
+}
+
+/* Queues a converge of ID on its tenant's worker; -1 on OOM. */
+static int submit_converge(struct agent *a, const char *id)
+{
+    struct converge_job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return -1;
+    j->a = a;
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    api_workq_submit(a->workers, tenant_key(j->id), converge_job, j);
+    return 0;
 }
 
 static void collect_key(void *ud, const char *key, void *value)
@@ -503,12 +514,7 @@ static void *controller_main(void *arg)
          * parallel, one tenant's steps stay in order, and only that worker
          * ever frees the tenant's local state. */
         for (size_t i = 0; i < todo.n; i++) {
-            struct converge_job *j = malloc(sizeof(*j));
-            if (j == NULL)
-                continue;
-            j->a = a;
-            snprintf(j->id, sizeof(j->id), "%s", todo.v[i]);
-            api_workq_submit(a->workers, tenant_key(j->id), converge_job, j);
+            submit_converge(a, todo.v[i]); /* on OOM the tenant waits for its next change */
         }
         api_names_free(&todo);
         pthread_mutex_lock(&a->mu);
@@ -1530,14 +1536,10 @@ static void on_pipeline(struct api_req *r, void *ud)
      * tenant's worker, then the request, which looks again (recheck). */
     int adopting = !serve_here && born_leased_here(a, &t, ever_held);
     if (adopting) {
-        struct converge_job *cj = calloc(1, sizeof(*cj));
-        if (cj == NULL) {
+        if (submit_converge(a, auth.tenant) != 0) {
             api_reply_errorf(r, API_ENOMEM, "out of memory");
             return;
         }
-        cj->a = a;
-        snprintf(cj->id, sizeof(cj->id), "%s", auth.tenant);
-        api_workq_submit(a->workers, tenant_key(auth.tenant), converge_job, cj);
         serve_here = 1;
     }
 

@@ -658,7 +658,6 @@ int agent_repl_create(struct agent_repl *r, const char *tenant, struct api_err *
         return api_err_set(err, API_ENOMEM, "out of memory");
     if (t->loaded != AGENT_ROLE_NONE)
         return API_OK;
-    (void)err;
     /* not new here if it has files: loading checks and recovers them */
     if (repl_unborn(r, t))
         log_debug("tenant=%s new here: its files are born on first use", tenant);

@@ -101,11 +101,12 @@ int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role 
  * records of its next commits ask replicas to sync before acknowledging.
  * The tenant's worker, before a write runs. Cheap. */
 void agent_repl_set_quorum(struct agent_repl *r, const char *tenant, int quorum);
-/* On the tenant's worker: a tenant new to this node, which is to be its
- * primary, is born as the canonical empty database (store.h) with a log
- * at (0, its checksum) and is loaded as a primary at once: replicas born
- * the same way stand at that position, so none needs a snapshot. A tenant
- * with a file or log here already is left to agent_repl_ensure. */
+/* On the tenant's worker, for a tenant this node is to lead: if it has no
+ * file and no log here, it is unborn (repl_int.h): it stands at (0, the
+ * canonical empty database's checksum, store.h), as its unborn replicas do,
+ * so none needs a snapshot, and its files are born on first use
+ * (agent_repl_ensure). A tenant with a file or log here already is left to
+ * agent_repl_ensure. */
 int agent_repl_create(struct agent_repl *r, const char *tenant, struct api_err *err);
 
 /* The store's on_open callback: installs the capture hook on primaries. */

@@ -257,16 +257,12 @@ static void build_tenant(struct hub *h, const char *tenant, struct cursor *c, st
         return;
     }
     if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
-        int unborn = t->unborn;
-        if (!unborn && t->loaded == AGENT_ROLE_NONE) {
-            pthread_mutex_unlock(&t->mu);
-            unborn = repl_unborn(r, t);
-            pthread_mutex_lock(&t->mu);
-        }
-        if (unborn && c->txid == 0 && c->ck == repl_empty_ck()) {
+        if (t->unborn && c->txid == 0 && c->ck == repl_empty_ck()) {
             /* both at the empty database: nothing to send, and no reason
              * to give the tenant files before its first use (the load on
-             * that use notifies us) */
+             * that use notifies us). t->unborn was settled on the tenant's
+             * worker when this node became its primary (agent_repl_create):
+             * no disk check here, on the loop. */
             pthread_mutex_unlock(&t->mu);
             return;
         }

@@ -75,7 +75,8 @@ struct rt *repl_rt_get(struct agent_repl *r, const char *id, int create);
 /* The checksum of the canonical empty database (store.h). */
 uint64_t repl_empty_ck(void);
 /* 1 if T is unborn here (see struct rt), checking the disk the first time
- * for a tenant not loaded. Takes t->mu; any thread. */
+ * for a tenant not loaded (two access() calls: not on an event loop).
+ * Takes t->mu; any other thread. */
 int repl_unborn(struct agent_repl *r, struct rt *t);
 
 /* worker-side operations used by the transport */
