@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -232,6 +233,63 @@ static void logs_past_the_cap_close_and_reopen_on_use(void **state)
     agent_log_set_max_open(1000);
 }
 
+/* Appends land on zeros written ahead of them (so fdatasync has no file
+ * size to commit); the file is longer than its records, reopening finds
+ * every record and cuts the zeros, and a torn record in that tail is cut
+ * with them. */
+static void appends_land_on_zeros_written_ahead(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    struct agent_log *log;
+    struct agent_log_pos lp;
+    unsigned char page[1024];
+    uint32_t pgno = 1;
+    char path[128];
+    struct stat st;
+
+    snprintf(path, sizeof(path), "%s/z.log", f->dir);
+    assert_int_equal(agent_log_open(path, 0, AGENT_CK_EMPTY, &log, &err), API_OK);
+    for (int i = 0; i < 40; i++) {
+        unsigned char *enc;
+        size_t len;
+        agent_log_position(log, &lp);
+        memset(page, i, sizeof(page));
+        page[0] = (unsigned char)(i * 7); /* not all alike: lz4 must keep some bytes */
+        struct agent_rec rec = {.epoch = 1, .txid = lp.last_txid + 1, .pre_ck = lp.last_ck,
+                                .post_ck = lp.last_ck + 1, .page_size = sizeof(page), .commit_pages = 1, .npages = 1};
+        assert_int_equal(agent_rec_encode(&rec, &pgno, page, &enc, &len, &err), API_OK);
+        assert_int_equal(agent_log_append(log, enc, len, &err), API_OK);
+        free(enc);
+        assert_int_equal(agent_log_sync(log, &err), API_OK);
+        agent_log_position(log, &lp);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true((size_t)st.st_size >= lp.bytes + 4096 - 1024); /* a tail ahead of the records */
+    }
+    agent_log_position(log, &lp);
+    size_t bytes = lp.bytes;
+    agent_log_free(log);
+    /* a torn record in the tail: a valid header's first bytes, then zeros */
+    int fd = open(path, O_RDWR);
+    assert_int_equal(pwrite(fd, "SHR1\0\0\0\0", 8, (off_t)bytes), 8);
+    close(fd);
+    assert_int_equal(agent_log_open(path, 0, AGENT_CK_EMPTY, &log, &err), API_OK);
+    agent_log_position(log, &lp);
+    assert_int_equal(lp.last_txid, 40);
+    assert_int_equal(lp.bytes, bytes);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((size_t)st.st_size, bytes);
+    unsigned char *back;
+    size_t blen;
+    assert_int_equal(agent_log_read(log, 17, &back, &blen, &err), API_OK);
+    struct agent_rec got;
+    size_t rl;
+    assert_int_equal(agent_rec_parse(back, blen, &got, &rl, &err), API_OK);
+    assert_int_equal(got.txid, 17);
+    free(back);
+    agent_log_free(log);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -241,6 +299,7 @@ int main(void)
         T(create_leaves_an_existing_file_alone_unless_told),
         T(a_torn_new_log_is_created_again),
         T(logs_past_the_cap_close_and_reopen_on_use),
+        T(appends_land_on_zeros_written_ahead),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
