@@ -462,12 +462,14 @@ void agent_log_free(struct agent_log *log)
  * dirty data as well (data=ordered): the tenants' SQLite WALs. Measured
  * here, a 200-byte append plus fdatasync took 370-460 µs growing the file
  * and 275-305 µs inside it. So the log writes zeros ahead of its records
- * in chunks (a quarter of the log, 4 KiB to 1 MiB), and only the append
- * that needs a new chunk pays for the size change. Opening the log cuts
+ * in chunks (a quarter of the log, 4 KiB to 1 MiB), and only an append
+ * that does not fit in what is left pays for the size change (and for
+ * the new blocks, which the next sync allocates). Opening the log cuts
  * the zeros off again (scan), and no reader looks past `end`. */
 #define TAIL_MIN 4096
 #define TAIL_MAX (1u << 20)
 
+/* Zeros from alloc to past NEED; -1 with errno set if a write failed. */
 static int grow_tail(struct agent_log *log, size_t need)
 {
     static const unsigned char zeros[65536];
@@ -497,7 +499,12 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
         rc = api_err_set(err, API_ECONFLICT, "record txid %llu pre %016llx does not follow the log at %llu/%016llx",
                          (unsigned long long)r.txid, (unsigned long long)r.pre_ck,
                          (unsigned long long)log->last.txid, (unsigned long long)log->last.post_ck);
-    } else if (log_fd(log) < 0 || write_all(log->fd, buf, rl, (off_t)log->end) != 0) {
+    } else if (log_fd(log) < 0) {
+        rc = api_err_set(err, API_EIO, "log '%s': reopening: %s", log->path, strerror(errno));
+    } else if (log->end + rl > log->alloc && grow_tail(log, log->end + rl) != 0 && errno != ENOSPC) {
+        /* ENOSPC refuses the zeros only: the record itself may still fit */
+        rc = api_err_set(err, API_EIO, "log '%s': append failed: %s", log->path, strerror(errno));
+    } else if (write_all(log->fd, buf, rl, (off_t)log->end) != 0) {
         rc = api_err_set(err, API_EIO, "log '%s': append failed: %s", log->path, strerror(errno));
         /* what was written is cut at the next open, and overwritten by the next append */
     } else if (push_offset(log, log->end) != 0) {
@@ -506,10 +513,6 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
         log->end += rl;
         if (log->end > log->alloc)
             log->alloc = log->end;
-        /* a full disk refuses the zeros: the log then grows record by
-         * record, as it would without them */
-        if (log->alloc - log->end < TAIL_MIN)
-            (void)grow_tail(log, log->end);
         log->last = r;
         log->unsynced = 1;
         rc = API_OK;
