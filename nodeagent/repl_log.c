@@ -162,6 +162,8 @@ struct agent_log {
     int fd;
     uint64_t base_txid, base_ck;
     uint64_t *offsets; /* offsets[i] = file offset of record base_txid + 1 + i */
+    uint64_t *pre_cks; /* pre_cks[i] = its pre checksum: the hub checks every follower's
+                        * acknowledgement against it, without reading the file */
     size_t n, cap;
     size_t end;   /* file length covered by valid records */
     size_t alloc; /* file length: end plus a tail of zeros written ahead (see grow_tail) */
@@ -303,7 +305,7 @@ static void encode_log_header(unsigned char hdr[LOG_HDR], uint64_t base_txid, ui
     agent_put64(hdr + 24, agent_crc64(0, hdr, 24));
 }
 
-static int push_offset(struct agent_log *log, uint64_t off)
+static int push_offset(struct agent_log *log, uint64_t off, uint64_t pre_ck)
 {
     if (log->n == log->cap) {
         size_t ncap = log->cap ? log->cap * 2 : 64;
@@ -311,8 +313,13 @@ static int push_offset(struct agent_log *log, uint64_t off)
         if (no == NULL)
             return -1;
         log->offsets = no;
+        uint64_t *np = realloc(log->pre_cks, ncap * sizeof(*np));
+        if (np == NULL)
+            return -1;
+        log->pre_cks = np;
         log->cap = ncap;
     }
+    log->pre_cks[log->n] = pre_ck;
     log->offsets[log->n++] = off;
     return 0;
 }
@@ -348,7 +355,7 @@ static int scan(struct agent_log *log, struct api_err *err)
         free(buf);
         if (bad)
             break;
-        if (push_offset(log, (uint64_t)off) != 0)
+        if (push_offset(log, (uint64_t)off, r.pre_ck) != 0)
             return api_err_set(err, API_ENOMEM, "log: out of memory");
         log->last = r;
         txid = r.txid;
@@ -451,6 +458,7 @@ void agent_log_free(struct agent_log *log)
         close(log->fd);
     pthread_mutex_destroy(&log->mu);
     free(log->offsets);
+    free(log->pre_cks);
     free(log->path);
     free(log);
 }
@@ -507,7 +515,7 @@ int agent_log_append(struct agent_log *log, const unsigned char *buf, size_t len
     } else if (write_all(log->fd, buf, rl, (off_t)log->end) != 0) {
         rc = api_err_set(err, API_EIO, "log '%s': append failed: %s", log->path, strerror(errno));
         /* what was written is cut at the next open, and overwritten by the next append */
-    } else if (push_offset(log, log->end) != 0) {
+    } else if (push_offset(log, log->end, r.pre_ck) != 0) {
         rc = api_err_set(err, API_ENOMEM, "log: out of memory");
     } else {
         log->end += rl;
@@ -611,8 +619,10 @@ static int rewrite_locked(struct agent_log *log, uint64_t base_txid, uint64_t ba
     size_t drop = 0;
     while (drop < log->n && log->offsets[drop] < from)
         drop++;
-    if (drop > 0 && log->n > drop)
+    if (drop > 0 && log->n > drop) {
         memmove(log->offsets, log->offsets + drop, (log->n - drop) * sizeof(*log->offsets));
+        memmove(log->pre_cks, log->pre_cks + drop, (log->n - drop) * sizeof(*log->pre_cks));
+    }
     log->n -= drop;
     for (size_t i = 0; i < log->n; i++)
         log->offsets[i] -= from - LOG_HDR;
@@ -688,16 +698,10 @@ int agent_log_read(struct agent_log *log, uint64_t txid, unsigned char **out, si
 int agent_log_pre_ck(struct agent_log *log, uint64_t txid, uint64_t *out)
 {
     int rc = -1;
-    unsigned char hdr[AGENT_REC_HDR];
-    struct agent_rec r;
     pthread_mutex_lock(&log->mu);
     if (txid > log->base_txid && txid <= log->last.txid) {
-        size_t i = (size_t)(txid - log->base_txid - 1);
-        if (log_fd(log) >= 0 && read_all(log->fd, hdr, sizeof(hdr), (off_t)log->offsets[i]) == 0 &&
-            parse_header(hdr, &r) == 0) {
-            *out = r.pre_ck;
-            rc = 0;
-        }
+        *out = log->pre_cks[txid - log->base_txid - 1];
+        rc = 0;
     }
     pthread_mutex_unlock(&log->mu);
     return rc;

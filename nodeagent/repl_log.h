@@ -21,7 +21,8 @@
  * Open files: a log keeps its file open only while it is among the most
  * recently used logs of the process (a capped LRU, agent_log_set_max_open),
  * and reopens it when used again, so thousands of idle tenants hold no
- * descriptors. Its index (record offsets, last position) stays in memory.
+ * descriptors. Its index (record offsets and pre checksums, last position)
+ * stays in memory.
  */
 #ifndef SHOAL_NODEAGENT_REPL_LOG_H
 #define SHOAL_NODEAGENT_REPL_LOG_H
@@ -104,7 +105,8 @@ struct agent_log_pos {
     size_t bytes;
 };
 void agent_log_position(struct agent_log *log, struct agent_log_pos *out);
-/* The pre checksum of record TXID (to check a follower's position). */
+/* The pre checksum of record TXID (to check a follower's position), from
+ * the index in memory: no I/O. */
 int agent_log_pre_ck(struct agent_log *log, uint64_t txid, uint64_t *out);
 
 #endif
