@@ -9,15 +9,21 @@
  * "http://HOST:PORT" with a numeric host (IPv4, [IPv6], or `localhost`), or
  * a name resolved once beforehand with api_aclient_resolve. No TLS.
  *
- * Connections: one request at a time per connection (no pipelining); after
- * a complete response that allows it, the connection goes back to a
- * per-upstream pool of idle keep-alive connections, newest reused first.
+ * Connections: one request at a time per connection, except requests sent
+ * with `pipeline` set (idempotent ones, to an upstream known to handle
+ * HTTP/1.1 pipelining): those queued in one loop turn leave together at its
+ * end, up to `max_pipeline` on one connection in one write, answered in
+ * order (aclient.c says why). After a complete response that allows it, a
+ * connection with nothing more on it goes back to a per-upstream pool of
+ * idle keep-alive connections, newest reused first.
  * An idle connection the upstream closes (or that receives anything) is
  * dropped at once; one idle past `idle_ms` is closed by us, before the
  * upstream's own keep-alive timeout (h2o's is 10 s). A request whose
  * reused connection fails before any byte of the response arrived is sent
  * again, once, on a fresh connection: that is how a close that raced the
- * request shows itself, and the upstream did not read the request.
+ * request shows itself, and the upstream did not read the request. So is a
+ * pipelined request whose connection fails or closes before any byte of its
+ * own response.
  *
  * Responses: content-length, chunked (trailers skipped) and read-until-close
  * bodies, 1xx interim responses skipped, HEAD/204/304 without body. The
@@ -41,7 +47,10 @@ struct api_aclient_config {
     long idle_ms;            /* an idle pooled connection is closed after this; 0 means 4000 */
     size_t max_idle;         /* idle connections kept per upstream; 0 means 64 */
     size_t max_body;         /* response body cap; 0 means 64 MiB */
+    size_t max_pipeline;     /* pipelined requests per connection; 0 means API_ACLIENT_PIPELINE_DEPTH, 1 never */
 };
+
+#define API_ACLIENT_PIPELINE_DEPTH 4
 
 struct api_aclient_header {
     const char *name; /* lower-cased; not NUL-terminated */
@@ -67,10 +76,12 @@ struct api_aclient_req {
     size_t nheaders;
     const void *body;           /* borrowed until the callback (or cancel) */
     size_t body_len;
+    int pipeline; /* idempotent: may share a connection with others, and be sent twice */
 };
 
 struct api_aclient_stats {
     uint64_t requests, connects, reuses, stale_retries, failures;
+    uint64_t pipelined; /* requests written behind another on one connection */
     size_t idle; /* idle pooled connections now */
 };
 
@@ -97,10 +108,12 @@ int api_aclient_resolve(struct api_aclient *c, const char *url, struct api_err *
 /* Sends RQ (method, url, path and headers are copied; the body is borrowed
  * until CB runs). CB(UD, ...) runs exactly once, later, on the loop (never
  * inside this call), unless the call is cancelled first. Never fails: an
- * error is reported through CB. */
+ * error is reported through CB. A callback may send; it must not cancel a
+ * call other than its own (which is gone by then anyway). */
 struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct api_aclient_req *rq, api_aclient_cb cb,
                                           void *ud);
-/* Abandons CALL: CB will not run; its connection is closed. */
+/* Abandons CALL: CB will not run; its connection is closed (pipelined
+ * calls behind it on that connection are sent again). */
 void api_aclient_cancel(struct api_aclient_call *call);
 
 /* The first value of header NAME (lower-case) of RESP, or NULL; *LEN set. */

@@ -215,6 +215,7 @@ static void on_metrics(struct api_req *req, void *ud)
                  "# TYPE shoal_router_upstream_reuses_total counter\nshoal_router_upstream_reuses_total %llu\n"
                  "# TYPE shoal_router_upstream_stale_retries_total counter\n"
                  "shoal_router_upstream_stale_retries_total %llu\n"
+                 "# TYPE shoal_router_upstream_pipelined_total counter\nshoal_router_upstream_pipelined_total %llu\n"
                  "# TYPE shoal_router_upstream_idle_connections gauge\nshoal_router_upstream_idle_connections %zu\n"
                  "# TYPE shoal_router_requests_in_flight gauge\nshoal_router_requests_in_flight %zu\n"
                  "# TYPE shoal_router_tenants gauge\nshoal_router_tenants %zu\n",
@@ -224,7 +225,7 @@ static void on_metrics(struct api_req *req, void *ud)
                  (unsigned long long)r->n.fallbacks, (unsigned long long)r->n.too_large,
                  (unsigned long long)r->n.lagging_skipped, (unsigned long long)st.requests,
                  (unsigned long long)st.connects, (unsigned long long)st.reuses,
-                 (unsigned long long)st.stale_retries, st.idle, router_fwd_count(r),
+                 (unsigned long long)st.stale_retries, (unsigned long long)st.pipelined, st.idle, router_fwd_count(r),
                  api_cluster_tenant_count(r->view));
     if (n > 0 && (size_t)n < sizeof(buf) - len)
         len += (size_t)n;
@@ -240,6 +241,7 @@ int orch_router_new(const struct orch_router_config *cfg, struct orch_router **o
 {
     struct orch_router *r = calloc(1, sizeof(*r));
     struct api_server_config scfg = {.listen = cfg->listen, .max_body = cfg->max_body, .cors = 1};
+    struct api_aclient_config ccfg = {.max_pipeline = cfg->pipeline};
     char *text = NULL, msg[256], p[128];
     size_t len;
     int rc;
@@ -275,7 +277,7 @@ int orch_router_new(const struct orch_router_config *cfg, struct orch_router **o
         (rc = api_etcd_new(cfg->etcd, &r->etcd, err)) != API_OK ||
         (rc = api_cluster_open(r->etcd, NULL, NULL, &r->view, err)) != API_OK ||
         (rc = api_server_new(&scfg, &r->server, err)) != API_OK ||
-        (rc = api_aclient_new(r->server, NULL, &r->client, err)) != API_OK)
+        (rc = api_aclient_new(r->server, &ccfg, &r->client, err)) != API_OK)
         goto fail;
     /* app instances may be named by host name: resolve them now, not on the loop */
     for (size_t i = 0; i < r->napps; i++)

@@ -32,6 +32,7 @@ struct orch_router_config {
                               * fly-replay's own timeout= overrides it */
     long down_ms;            /* an instance that refused a connection is avoided this long */
     long health_ms;          /* agents' /healthz are probed this often; 0: never */
+    size_t pipeline;         /* reads pipelined per upstream connection (api/aclient.h); 0: its default, 1: off */
     const char *app;         /* --app spec, or NULL */
     const char *app_config;  /* --app-config file, or NULL */
 };

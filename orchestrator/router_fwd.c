@@ -586,8 +586,11 @@ static void fwd_send(struct fwd *j)
         hdrs[n++] = j->src;
     if (j->failed[0])
         hdrs[n++] = j->failed;
+    /* agents are h2o servers, which answer pipelined requests in order; an
+     * --app server may not be, so its requests always go alone */
     struct api_aclient_req rq = {.method = j->method, .url = j->cur.url, .path = j->path, .headers = hdrs,
-                                 .nheaders = n, .body = j->body, .body_len = j->body_len};
+                                 .nheaders = n, .body = j->body, .body_len = j->body_len,
+                                 .pipeline = j->app == NULL && j->idempotent};
     j->call = api_aclient_send(j->r->client, &rq, on_upstream, j);
 }
 

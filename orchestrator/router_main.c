@@ -17,7 +17,7 @@ int main(int argc, char **argv)
 {
     struct orch_router_config cfg;
     const char *log_level = "info";
-    int64_t workers = 16, down_ms = 2000, health_ms = 1000;
+    int64_t workers = 16, down_ms = 2000, health_ms = 1000, pipeline = 0;
     const char *replay_timeout = NULL;
     struct api_err err;
     int rc;
@@ -47,6 +47,9 @@ int main(int argc, char **argv)
         {"health-ms", API_FLAG_INT, &health_ms, 0,
          "probe every agent's /healthz this often; a replica reporting a tenant as lagging gets none of its reads "
          "(default 1000; 0 turns probing off)", 0},
+        {"upstream-pipeline", API_FLAG_INT, &pipeline, 0,
+         "reads to an agent that arrive in one event-loop turn share a connection, this many at most, written at "
+         "once and answered in order (default 4; 1 sends each on its own connection)", 0},
         {"workers", API_FLAG_INT, &workers, 0,
          "ignored; kept so old command lines work (the router proxies on its event loop, without worker threads)", 0},
         {"log-level", API_FLAG_STRING, &log_level, 0, "debug, info, warn or error", 0},
@@ -71,6 +74,11 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.health_ms = (long)health_ms;
+    if (pipeline < 0 || pipeline > 64) {
+        fprintf(stderr, "shoal-router: --upstream-pipeline must be 0..64\n");
+        return 2;
+    }
+    cfg.pipeline = (size_t)pipeline;
     if (cfg.app != NULL) {
         struct orch_app app;
         if (orch_app_parse(cfg.app, &app, &err) != API_OK) {

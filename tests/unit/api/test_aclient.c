@@ -30,6 +30,7 @@ struct step {
     int new_conn;       /* accept a new connection before this step */
     const char *answer; /* sent after reading one request head (and its body); NULL: close instead */
     int close_after;    /* close the connection after answering */
+    int nreq;           /* requests read before answering (pipelined); 0 means 1 */
 };
 
 struct upstream {
@@ -39,30 +40,31 @@ struct upstream {
     size_t nsteps;
     int accepted;
     pthread_t th;
+    char buf[65536]; /* what was read of the connection and not used yet */
+    size_t len;
 };
 
-/* Reads one request (head, then content-length bytes of body). 0 or -1 on EOF. */
-static int read_request(int c)
+/* Reads one request (head, then content-length bytes of body) of the
+ * connection C; bytes after it (a pipelined request) stay in U->buf. 0, or
+ * -1 on EOF. */
+static int read_request(struct upstream *u, int c)
 {
-    char buf[65536];
-    size_t len = 0;
     for (;;) {
-        ssize_t n = read(c, buf + len, sizeof(buf) - 1 - len);
+        u->buf[u->len] = '\0';
+        char *end = strstr(u->buf, "\r\n\r\n");
+        if (end != NULL) {
+            const char *cl = strcasestr(u->buf, "content-length:");
+            size_t want = (size_t)(end + 4 - u->buf) + (cl != NULL && cl < end ? strtoul(cl + 15, NULL, 10) : 0);
+            if (u->len >= want) {
+                memmove(u->buf, u->buf + want, u->len - want);
+                u->len -= want;
+                return 0;
+            }
+        }
+        ssize_t n = read(c, u->buf + u->len, sizeof(u->buf) - 1 - u->len);
         if (n <= 0)
             return -1;
-        len += (size_t)n;
-        buf[len] = '\0';
-        char *end = strstr(buf, "\r\n\r\n");
-        if (end == NULL)
-            continue;
-        const char *cl = strcasestr(buf, "content-length:");
-        size_t want = (size_t)(end + 4 - buf) + (cl != NULL && cl < end ? strtoul(cl + 15, NULL, 10) : 0);
-        while (len < want) {
-            if ((n = read(c, buf, sizeof(buf))) <= 0)
-                return -1;
-            len += (size_t)n;
-        }
-        return 0;
+        u->len += (size_t)n;
     }
 }
 
@@ -77,8 +79,12 @@ static void *upstream_main(void *arg)
             if ((c = accept(u->fd, NULL, NULL)) < 0)
                 return NULL;
             u->accepted++;
+            u->len = 0;
         }
-        if (read_request(c) != 0)
+        int k = 0;
+        while (k < (u->steps[i].nreq > 0 ? u->steps[i].nreq : 1) && read_request(u, c) == 0)
+            k++;
+        if (k < (u->steps[i].nreq > 0 ? u->steps[i].nreq : 1))
             break;
         if (u->steps[i].answer == NULL) {
             close(c);
@@ -174,6 +180,17 @@ static void send_one(struct fixture *f)
     api_aclient_send(f->client, &rq, on_answer, f);
 }
 
+/* Sends N pipelinable requests at once: they leave together at the end of
+ * the loop turn. */
+static void send_pipelined(struct fixture *f, int n)
+{
+    static const char *const hdrs[] = {"content-type: text/plain"};
+    struct api_aclient_req rq = {.method = "POST", .url = f->url, .path = "/x", .headers = hdrs, .nheaders = 1,
+                                 .body = "hello", .body_len = 5, .pipeline = 1};
+    for (int i = 0; i < n; i++)
+        api_aclient_send(f->client, &rq, on_answer, f);
+}
+
 static void fixture_init(struct fixture *f, uint16_t port, int calls)
 {
     struct api_server_config cfg = {.listen = "127.0.0.1:0"};
@@ -198,7 +215,7 @@ static void fixture_fini(struct fixture *f)
 
 static void a_kept_alive_connection_is_reused(void **state)
 {
-    static const struct step steps[] = {{1, OK_LEN, 0}, {0, OK_LEN, 0}, {0, OK_LEN, 0}};
+    static const struct step steps[] = {{1, OK_LEN, 0, 1}, {0, OK_LEN, 0, 1}, {0, OK_LEN, 0, 1}};
     struct upstream u;
     struct fixture f;
     struct api_aclient_stats st;
@@ -226,7 +243,7 @@ static void a_reused_connection_closed_before_the_answer_is_retried_on_a_fresh_o
 {
     /* the second request reaches a connection the upstream closes without
      * answering (an idle close racing the request): sent again, once */
-    static const struct step steps[] = {{1, OK_LEN, 0}, {0, NULL, 0}, {1, OK_LEN, 0}};
+    static const struct step steps[] = {{1, OK_LEN, 0, 1}, {0, NULL, 0, 1}, {1, OK_LEN, 0, 1}};
     struct upstream u;
     struct fixture f;
     struct api_aclient_stats st;
@@ -248,7 +265,7 @@ static void a_reused_connection_closed_before_the_answer_is_retried_on_a_fresh_o
 
 static void a_fresh_connection_closed_before_the_answer_is_an_error(void **state)
 {
-    static const struct step steps[] = {{1, NULL, 0}};
+    static const struct step steps[] = {{1, NULL, 0, 1}};
     struct upstream u;
     struct fixture f;
     (void)state;
@@ -267,9 +284,9 @@ static void chunked_bodies_with_trailers_and_interim_responses_are_decoded(void 
 {
     static const struct step steps[] = {
         {1, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n"
-            "5\r\nhello\r\n1;ext=1\r\n,\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n", 0},
-        {0, "HTTP/1.1 204 No Content\r\n\r\n", 0},
-        {0, "HTTP/1.0 200 OK\r\n\r\nuntil close", 1}};
+            "5\r\nhello\r\n1;ext=1\r\n,\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n", 0, 1},
+        {0, "HTTP/1.1 204 No Content\r\n\r\n", 0, 1},
+        {0, "HTTP/1.0 200 OK\r\n\r\nuntil close", 1, 1}};
     struct upstream u;
     struct fixture f;
     struct api_aclient_stats st;
@@ -297,7 +314,7 @@ static void a_refused_connection_says_nothing_was_sent(void **state)
 {
     struct fixture f;
     struct upstream u;
-    static const struct step none[] = {{0, NULL, 0}};
+    static const struct step none[] = {{0, NULL, 0, 1}};
     (void)state;
     upstream_start(&u, none, 0); /* a port that is then closed */
     uint16_t port = u.port;
@@ -311,6 +328,82 @@ static void a_refused_connection_says_nothing_was_sent(void **state)
     fixture_fini(&f);
 }
 
+#define ANSWER(b) "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n" b
+
+static void pipelined_requests_share_one_connection_and_are_answered_in_order(void **state)
+{
+    static const struct step steps[] = {{1, ANSWER("a") ANSWER("b") ANSWER("c"), 0, 3}};
+    struct upstream u;
+    struct fixture f;
+    struct api_aclient_stats st;
+    (void)state;
+    upstream_start(&u, steps, 1);
+    fixture_init(&f, u.port, 3);
+    send_pipelined(&f, 3);
+    api_server_run(f.server);
+    assert_false(f.timed_out);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(f.rc[i], 0);
+        assert_int_equal(f.status[i], 200);
+    }
+    assert_string_equal(f.body[0], "a");
+    assert_string_equal(f.body[1], "b");
+    assert_string_equal(f.body[2], "c");
+    api_aclient_stats(f.client, &st);
+    assert_int_equal(st.connects, 1);
+    assert_int_equal(st.pipelined, 2);
+    assert_int_equal(st.idle, 1);
+    fixture_fini(&f);
+    upstream_join(&u);
+    assert_int_equal(u.accepted, 1);
+}
+
+static void a_pipelined_request_behind_a_closing_answer_goes_again_on_a_fresh_connection(void **state)
+{
+    /* the upstream answers the first and closes: the second, written
+     * behind it and never answered, is sent again once */
+    static const struct step steps[] = {
+        {1, "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\na", 1, 2}, {1, ANSWER("b"), 0, 1}};
+    struct upstream u;
+    struct fixture f;
+    struct api_aclient_stats st;
+    (void)state;
+    upstream_start(&u, steps, 2);
+    fixture_init(&f, u.port, 2);
+    send_pipelined(&f, 2);
+    api_server_run(f.server);
+    assert_false(f.timed_out);
+    assert_int_equal(f.rc[0], 0);
+    assert_int_equal(f.rc[1], 0);
+    assert_string_equal(f.body[0], "a");
+    assert_string_equal(f.body[1], "b");
+    api_aclient_stats(f.client, &st);
+    assert_int_equal(st.connects, 2);
+    assert_int_equal(st.stale_retries, 1);
+    fixture_fini(&f);
+    upstream_join(&u);
+    assert_int_equal(u.accepted, 2);
+}
+
+static void a_pipelined_request_whose_connection_drops_twice_fails(void **state)
+{
+    /* the connection closes without a byte: each is sent again once, on a
+     * fresh connection of its own, which closes too: an error */
+    static const struct step steps[] = {{1, NULL, 0, 2}, {1, NULL, 0, 1}, {1, NULL, 0, 1}};
+    struct upstream u;
+    struct fixture f;
+    (void)state;
+    upstream_start(&u, steps, 3);
+    fixture_init(&f, u.port, 2);
+    send_pipelined(&f, 2);
+    api_server_run(f.server);
+    assert_false(f.timed_out);
+    assert_int_equal(f.rc[0], API_EUPSTREAM);
+    assert_int_equal(f.rc[1], API_EUPSTREAM);
+    fixture_fini(&f);
+    upstream_join(&u);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as every daemon does (api/daemon.c): writes to a closed upstream fail with EPIPE */
@@ -320,6 +413,9 @@ int main(void)
         cmocka_unit_test(a_fresh_connection_closed_before_the_answer_is_an_error),
         cmocka_unit_test(chunked_bodies_with_trailers_and_interim_responses_are_decoded),
         cmocka_unit_test(a_refused_connection_says_nothing_was_sent),
+        cmocka_unit_test(pipelined_requests_share_one_connection_and_are_answered_in_order),
+        cmocka_unit_test(a_pipelined_request_behind_a_closing_answer_goes_again_on_a_fresh_connection),
+        cmocka_unit_test(a_pipelined_request_whose_connection_drops_twice_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
