@@ -465,15 +465,16 @@ void agent_log_free(struct agent_log *log)
 
 /* Appends inside the file's length, over blocks already written, leave
  * fdatasync nothing but the data to flush; an append that grows the file
- * also changes its size, and on ext4 that makes fdatasync commit the
- * filesystem journal, which flushes every other file's newly allocated
- * dirty data as well (data=ordered): the tenants' SQLite WALs. Measured
- * here, a 200-byte append plus fdatasync took 370-460 µs growing the file
- * and 275-305 µs inside it. So the log writes zeros ahead of its records
- * in chunks (a quarter of the log, 4 KiB to 1 MiB), and only an append
- * that does not fit in what is left pays for the size change (and for
- * the new blocks, which the next sync allocates). Opening the log cuts
- * the zeros off again (scan), and no reader looks past `end`. */
+ * changes its size (and, at writeback, its block map), so fdatasync must
+ * also write the inode: on this machine's ext4 (no journal) a second
+ * synchronous write before the cache flush. Measured here, a 200-byte
+ * append plus fdatasync took 370-460 µs growing the file and 275-305 µs
+ * inside it. So the log writes zeros ahead of its records in chunks (a
+ * quarter of the log, 4 KiB to 1 MiB), and only an append that does not
+ * fit in what is left pays for the size change and the new blocks.
+ * (A new modification time still makes fdatasync write the inode, once
+ * per clock tick per file.) Opening the log cuts the zeros off again
+ * (scan), and no reader looks past `end`. */
 #define TAIL_MIN 4096
 #define TAIL_MAX (1u << 20)
 
