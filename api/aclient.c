@@ -812,6 +812,7 @@ static void on_flush(h2o_timeout_entry_t *entry)
         }
     }
 }
+
 /* ------------------------------------------------------------------ */
 /* upstreams                                                           */
 
@@ -948,9 +949,6 @@ int api_aclient_resolve(struct api_aclient *c, const char *url, struct api_err *
 /* ------------------------------------------------------------------ */
 /* public                                                              */
 
-/* ------------------------------------------------------------------ */
-/* public                                                              */
-
 int api_aclient_new(struct api_server *s, const struct api_aclient_config *cfg, struct api_aclient **out,
                     struct api_err *err)
 {
@@ -1007,7 +1005,6 @@ void api_aclient_free(struct api_aclient *c)
     free(c);
 }
 
-
 /* Appends V in decimal at BUF+*N (the caller sized BUF). */
 static void head_put_size(char *buf, size_t *n, size_t v)
 {
@@ -1028,7 +1025,6 @@ static void head_put(char *buf, size_t *n, const char *s)
     memcpy(buf + *n, s, l);
     *n += l;
 }
-
 
 struct api_aclient_call *api_aclient_send(struct api_aclient *c, const struct api_aclient_req *rq, api_aclient_cb cb,
                                           void *ud)
