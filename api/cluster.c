@@ -19,6 +19,7 @@
 #include "api/log.h"
 #include "api/map.h"
 #include "api/names.h"
+#include "api/workq.h"
 
 struct lease {
     char holder[API_NAME_MAX];
@@ -591,6 +592,7 @@ int api_cluster_wait(struct api_cluster *c, const char *id, int (*pred)(void *ud
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&w.cv, &attr);
     pthread_condattr_destroy(&attr);
+    api_workq_block_begin(); /* a worker waiting for the view lets another run */
     pthread_mutex_lock(&c->mu);
     w.next = c->waiters;
     c->waiters = &w;
@@ -608,6 +610,7 @@ int api_cluster_wait(struct api_cluster *c, const char *id, int (*pred)(void *ud
             break;
         }
     pthread_mutex_unlock(&c->mu);
+    api_workq_block_end();
     pthread_cond_destroy(&w.cv);
     return ok;
 }

@@ -14,6 +14,8 @@
 
 #include <curl/curl.h>
 
+#include "api/workq.h"
+
 #define HTTP_DEFAULT_MAX_BODY ((size_t)64 << 20)
 
 struct api_http_client {
@@ -202,7 +204,9 @@ static int perform(struct api_http_client *c, const struct api_http_req *rq, api
         hdrs = curl_slist_append(hdrs, *h);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
 
+    api_workq_block_begin(); /* a worker waiting on the network lets another run */
     rc = curl_easy_perform(e);
+    api_workq_block_end();
     if (rq->not_sent != NULL)
         *rq->not_sent = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &resp->status);

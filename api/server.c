@@ -38,6 +38,7 @@
 #include "api/jsonout.h"
 #include "api/log.h"
 #include "api/server_loop.h"
+#include "api/workq.h"
 
 #define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
 #define SERVER_DRAIN_MS 3000
@@ -1494,6 +1495,7 @@ int api_stream_write(struct api_stream *st, const void *data, size_t len, int64_
     if (post)
         api_server_post(st->server, stream_on_notify, st);
 
+    api_workq_block_begin(); /* may wait for a slow reader */
     pthread_mutex_lock(&st->mu);
     ts.tv_sec = deadline_ms > 0 ? deadline_ms / 1000 : 0;
     ts.tv_nsec = deadline_ms > 0 ? (deadline_ms % 1000) * 1000000L : 0;
@@ -1507,6 +1509,7 @@ int api_stream_write(struct api_stream *st, const void *data, size_t len, int64_
     if (st->gone)
         rc = API_EIO;
     pthread_mutex_unlock(&st->mu);
+    api_workq_block_end();
     return rc;
 }
 

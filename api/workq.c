@@ -1,8 +1,9 @@
-/* api/workq.c: keyed worker threads (see workq.h). */
+/* api/workq.c: keyed slots served by a shared pool of threads (see workq.h). */
 #include "api/workq.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 struct job {
     struct job *next;
@@ -10,74 +11,219 @@ struct job {
     void *arg;
 };
 
-struct worker {
-    pthread_t tid;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+enum slot_state { SLOT_IDLE, SLOT_READY, SLOT_RUNNING };
+
+struct slot {
     struct job *head, *tail;
-    int stopping;
-    void (*on_exit)(void);
+    struct slot *next_ready;
+    enum slot_state state;
+    int64_t ready_since_ns;
+    void *local;
 };
 
 struct api_workq {
-    struct worker *workers;
-    size_t n;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* sleeping threads */
+    struct slot *slots;
+    size_t nslots;
+    struct slot *ready_head, *ready_tail;
+    size_t nready;
+    pthread_t *threads;
+    size_t nthreads;
+    size_t cap;     /* at most this many active */
+    int64_t overdue_ns; /* a ready slot waiting this long is run over the cap */
+    size_t active;  /* running a job outside a blocking section */
+    size_t running; /* running a job at all */
+    size_t sleeping;
+    size_t waking; /* signalled, not yet awake */
+    int watching;  /* a sleeping thread waits with a timeout */
+    int stopping;
+    void (*on_exit)(void);
+    void (*slot_exit)(void);
 };
+
+static __thread struct api_workq *tl_q;
+static __thread struct slot *tl_slot;
+static __thread int tl_blocked; /* nesting depth of api_workq_block_begin */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void ready_push(struct api_workq *q, struct slot *s)
+{
+    s->state = SLOT_READY;
+    s->next_ready = NULL;
+    s->ready_since_ns = q->cap < q->nthreads ? now_ns() : 0; /* only the cap makes a slot wait */
+    if (q->ready_tail != NULL)
+        q->ready_tail->next_ready = s;
+    else
+        q->ready_head = s;
+    q->ready_tail = s;
+    q->nready++;
+}
+
+static struct slot *ready_pop(struct api_workq *q)
+{
+    struct slot *s = q->ready_head;
+    q->ready_head = s->next_ready;
+    if (q->ready_head == NULL)
+        q->ready_tail = NULL;
+    q->nready--;
+    s->state = SLOT_RUNNING;
+    return s;
+}
+
+/* With Q->mu held: wake one sleeping thread if a ready slot would otherwise
+ * wait for a running one to finish while the cap allows another, or, at the
+ * cap, if no sleeping thread watches the ready slots yet (it will). */
+static void maybe_wake(struct api_workq *q)
+{
+    if (q->nready <= q->waking || q->sleeping <= q->waking)
+        return;
+    if (q->active + q->waking < q->cap || (!q->watching && q->waking == 0)) {
+        q->waking++;
+        pthread_cond_signal(&q->cv);
+    }
+}
+
+/* With Q->mu held: may this thread take the first ready slot now? */
+static int may_take(struct api_workq *q)
+{
+    if (q->nready == 0)
+        return 0;
+    if (q->active < q->cap)
+        return 1;
+    return now_ns() - q->ready_head->ready_since_ns >= q->overdue_ns;
+}
+
+static void run_slot(struct api_workq *q, struct slot *s)
+{
+    /* with q->mu held on entry and on return */
+    for (;;) {
+        struct job *j = s->head;
+        s->head = j->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        pthread_mutex_unlock(&q->mu);
+        tl_slot = s;
+        j->fn(j->arg);
+        tl_slot = NULL;
+        free(j);
+        pthread_mutex_lock(&q->mu);
+        if (tl_blocked > 0) { /* a job that ended inside a blocking section */
+            tl_blocked = 0;
+            q->active++;
+        }
+        if (s->head == NULL) {
+            s->state = SLOT_IDLE;
+            return;
+        }
+        if (q->nready > 0) { /* take turns with the other ready slots */
+            ready_push(q, s);
+            return;
+        }
+    }
+}
 
 static void *worker_main(void *arg)
 {
-    struct worker *w = arg;
+    struct api_workq *q = arg;
 
+    tl_q = q;
+    pthread_mutex_lock(&q->mu);
     for (;;) {
-        pthread_mutex_lock(&w->mu);
-        while (w->head == NULL && !w->stopping)
-            pthread_cond_wait(&w->cv, &w->mu);
-        struct job *j = w->head;
-        if (j == NULL) { /* stopping and drained */
-            pthread_mutex_unlock(&w->mu);
-            break;
+        if (may_take(q)) {
+            struct slot *s = ready_pop(q);
+            q->active++;
+            q->running++;
+            maybe_wake(q);
+            run_slot(q, s);
+            q->active--;
+            q->running--;
+            if (q->stopping && q->running == 0)
+                pthread_cond_broadcast(&q->cv); /* the others may be waiting for the last jobs to submit more */
+            continue;
         }
-        w->head = j->next;
-        if (w->head == NULL)
-            w->tail = NULL;
-        pthread_mutex_unlock(&w->mu);
-        j->fn(j->arg);
-        free(j);
+        if (q->stopping && q->nready == 0 && q->running == 0)
+            break;
+        q->sleeping++;
+        if (q->nready > 0 && !q->watching) {
+            /* the cap holds ready slots back: watch for one that waits too long */
+            struct timespec ts;
+            int64_t due = q->ready_head->ready_since_ns + q->overdue_ns;
+            ts.tv_sec = (time_t)(due / 1000000000LL);
+            ts.tv_nsec = (long)(due % 1000000000LL);
+            q->watching = 1;
+            pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+            q->watching = 0;
+        } else {
+            pthread_cond_wait(&q->cv, &q->mu);
+        }
+        q->sleeping--;
+        if (q->waking > 0)
+            q->waking--;
     }
-    if (w->on_exit != NULL)
-        w->on_exit();
+    pthread_mutex_unlock(&q->mu);
+    if (q->on_exit != NULL)
+        q->on_exit();
+    tl_q = NULL;
     return NULL;
 }
 
 int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out, struct api_err *err)
 {
     struct api_workq *q = calloc(1, sizeof(*q));
+    pthread_condattr_t ca;
 
     if (nthreads == 0)
         nthreads = 1;
-    if (q == NULL || (q->workers = calloc(nthreads, sizeof(*q->workers))) == NULL) {
+    if (q == NULL || (q->slots = calloc(nthreads, sizeof(*q->slots))) == NULL ||
+        (q->threads = calloc(nthreads, sizeof(*q->threads))) == NULL) {
+        if (q != NULL)
+            free(q->slots);
         free(q);
         return api_err_set(err, API_ENOMEM, "worker pool: out of memory");
     }
+    q->nslots = nthreads;
+    q->cap = nthreads;
+    q->overdue_ns = 1000000;
+    q->on_exit = on_exit;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the watcher's deadline is on now_ns's clock */
+    pthread_cond_init(&q->cv, &ca);
+    pthread_condattr_destroy(&ca);
     for (size_t i = 0; i < nthreads; i++) {
-        struct worker *w = &q->workers[i];
-        pthread_mutex_init(&w->mu, NULL);
-        pthread_cond_init(&w->cv, NULL);
-        w->on_exit = on_exit;
-        if (pthread_create(&w->tid, NULL, worker_main, w) != 0) {
-            q->n = i;
+        if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0) {
             api_workq_free(q);
             return api_err_set(err, API_EINTERNAL, "worker pool: cannot start thread %zu", i);
         }
-        q->n = i + 1;
+        q->nthreads = i + 1;
     }
     *out = q;
     return API_OK;
 }
 
+void api_workq_set_active_cap(struct api_workq *q, size_t cap, int64_t overdue_us)
+{
+    pthread_mutex_lock(&q->mu);
+    q->cap = cap == 0 || cap > q->nslots ? q->nslots : cap;
+    q->overdue_ns = (overdue_us > 0 ? overdue_us : 1) * 1000;
+    pthread_mutex_unlock(&q->mu);
+}
+
+void api_workq_set_slot_exit(struct api_workq *q, void (*slot_exit)(void))
+{
+    q->slot_exit = slot_exit;
+}
+
 void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg)
 {
-    struct worker *w = &q->workers[key % q->n];
+    struct slot *s = &q->slots[key % q->nslots];
     struct job *j = malloc(sizeof(*j));
 
     if (j == NULL)
@@ -85,38 +231,74 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
     j->next = NULL;
     j->fn = fn;
     j->arg = arg;
-    pthread_mutex_lock(&w->mu);
-    if (w->tail != NULL)
-        w->tail->next = j;
+    pthread_mutex_lock(&q->mu);
+    if (s->tail != NULL)
+        s->tail->next = j;
     else
-        w->head = j;
-    w->tail = j;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+        s->head = j;
+    s->tail = j;
+    if (s->state == SLOT_IDLE) {
+        ready_push(q, s);
+        maybe_wake(q);
+    }
+    pthread_mutex_unlock(&q->mu);
 }
 
 size_t api_workq_slot(const struct api_workq *q, uint64_t key)
 {
-    return (size_t)(key % q->n);
+    return (size_t)(key % q->nslots);
+}
+
+void **api_workq_slot_local(void)
+{
+    return tl_slot != NULL ? &tl_slot->local : NULL;
+}
+
+void api_workq_block_begin(void)
+{
+    struct api_workq *q = tl_q;
+    if (q == NULL || tl_slot == NULL || tl_blocked++ > 0)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->active--;
+    maybe_wake(q);
+    pthread_mutex_unlock(&q->mu);
+}
+
+void api_workq_block_end(void)
+{
+    struct api_workq *q = tl_q;
+    if (q == NULL || tl_slot == NULL || tl_blocked == 0 || --tl_blocked > 0)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->active++; /* may go over the cap until this job ends: it was running first */
+    pthread_mutex_unlock(&q->mu);
 }
 
 void api_workq_free(struct api_workq *q)
 {
     if (q == NULL)
         return;
-    for (size_t i = 0; i < q->n; i++) {
-        struct worker *w = &q->workers[i];
-        pthread_mutex_lock(&w->mu);
-        w->stopping = 1;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
+    pthread_mutex_lock(&q->mu);
+    q->stopping = 1;
+    q->cap = q->nslots; /* drain with every thread */
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    for (size_t i = 0; i < q->nthreads; i++)
+        pthread_join(q->threads[i], NULL);
+    if (q->slot_exit != NULL) {
+        for (size_t i = 0; i < q->nslots; i++) {
+            if (q->slots[i].local == NULL)
+                continue;
+            tl_slot = &q->slots[i];
+            q->slot_exit();
+            tl_slot = NULL;
+        }
     }
-    for (size_t i = 0; i < q->n; i++) {
-        pthread_join(q->workers[i].tid, NULL);
-        pthread_mutex_destroy(&q->workers[i].mu);
-        pthread_cond_destroy(&q->workers[i].cv);
-    }
-    free(q->workers);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    free(q->threads);
+    free(q->slots);
     free(q);
 }
 

@@ -1,11 +1,21 @@
 /*
- * api/workq.h: a fixed pool of worker threads for blocking work (SQLite,
+ * api/workq.h: a pool of worker threads for blocking work (SQLite,
  * outgoing HTTP, etcd) that event loops must not do themselves.
  *
- * Ordering: jobs with the same key run on the same thread, in submission
- * order, so per-tenant work is serialised without a lock per tenant. The
- * price is that a slow job delays other keys that hash to the same thread;
- * with more threads than cores and short jobs that is acceptable.
+ * Ordering: a key maps to one of NTHREADS slots; the jobs of a slot run one
+ * at a time, in submission order, so per-tenant work is serialised without
+ * a lock per tenant. A slot is not a thread: any idle thread runs whichever
+ * slot has work, and a slot's state (api_workq_slot_local) travels with it.
+ *
+ * Wake-ups: a pool may cap how many threads run jobs at once (the active
+ * cap, e.g. the number of cores). A thread that finishes a job takes the
+ * next ready slot itself, and a submit wakes a sleeping thread only while
+ * fewer than the cap are running, so a steady stream of short jobs for many
+ * keys keeps a few threads busy instead of waking one per key. A job about
+ * to block (fdatasync, a network call) says so (api_workq_block_begin/end)
+ * and stops counting against the cap. A job that blocks without saying so,
+ * or runs long, delays others only briefly (OVERDUE_US): one sleeping thread
+ * watches the ready slots and takes any that waited that long.
  *
  * Thread-safety: api_workq_submit may be called from any thread.
  */
@@ -21,17 +31,39 @@ struct api_workq;
 
 typedef void (*api_job_fn)(void *arg);
 
-/* Starts NTHREADS threads. ON_EXIT (may be NULL) runs on each worker thread
- * just before it ends, to free thread-local state. */
+/* Starts NTHREADS threads serving NTHREADS slots, all of them allowed to run
+ * at once. ON_EXIT (may be NULL) runs on each worker thread just before it
+ * ends, to free thread-local state. */
 int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out, struct api_err *err);
 
-/* Queues FN(ARG) on the thread chosen by KEY. */
+/* At most CAP threads run jobs at once outside api_workq_block_begin/end
+ * (0 or more than the threads: no cap), except that a slot ready for
+ * OVERDUE_US microseconds is run anyway by a watching thread if one sleeps.
+ * Call before the first submit. */
+void api_workq_set_active_cap(struct api_workq *q, size_t cap, int64_t overdue_us);
+
+/* SLOT_EXIT runs once per slot when the pool is freed, with that slot
+ * current (api_workq_slot_local points at its state), to free that state. */
+void api_workq_set_slot_exit(struct api_workq *q, void (*slot_exit)(void));
+
+/* Queues FN(ARG) on the slot chosen by KEY. */
 void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg);
 
-/* The thread KEY's jobs run on, as an index: jobs of keys with the same
- * slot run on one thread in submission order, so a caller may submit one
- * job that does the work of several such keys. */
+/* The slot KEY's jobs run on, as an index: jobs of keys with the same slot
+ * run one at a time in submission order, so a caller may submit one job that
+ * does the work of several such keys. */
 size_t api_workq_slot(const struct api_workq *q, uint64_t key);
+
+/* Inside a job: the address of its slot's state pointer (NULL at first),
+ * which stays with the slot whichever thread runs it next. NULL outside a
+ * job (and in SLOT_EXIT's absence of a pool). */
+void **api_workq_slot_local(void);
+
+/* Inside a job, around a call that waits (disk sync, network): the thread
+ * stops counting against the active cap meanwhile, so another may run.
+ * Both do nothing outside a job. */
+void api_workq_block_begin(void);
+void api_workq_block_end(void);
 
 /* Runs every queued job, then stops and joins the threads. Accepts NULL. */
 void api_workq_free(struct api_workq *q);

@@ -1906,6 +1906,21 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
         (rc = api_workq_new(cfg->workers, worker_exit, &a->forwarders, err)) != API_OK)
         goto fail;
+    /* A tenant's cached connection lives in its slot (store.c), so a few
+     * threads can serve every tenant; capping the running ones near the
+     * core count keeps a stream of short reads over many tenants from
+     * waking a thread per request (workq.h). Forwarders wait on the network
+     * and stay uncapped. */
+    {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        /* a millisecond: long enough that a burst of short jobs waits for
+         * the running threads, short enough that a job blocking where no
+         * api_workq_block_begin says so stalls other tenants only briefly */
+        api_workq_set_active_cap(a->workers,
+                                 cfg->active_workers > 0 ? cfg->active_workers : cores > 0 ? (size_t)cores : 1, 1000);
+        api_workq_set_slot_exit(a->workers, agent_store_thread_exit);
+        api_workq_set_slot_exit(a->forwarders, agent_store_thread_exit);
+    }
     {
         struct agent_repl_config rcfg;
         agent_repl_config_init(&rcfg);

@@ -27,6 +27,7 @@ struct agent_config {
     const char *tenant_domain; /* may be NULL */
     int64_t lease_ttl_s;
     size_t workers;
+    size_t active_workers; /* of WORKERS, how many run SQLite at once (0: one per core) */
     size_t max_open;
     int cache_kib;
     size_t max_body;

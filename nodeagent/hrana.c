@@ -41,6 +41,7 @@
 #include <sodium.h>
 
 #include "api/sqlclass.h"
+#include "api/workq.h"
 #include "nodeagent/stmtcache.h"
 
 #define STORE_MAX 50
@@ -57,6 +58,8 @@ struct agent_hrana_stream {
     struct stored_sql stored[STORE_MAX];
     size_t nstored;
     int64_t deadline_ms;
+    int64_t started_ms; /* of the statement running (0: none) */
+    int uncapped;       /* it runs long: api_workq_block_begin was called */
     int timed_out;
     size_t response_bytes;
     int closed;
@@ -75,14 +78,40 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A statement running this long stops counting against the worker pool's
+ * active cap, so one tenant's heavy query does not hold back the short
+ * requests of others (api/workq.h). */
+#define LONG_STMT_MS 2
+
 static int on_progress(void *arg)
 {
     struct agent_hrana_stream *s = arg;
-    if (s->deadline_ms > 0 && now_ms() > s->deadline_ms) {
+    int64_t now = now_ms();
+    if (!s->uncapped && s->started_ms > 0 && now - s->started_ms >= LONG_STMT_MS) {
+        s->uncapped = 1;
+        api_workq_block_begin();
+    }
+    if (s->deadline_ms > 0 && now > s->deadline_ms) {
         s->timed_out = 1;
         return 1;
     }
     return 0;
+}
+
+static void stmt_clock_start(struct agent_hrana_stream *s)
+{
+    s->started_ms = now_ms();
+    s->deadline_ms = s->limits.stmt_timeout_ms > 0 ? s->started_ms + s->limits.stmt_timeout_ms : 0;
+}
+
+static void stmt_clock_stop(struct agent_hrana_stream *s)
+{
+    s->started_ms = 0;
+    s->deadline_ms = 0;
+    if (s->uncapped) {
+        s->uncapped = 0;
+        api_workq_block_end();
+    }
 }
 
 /* Pragmas refused even without a value: they reveal file paths, or act
@@ -691,7 +720,7 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
     uint64_t nrows = 0;
     int begun = 0, sink_rc = API_OK;
     s->timed_out = 0;
-    s->deadline_ms = s->limits.stmt_timeout_ms > 0 ? now_ms() + s->limits.stmt_timeout_ms : 0;
+    stmt_clock_start(s);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         nrows++;
         if (s->sink != NULL && !begun) {
@@ -718,7 +747,7 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
             break;
         }
     }
-    s->deadline_ms = 0;
+    stmt_clock_stop(s);
     if (sink_rc == API_OK && rc == SQLITE_DONE && s->sink != NULL && !begun)
         sink_rc = sink_begin(s, cols, err);
     if (sink_rc != API_OK) {
@@ -910,10 +939,10 @@ static json_t *execute_sequence(struct agent_hrana_stream *s, const char *sql, s
             return error_json("SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
         }
         int rc;
-        s->deadline_ms = s->limits.stmt_timeout_ms > 0 ? now_ms() + s->limits.stmt_timeout_ms : 0;
+        stmt_clock_start(s);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW)
             ;
-        s->deadline_ms = 0;
+        stmt_clock_stop(s);
         if (rc != SQLITE_DONE) {
             json_t *e = sqlite_error(s, 0);
             sqlite3_finalize(st);

@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info", *catchup = NULL;
     char data_dir[512];
-    int64_t workers = 8, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+    int64_t workers = 8, active_workers = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
     struct api_err err;
     int rc;
@@ -37,6 +37,8 @@ int main(int argc, char **argv)
         {"verify-key", API_FLAG_STRING, &cfg.verify_key, 0, "cluster public key file (default run/secrets/cluster.pub)", 0},
         {"tenant-domain", API_FLAG_STRING, &cfg.tenant_domain, 0, "serve <tenant>.<domain> Host names", 0},
         {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 8)", 0},
+        {"active-workers", API_FLAG_INT, &active_workers, 0,
+         "of those, how many run at once outside disk and network waits (default: one per core)", 0},
         {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
@@ -64,7 +66,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "shoal-agent: %s\n", err.msg);
         return 2;
     }
-    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || max_open < 1 ||
+    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || active_workers < 0 || active_workers > 256 || max_open < 1 ||
         cache_kib < 16 || stmt_timeout_ms < 0 || max_lag_s < 1 || quorum_timeout_ms < 1 || pull_wait_ms < 10 ||
         pull_wait_ms > 60000 || traffic_interval_ms < 100 || traffic_interval_ms > 3600000 ||
         (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
@@ -72,6 +74,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.workers = (size_t)workers;
+    cfg.active_workers = (size_t)active_workers;
     cfg.max_open = (size_t)max_open;
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;

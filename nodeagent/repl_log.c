@@ -13,6 +13,7 @@
 
 #include <lz4.h>
 
+#include "api/workq.h"
 #include "nodeagent/repl_sum.h"
 
 #define LOG_HDR 32
@@ -543,7 +544,9 @@ static int sync_dir_of(const char *path)
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
+    api_workq_block_begin();
     int rc = fsync(fd);
+    api_workq_block_end();
     close(fd);
     return rc;
 }
@@ -562,7 +565,9 @@ int agent_log_sync(struct agent_log *log, struct api_err *err)
     pthread_mutex_unlock(&log->mu);
     if (fd < 0)
         return api_err_set(err, API_EIO, "log '%s': reopening: %s", log->path, strerror(errno));
+    api_workq_block_begin(); /* another worker may run while this one waits for the disk */
     int rc = fdatasync(fd), e = errno;
+    api_workq_block_end();
     pthread_mutex_lock(&log->mu);
     log->pinned--;
     pthread_mutex_unlock(&log->mu);

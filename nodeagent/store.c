@@ -45,7 +45,16 @@ struct conn_cache {
     size_t n;
 };
 
+/* A worker pool's slot carries its cache (api_workq_slot_local), because a
+ * tenant's jobs always run on its slot but not always on the same thread;
+ * code outside a pool job (startup, tests) uses one per thread. */
 static __thread struct conn_cache *tl_cache;
+
+static struct conn_cache **cache_ref(void)
+{
+    void **local = api_workq_slot_local();
+    return local != NULL ? (struct conn_cache **)local : &tl_cache;
+}
 
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err)
 {
@@ -238,10 +247,11 @@ static void cache_drop(struct conn_cache *c, struct cached *e)
 
 void agent_store_evict(const char *tenant)
 {
+    struct conn_cache *c = *cache_ref();
     struct cached *e;
-    if (tl_cache == NULL || (e = api_map_get(tl_cache->by_tenant, tenant)) == NULL)
+    if (c == NULL || (e = api_map_get(c->by_tenant, tenant)) == NULL)
         return;
-    cache_drop(tl_cache, e);
+    cache_drop(c, e);
 }
 
 int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err)
@@ -270,22 +280,22 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
                            struct api_err *err)
 {
+    struct conn_cache **ref = cache_ref(), *c;
     struct cached *e;
     char path[4096];
     int rc, oom;
 
-    if (tl_cache == NULL) {
-        if ((tl_cache = calloc(1, sizeof(*tl_cache))) == NULL ||
-            (tl_cache->by_tenant = api_map_new()) == NULL) {
-            free(tl_cache);
-            tl_cache = NULL;
+    if ((c = *ref) == NULL) {
+        if ((c = calloc(1, sizeof(*c))) == NULL || (c->by_tenant = api_map_new()) == NULL) {
+            free(c);
             return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
         }
-        tl_cache->st = st;
+        c->st = st;
+        *ref = c;
     }
-    if ((e = api_map_get(tl_cache->by_tenant, tenant)) != NULL) {
-        cache_unlink(tl_cache, e);
-        cache_push_front(tl_cache, e);
+    if ((e = api_map_get(c->by_tenant, tenant)) != NULL) {
+        cache_unlink(c, e);
+        cache_push_front(c, e);
         goto found;
     }
     agent_store_path(st, tenant, path, sizeof(path));
@@ -298,19 +308,19 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
         return api_err_wrap(err, "tenant '%s'", tenant);
     }
     snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
-    api_map_put(tl_cache->by_tenant, e->tenant, e, &oom);
+    api_map_put(c->by_tenant, e->tenant, e, &oom);
     if (oom) {
         sqlite3_close_v2(e->db);
         free(e);
         return api_err_set(err, API_ENOMEM, "connection cache: out of memory");
     }
-    cache_push_front(tl_cache, e);
-    tl_cache->n++;
+    cache_push_front(c, e);
+    c->n++;
     /* over budget: this thread gives back its own least recently used (a
      * thread holding only E may overshoot by one: at most one per thread) */
     atomic_fetch_add(&st->open_total, 1);
-    while (atomic_load(&st->open_total) > st->max_open && tl_cache->tail != NULL && tl_cache->tail != e)
-        cache_drop(tl_cache, tl_cache->tail);
+    while (atomic_load(&st->open_total) > st->max_open && c->tail != NULL && c->tail != e)
+        cache_drop(c, c->tail);
 found:
     if (stmts != NULL) {
         if (e->stmts == NULL)
@@ -336,16 +346,18 @@ int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, 
 
 void agent_store_thread_exit(void)
 {
-    if (tl_cache == NULL)
+    struct conn_cache **ref = cache_ref(), *c = *ref;
+    if (c == NULL)
         return;
-    while (tl_cache->head != NULL)
-        cache_drop(tl_cache, tl_cache->head);
-    api_map_free(tl_cache->by_tenant, NULL);
-    free(tl_cache);
-    tl_cache = NULL;
+    while (c->head != NULL)
+        cache_drop(c, c->head);
+    api_map_free(c->by_tenant, NULL);
+    free(c);
+    *ref = NULL;
 }
 
 size_t agent_store_thread_open(void)
 {
-    return tl_cache ? tl_cache->n : 0;
+    struct conn_cache *c = *cache_ref();
+    return c ? c->n : 0;
 }
