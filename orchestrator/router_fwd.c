@@ -61,6 +61,7 @@ struct fwd {
     int retrying;               /* FIRST after a failure: if nothing else, report RETRY_ERR */
     struct api_err retry_err;
     int64_t deadline, unserved_deadline, primary_deadline;
+    int64_t unknown_deadline; /* a tenant not in the view is waited for until then */
 };
 
 #define HOP(s) {s, sizeof(s) - 1}
@@ -326,6 +327,14 @@ static int first_target(struct fwd *j, const char *exclude, struct cand *out, st
     int rc;
 
     if (!load_cands(j, &cs)) {
+        /* The token is valid, so the tenant existed or was about to: one
+         * created a moment ago may not have reached this router's view
+         * (an etcd watch) yet. Give it --replay-timeout before saying 404. */
+        int64_t now = api_now_ms();
+        if (j->unknown_deadline == 0)
+            j->unknown_deadline = now + r->cfg.replay_timeout_ms;
+        if (now < j->unknown_deadline)
+            return PICK_WAIT;
         *err = api_dp_error_respf(API_ENOTENANT, "tenant '%s' does not exist", j->tenant);
         return PICK_ERR;
     }
