@@ -1143,16 +1143,84 @@ static void forward(struct agent *a, struct api_req *r, const char *tenant, cons
     api_workq_submit(a->forwarders, atomic_fetch_add(&a->forward_seq, 1), forward_job, j);
 }
 
+static void reply_dp_error(struct api_req *r, const struct api_err *err)
+{
+    api_reply_resp(r, api_dp_error_resp(err));
+}
+
+/* How long a request for a tenant missing from this agent's view waits for
+ * it: one created a moment ago may not have reached our etcd watch yet. */
+#define AWAIT_TENANT_MS 1000
+
+struct await_job {
+    struct forward_job *fwd; /* its url is the request's path until the primary is known */
+    char tenant[API_NAME_MAX];
+};
+
+static int tenant_leased(void *ud, struct api_cluster *c)
+{
+    struct api_cluster_tenant t;
+    return api_cluster_tenant_locked(c, ud, &t) && t.leased;
+}
+
+/* On a forwarder: wait for the tenant to appear with a primary, then hand
+ * the request to it (this node included, over HTTP: the race is rare). */
+static void await_tenant_job(void *arg)
+{
+    struct await_job *w = arg;
+    struct forward_job *f = w->fwd;
+    struct api_cluster_tenant t;
+    struct api_err err;
+    char *url = NULL;
+
+    api_cluster_wait(f->a->view, w->tenant, tenant_leased, w->tenant, api_now_ms() + AWAIT_TENANT_MS);
+    if (!api_cluster_tenant(f->a->view, w->tenant, &t)) {
+        api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", w->tenant);
+        finish_error(f->pending, &err);
+    } else if (!t.leased) {
+        api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", w->tenant);
+        api_pending_finish(f->pending, unserved_resp(&err));
+    } else if (asprintf(&url, "%s%s", t.holder_url, f->url) < 0) {
+        api_err_set(&err, API_ENOMEM, "out of memory");
+        finish_error(f->pending, &err);
+    } else {
+        free(f->url);
+        f->url = url;
+        forward_job(f); /* frees it */
+        f = NULL;
+    }
+    forward_job_free(f);
+    free(w);
+}
+
+/* R names a tenant this agent's view does not have. The token is valid,
+ * so it exists or is about to: wait a little for it (off the loop), unless
+ * another agent already did and forwarded R here. */
+static void await_tenant(struct agent *a, struct api_req *r, const char *tenant)
+{
+    struct api_err err;
+    struct await_job *w;
+
+    if (api_req_header(r, "shoal-forwarded-by", NULL) != NULL) {
+        api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", tenant);
+        reply_dp_error(r, &err);
+        return;
+    }
+    if ((w = calloc(1, sizeof(*w))) == NULL || (w->fwd = make_forward_job(a, r, "")) == NULL) {
+        free(w);
+        api_reply_errorf(r, API_ENOMEM, "out of memory");
+        return;
+    }
+    snprintf(w->tenant, sizeof(w->tenant), "%s", tenant);
+    w->fwd->pending = api_req_defer(r);
+    api_workq_submit(a->forwarders, atomic_fetch_add(&a->forward_seq, 1), await_tenant_job, w);
+}
+
 static int header_is(struct api_req *r, const char *name, const char *want)
 {
     size_t len;
     const char *v = api_req_header(r, name, &len);
     return v != NULL && len == strlen(want) && strncasecmp(v, want, len) == 0;
-}
-
-static void reply_dp_error(struct api_req *r, const struct api_err *err)
-{
-    api_reply_resp(r, api_dp_error_resp(err));
 }
 
 /* shoal-min-txid, else the __shoal_txid cookie: 0 when absent, -1 when the
@@ -1514,8 +1582,7 @@ static void on_pipeline(struct api_req *r, void *ud)
         return;
     }
     if (!api_cluster_tenant(a->view, auth.tenant, &t)) {
-        api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", auth.tenant);
-        reply_dp_error(r, &err);
+        await_tenant(a, r, auth.tenant);
         return;
     }
     if (requested_min_txid(r, &min_txid) != 0) {

@@ -122,9 +122,9 @@ c1=$(metric "$ROUTER_URL" shoal_router_upstream_connects_total); u1=$(metric "$R
 if [ $((c1 - c0)) -le 3 ] && [ $((u1 - u0)) -ge 17 ]; then ok "20 reads in a row reuse kept-alive upstream connections ($((c1 - c0)) new, $((u1 - u0)) reused)"
 else not_ok "20 reads in a row reuse kept-alive upstream connections" "new $((c1 - c0)) reused $((u1 - u0))"; fi
 
-# --- a tenant not in the router's view yet is waited for, then 404 ------------------
-# (a client that creates a tenant and queries it at once may beat the router's etcd
-# watch; a valid token means the tenant exists or is about to)
+# --- a tenant not in a router's or agent's view yet is waited for, then 404 ----------
+# (a client that creates a tenant and queries it at once may beat the etcd watch of
+# the router or agent it talks to; a valid token means the tenant exists or is about to)
 r=$(admin POST /v1/tenants '{"id":"late","region":"ams","replicas":0}')
 is "tenant late created" 201 "$(status_of "$r")"
 admin POST /v1/tenants/late/tokens '{"access":"rw","ttl_s":3600}' >/dev/null
@@ -134,19 +134,27 @@ is "... and deleted again" 204 "$(status_of "$r")"
 wait_until 10 sh -c "[ \"\$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer $LTOK' \
     --data-binary '{\"requests\":[]}' $ROUTER_URL/t/late/v2/pipeline)\" = 404 ]"
 s=$(hreq u1 -X POST -H "Authorization: Bearer $LTOK" --data-binary "$(sql 'select 1')" "$ROUTER_URL/t/late/v2/pipeline")
-is "a valid token for a tenant that does not exist: 404 tenant_not_found JSON (after the wait)" \
+is "a valid token for a tenant that does not exist: 404 tenant_not_found JSON from the router (after the wait)" \
     "404 tenant_not_found" "$s $(jbody u1 .error.code)"
-# a request for it in flight while the tenant is created again is served
+s=$(hreq u1a -X POST -H "Authorization: Bearer $LTOK" --data-binary "$(sql 'select 1')" "$AGENT_URL_n3/t/late/v2/pipeline")
+is "... and from an agent" "404 tenant_not_found" "$s $(jbody u1a .error.code)"
+# requests for it in flight while the tenant is created again are served
 hreq u2 -X POST -H "Authorization: Bearer $LTOK" --data-binary "$(sql 'select 41 + 1')" \
     "$ROUTER_URL/t/late/v2/pipeline" >"$T_DIR/u2.status" &
 U2=$!
+hreq u3 -X POST -H "Authorization: Bearer $LTOK" --data-binary "$(sql 'select 40 + 3')" \
+    "$AGENT_URL_n3/t/late/v2/pipeline" >"$T_DIR/u3.status" &
+U3=$!
 wait_until 5 sh -c "curl -sS $ROUTER_URL/metrics | grep -q '^shoal_router_requests_in_flight [1-9]'"
-is "... a request for the missing tenant is waiting in the router" 0 "$(kill -0 $U2 2>/dev/null; echo $?)"
+is "... requests for the missing tenant are waiting in the router and in agent n3" "0 0" \
+    "$(kill -0 $U2 2>/dev/null; echo $?) $(kill -0 $U3 2>/dev/null; echo $?)"
 r=$(admin POST /v1/tenants '{"id":"late","region":"ams","replicas":0}')
-is "tenant late created again" 201 "$(status_of "$r")"
-wait $U2
-is "... and the waiting request is served by it: 200, 42" "200 42" \
+is "tenant late created again (primary n1)" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+wait $U2 $U3
+is "... and the request waiting in the router is served: 200, 42" "200 42" \
     "$(cat "$T_DIR/u2.status") $(jbody u2 '.results[0].response.result.rows[0][0].value')"
+is "... and the one waiting in n3 too, by the primary: 200, 43" "200 43" \
+    "$(cat "$T_DIR/u3.status") $(jbody u3 '.results[0].response.result.rows[0][0].value')"
 r=$(admin DELETE /v1/tenants/late) # placement below counts tenants per node
 is "tenant late deleted" 204 "$(status_of "$r")"
 
