@@ -946,14 +946,31 @@ static int load_primary(struct agent_repl *r, struct rt *t, struct api_err *err)
 /* ------------------------------------------------------------------ */
 /* primary: capture                                                    */
 
+/* A file pages are read from: a descriptor of our own, or, inside the WAL
+ * hook, SQLite's handle of the database or WAL file (FP set), which saves
+ * an open and a close of each file per commit. */
+struct pagesrc {
+    int fd;
+    sqlite3_file *fp;
+};
+
+/* LEN bytes at OFF of S into BUF: 0, or -1 when they are not all there
+ * (through FP, the missing rest reads as zeros, as SQLite does). */
+static int src_read(const struct pagesrc *s, void *buf, size_t len, off_t off)
+{
+    if (s->fp != NULL)
+        return s->fp->pMethods->xRead(s->fp, buf, (int)len, (sqlite3_int64)off) == SQLITE_OK ? 0 : -1;
+    return read_full(s->fd, buf, len, off);
+}
+
 /* The image of page PG before the commit being captured. */
-static int old_image(struct rt *t, int dbfd, int walfd, uint32_t pg, unsigned char *out)
+static int old_image(struct rt *t, const struct pagesrc *db, const struct pagesrc *wal, uint32_t pg,
+                     unsigned char *out)
 {
     uint32_t frame;
     if (idx_get(&t->idx, pg, &frame))
-        return read_full(walfd, out, t->page_size,
-                         WAL_HDR + (off_t)frame * (FRAME_HDR + t->page_size) + FRAME_HDR);
-    if (read_full(dbfd, out, t->page_size, (off_t)(pg - 1) * t->page_size) != 0) {
+        return src_read(wal, out, t->page_size, WAL_HDR + (off_t)frame * (FRAME_HDR + t->page_size) + FRAME_HDR);
+    if (src_read(db, out, t->page_size, (off_t)(pg - 1) * t->page_size) != 0) {
         memset(out, 0, t->page_size); /* beyond the file: SQLite reads zeros */
     }
     return 0;
@@ -990,7 +1007,8 @@ static int cp_add(struct commit_pages *c, uint32_t pg, uint32_t frame)
 
 
 /* Turns one commit (pages C, new size COMMIT_PAGES) into a durable record. */
-static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walfd, struct commit_pages *c,
+static int capture_commit(struct agent_repl *r, struct rt *t, const struct pagesrc *dbs, const struct pagesrc *wals,
+                          struct commit_pages *c,
                           uint32_t commit_pages, struct api_err *err)
 {
     uint32_t ps = t->page_size, lock = agent_lock_page(ps);
@@ -1015,13 +1033,13 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
         if (pg > commit_pages || pg == lock)
             continue;
         unsigned char *img = pages + n * ps;
-        if (read_full(walfd, img, ps, WAL_HDR + (off_t)c->frames[i] * (FRAME_HDR + ps) + FRAME_HDR) != 0) {
+        if (src_read(wals, img, ps, WAL_HDR + (off_t)c->frames[i] * (FRAME_HDR + ps) + FRAME_HDR) != 0) {
             rc = api_err_set(err, API_EIO, "tenant '%s': reading WAL frame %u: %s", t->id, c->frames[i],
                              strerror(errno));
             goto out;
         }
         if (pg <= t->npages) {
-            old_image(t, dbfd, walfd, pg, old);
+            old_image(t, dbs, wals, pg, old);
             ck ^= agent_page_hash(pg, old, ps);
         }
         ck ^= agent_page_hash(pg, img, ps);
@@ -1031,7 +1049,7 @@ static int capture_commit(struct agent_repl *r, struct rt *t, int dbfd, int walf
     for (uint32_t pg = commit_pages + 1; pg <= t->npages; pg++) {
         if (pg == lock)
             continue;
-        old_image(t, dbfd, walfd, pg, old);
+        old_image(t, dbs, wals, pg, old);
         ck ^= agent_page_hash(pg, old, ps);
     }
     /* pages the database grew by without a frame read as zeros */
@@ -1099,19 +1117,21 @@ out:
     return rc;
 }
 
-/* Reads the frames [frames_seen, NFRAME) of the WAL and logs each commit. */
-static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_err *err)
+/* Reads the frames [frames_seen, NFRAME) of the WAL and logs each commit.
+ * DB is the committing connection: its own handles of the database and
+ * WAL files are read. */
+static int capture(struct agent_repl *r, struct rt *t, sqlite3 *db, int nframe, struct api_err *err)
 {
-    char db[4096], wal[4200];
     unsigned char hdr[WAL_HDR], fh[FRAME_HDR];
     struct commit_pages c = {0};
-    int dbfd = -1, walfd = -1, rc = API_OK;
+    struct pagesrc dbs = {.fd = -1}, wals = {.fd = -1};
+    int rc = API_OK;
 
-    agent_store_path(r->cfg.store, t->id, db, sizeof(db));
-    snprintf(wal, sizeof(wal), "%s-wal", db);
-    if ((dbfd = open(db, O_RDONLY | O_CLOEXEC)) < 0 || (walfd = open(wal, O_RDONLY | O_CLOEXEC)) < 0 ||
-        read_full(walfd, hdr, WAL_HDR, 0) != 0) {
-        rc = api_err_set(err, API_EIO, "tenant '%s': cannot read its WAL: %s", t->id, strerror(errno));
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &dbs.fp) != SQLITE_OK || dbs.fp == NULL ||
+        dbs.fp->pMethods == NULL ||
+        sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wals.fp) != SQLITE_OK || wals.fp == NULL ||
+        wals.fp->pMethods == NULL || src_read(&wals, hdr, WAL_HDR, 0) != 0) {
+        rc = api_err_set(err, API_EIO, "tenant '%s': cannot read its WAL", t->id);
         goto out;
     }
     uint32_t ps = agent_get32(hdr + 8), s1 = agent_get32(hdr + 16), s2 = agent_get32(hdr + 20);
@@ -1128,8 +1148,8 @@ static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_er
         t->salt2 = s2;
     }
     for (uint32_t f = t->frames_seen; f < (uint32_t)nframe; f++) {
-        if (read_full(walfd, fh, FRAME_HDR, WAL_HDR + (off_t)f * (FRAME_HDR + ps)) != 0) {
-            rc = api_err_set(err, API_EIO, "tenant '%s': reading WAL frame %u: %s", t->id, f, strerror(errno));
+        if (src_read(&wals, fh, FRAME_HDR, WAL_HDR + (off_t)f * (FRAME_HDR + ps)) != 0) {
+            rc = api_err_set(err, API_EIO, "tenant '%s': reading WAL frame %u", t->id, f);
             goto out;
         }
         if (cp_add(&c, agent_get32(fh), f) != 0) {
@@ -1138,7 +1158,7 @@ static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_er
         }
         uint32_t commit = agent_get32(fh + 4);
         if (commit != 0) {
-            if ((rc = capture_commit(r, t, dbfd, walfd, &c, commit, err)) != API_OK)
+            if ((rc = capture_commit(r, t, &dbs, &wals, &c, commit, err)) != API_OK)
                 goto out;
             c.n = 0;
             t->frames_seen = f + 1;
@@ -1147,10 +1167,6 @@ static int capture(struct agent_repl *r, struct rt *t, int nframe, struct api_er
 out:
     free(c.pgnos);
     free(c.frames);
-    if (dbfd >= 0)
-        close(dbfd);
-    if (walfd >= 0)
-        close(walfd);
     return rc;
 }
 
@@ -1160,7 +1176,6 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     struct agent_repl *r = t->r;
     struct api_err err;
     (void)zdb;
-    (void)db;
 
     if (t->loaded != AGENT_ROLE_PRIMARY || t->log == NULL) {
         log_error("tenant=%s committed while not loaded as primary; marking it broken", t->id);
@@ -1171,7 +1186,7 @@ static int wal_hook(void *ud, sqlite3 *db, const char *zdb, int nframe)
     }
     char fp[96];
     snprintf(fp, sizeof(fp), "capture-error-%s", t->id); /* fault tests: an unhealthy tenant */
-    int failed = api_failpoint_error(fp) ? api_err_set(&err, API_EIO, "failpoint %s", fp) : capture(r, t, nframe, &err);
+    int failed = api_failpoint_error(fp) ? api_err_set(&err, API_EIO, "failpoint %s", fp) : capture(r, t, db, nframe, &err);
     if (failed != API_OK) {
         log_error("tenant=%s replication capture failed, refusing further writes: %s", t->id, err.msg);
         pthread_mutex_lock(&t->mu);
@@ -1721,7 +1736,7 @@ int repl_snapshot_make(struct agent_repl *r, struct rt *t, unsigned char **out, 
                 memset(img, 0, ps);
                 continue;
             }
-            if (old_image(t, dbfd, walfd, pg, img) != 0) {
+            if (old_image(t, &(struct pagesrc){.fd = dbfd}, &(struct pagesrc){.fd = walfd}, pg, img) != 0) {
                 rc = api_err_set(err, API_EIO, "tenant '%s': reading page %u for a snapshot", t->id, pg);
                 goto fail;
             }
