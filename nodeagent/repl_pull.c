@@ -23,8 +23,7 @@
 #include "nodeagent/repl_sum.h"
 
 struct ptenant {
-    int sent;  /* position sent in the current session */
-    int dirty; /* position changed since */
+    int unused; /* presence in the map is what counts */
 };
 
 struct puller {
@@ -34,7 +33,11 @@ struct puller {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct api_map *tenants; /* id -> struct ptenant* */
-    struct api_map *drops;   /* id -> (void *)1 */
+    /* id -> (void *)1: tenants whose position the next poll must send (new,
+     * or changed by an apply); a new session sends every position. A poll
+     * then costs its changes, not the number of tenants followed. */
+    struct api_map *pending;
+    struct api_map *drops; /* id -> (void *)1 */
     int stopping, started, reset;
     int polling;      /* a long-poll is in flight ... */
     char session[64]; /* ... in this session */
@@ -238,16 +241,17 @@ struct gather {
     struct puller *p;
     struct api_names ids;
     int all;
+    int oom;
 };
 
 static void gather_one(void *ud, const char *key, void *value)
 {
     struct gather *g = ud;
-    struct ptenant *pt = value;
-    if ((!g->all && pt->sent && !pt->dirty) || api_names_add(&g->ids, key) != 0)
-        return;
-    pt->sent = 1;
-    pt->dirty = 0;
+    (void)value;
+    if (!g->all && api_map_get(g->p->tenants, key) == NULL)
+        return; /* dropped since it changed */
+    if (api_names_add(&g->ids, key) != 0)
+        g->oom = 1;
 }
 
 static void gather_drop(void *ud, const char *key, void *value)
@@ -256,11 +260,12 @@ static void gather_drop(void *ud, const char *key, void *value)
     json_array_append_new(ud, json_string(key));
 }
 
-static void mark_dirty_each(void *ud, const char *key, void *value)
+static void mark_pending(struct puller *p, const char *tenant)
 {
-    (void)ud;
-    (void)key;
-    ((struct ptenant *)value)->sent = 0;
+    int oom;
+    api_map_put(p->pending, tenant, (void *)1, &oom);
+    if (oom)
+        p->reset = 1; /* a new session sends every position */
 }
 
 static int sleep_or_stop(struct puller *p, int64_t ms)
@@ -300,9 +305,11 @@ static void *puller_main(void *arg)
             p->reset = 0;
         }
         g.all = session[0] == '\0';
-        if (g.all)
-            api_map_foreach(p->tenants, mark_dirty_each, NULL);
-        api_map_foreach(p->tenants, gather_one, &g);
+        api_map_foreach(g.all ? p->tenants : p->pending, gather_one, &g);
+        if (!g.oom) {
+            api_map_free(p->pending, NULL);
+            p->pending = api_map_new();
+        }
         api_map_foreach(p->drops, gather_drop, drops);
         api_map_free(p->drops, NULL);
         p->drops = api_map_new();
@@ -450,9 +457,8 @@ static void *puller_main(void *arg)
             run_jobs(r, jobs);
             pthread_mutex_lock(&p->mu);
             for (struct apply_job *j = jobs; j != NULL; j = j->next) {
-                struct ptenant *pt = api_map_get(p->tenants, j->tenant);
-                if (pt != NULL && (j->len > 0 || j->snapshot != NULL))
-                    pt->dirty = 1;
+                if (api_map_get(p->tenants, j->tenant) != NULL && (j->len > 0 || j->snapshot != NULL))
+                    mark_pending(p, j->tenant);
             }
             pthread_mutex_unlock(&p->mu);
         }
@@ -476,12 +482,14 @@ static struct puller *puller_get(struct agent_repl *r, const char *node, const c
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->tenants = api_map_new();
+    p->pending = api_map_new();
     p->drops = api_map_new();
     api_map_put(r->pullers, p->node, p, &oom);
     if (oom || pthread_create(&p->thread, NULL, puller_main, p) != 0) {
         if (!oom)
             api_map_del(r->pullers, p->node);
         api_map_free(p->tenants, NULL);
+        api_map_free(p->pending, NULL);
         api_map_free(p->drops, NULL);
         free(p);
         return NULL;
@@ -525,6 +533,7 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
         if (p != NULL) {
             pthread_mutex_lock(&p->mu);
             free(api_map_del(p->tenants, tenant));
+            api_map_del(p->pending, tenant);
             api_map_put(p->drops, tenant, (void *)1, &oom);
             pthread_cond_signal(&p->cv);
             pthread_mutex_unlock(&p->mu);
@@ -544,7 +553,9 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
                 api_map_put(p->tenants, tenant, pt, &oom);
                 if (oom)
                     free(pt);
-                else if (p->polling && p->session[0] && !p->kicked) {
+                else
+                    mark_pending(p, tenant);
+                if (!oom && p->polling && p->session[0] && !p->kicked) {
                     /* one kick per poll: the next poll names every tenant added meanwhile */
                     p->kicked = 1;
                     snprintf(kick_url, sizeof(kick_url), "%s", p->url);
@@ -582,6 +593,7 @@ static void join_one(void *ud, const char *key, void *value)
     if (p->started)
         pthread_join(p->thread, NULL);
     api_map_free(p->tenants, free);
+    api_map_free(p->pending, NULL);
     api_map_free(p->drops, NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
