@@ -22,17 +22,13 @@
 #include "nodeagent/repl_int.h"
 #include "nodeagent/repl_sum.h"
 
-struct ptenant {
-    int unused; /* presence in the map is what counts */
-};
-
 struct puller {
     struct agent_repl *r;
     char node[64];
     char url[160];
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct api_map *tenants; /* id -> struct ptenant* */
+    struct api_map *tenants; /* id -> (void *)1: the tenants followed */
     /* id -> (void *)1: tenants whose position the next poll must send (new,
      * or changed by an apply); a new session sends every position. A poll
      * then costs its changes, not the number of tenants followed. */
@@ -532,7 +528,7 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
         struct puller *p = api_map_get(r->pullers, old);
         if (p != NULL) {
             pthread_mutex_lock(&p->mu);
-            free(api_map_del(p->tenants, tenant));
+            api_map_del(p->tenants, tenant);
             api_map_del(p->pending, tenant);
             api_map_put(p->drops, tenant, (void *)1, &oom);
             pthread_cond_signal(&p->cv);
@@ -548,12 +544,9 @@ void pull_follow(struct agent_repl *r, const char *tenant, const char *old, cons
                 p->reset = 1;
             }
             api_map_del(p->drops, tenant);
-            struct ptenant *pt = api_map_get(p->tenants, tenant);
-            if (pt == NULL && (pt = calloc(1, sizeof(*pt))) != NULL) {
-                api_map_put(p->tenants, tenant, pt, &oom);
-                if (oom)
-                    free(pt);
-                else
+            if (api_map_get(p->tenants, tenant) == NULL) {
+                api_map_put(p->tenants, tenant, (void *)1, &oom);
+                if (!oom)
                     mark_pending(p, tenant);
                 if (!oom && p->polling && p->session[0] && !p->kicked) {
                     /* one kick per poll: the next poll names every tenant added meanwhile */
@@ -592,7 +585,7 @@ static void join_one(void *ud, const char *key, void *value)
     (void)key;
     if (p->started)
         pthread_join(p->thread, NULL);
-    api_map_free(p->tenants, free);
+    api_map_free(p->tenants, NULL);
     api_map_free(p->pending, NULL);
     api_map_free(p->drops, NULL);
     pthread_mutex_destroy(&p->mu);

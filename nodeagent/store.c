@@ -1,4 +1,4 @@
-/* nodeagent/store.c: tenant files and per-thread connection caches (store.h). */
+/* nodeagent/store.c: tenant files and per-slot connection caches (store.h). */
 #include "nodeagent/store.h"
 
 #include <errno.h>
@@ -21,8 +21,8 @@
 
 struct agent_store {
     char *data_dir;
-    /* One budget for all threads: tenants hash to workers unevenly, and a
-     * fixed per-thread share made a worker with a few more tenants than its
+    /* One budget for all slots: tenants hash to slots unevenly, and a
+     * fixed per-slot share made a slot with a few more tenants than its
      * share miss on every request of a round-robin load (LRU's worst case). */
     size_t max_open;
     atomic_size_t open_total;
@@ -316,8 +316,8 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
     }
     cache_push_front(c, e);
     c->n++;
-    /* over budget: this thread gives back its own least recently used (a
-     * thread holding only E may overshoot by one: at most one per thread) */
+    /* over budget: this slot gives back its own least recently used (a
+     * slot holding only E may overshoot by one: at most one per slot) */
     atomic_fetch_add(&st->open_total, 1);
     while (atomic_load(&st->open_total) > st->max_open && c->tail != NULL && c->tail != e)
         cache_drop(c, c->tail);

@@ -63,11 +63,13 @@ int agent_store_is_empty_image(const unsigned char *page, size_t len);
 int agent_store_create(struct agent_store *st, const char *tenant, int wal, int overwrite, struct api_err *err);
 /* Removes the tenant's files (database, WAL, replication log and
  * position). Call on the tenant's worker (it evicts the
- * cached connection of the calling thread first). */
+ * cached connection of the calling job's slot first). */
 int agent_store_remove(struct agent_store *st, const char *tenant, struct api_err *err);
 
-/* The calling worker thread's connection to TENANT (borrowed: valid until
- * this thread's next store call). API_ENOTENANT if the file does not exist. */
+/* The connection to TENANT cached by the calling job's worker slot (by the
+ * calling thread outside a pool job; api_workq_slot_local), borrowed: valid
+ * until the next store call of that slot. API_ENOTENANT if the file does
+ * not exist. */
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
 /* The same, and in *STMTS (may be NULL) the connection's cache of prepared
  * statements (nodeagent/stmtcache.h), with the same lifetime. */
@@ -78,11 +80,12 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
  * a Hrana stream that holds a transaction across requests. Use it only on
  * the tenant's worker thread. */
 int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
-/* Closes the calling thread's cached connection to TENANT, if any. */
+/* Closes the calling slot's (or thread's) cached connection to TENANT, if any. */
 void agent_store_evict(const char *tenant);
-/* Closes every connection cached by the calling thread (workq on_exit hook). */
+/* Closes every connection cached by the calling slot, or by the calling
+ * thread outside a pool job (workq slot-exit and on_exit hooks). */
 void agent_store_thread_exit(void);
-/* Connections open in the calling thread's cache (for tests/metrics). */
+/* Connections open in the calling slot's (or thread's) cache (for tests/metrics). */
 size_t agent_store_thread_open(void);
 
 #endif
