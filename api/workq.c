@@ -244,6 +244,44 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
     pthread_mutex_unlock(&q->mu);
 }
 
+int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg)
+{
+    struct slot *s = &q->slots[key % q->nslots];
+
+    if (tl_q != NULL) /* a pool thread (of any pool) keeps to submitting */
+        return 0;
+    pthread_mutex_lock(&q->mu);
+    if (s->state != SLOT_IDLE || q->stopping) {
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
+    s->state = SLOT_RUNNING; /* no pool thread takes the slot now */
+    q->active++;
+    q->running++;
+    pthread_mutex_unlock(&q->mu);
+    tl_q = q;
+    tl_slot = s;
+    fn(arg);
+    tl_slot = NULL;
+    tl_q = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (tl_blocked > 0) /* FN ended inside a blocking section: it no longer counted */
+        tl_blocked = 0;
+    else
+        q->active--;
+    q->running--;
+    if (s->head != NULL) { /* submitted while FN ran: the pool runs them */
+        ready_push(q, s);
+        maybe_wake(q);
+    } else {
+        s->state = SLOT_IDLE;
+    }
+    if (q->stopping && q->running == 0)
+        pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return 1;
+}
+
 size_t api_workq_slot(const struct api_workq *q, uint64_t key)
 {
     return (size_t)(key % q->nslots);

@@ -49,6 +49,18 @@ void api_workq_set_slot_exit(struct api_workq *q, void (*slot_exit)(void));
 /* Queues FN(ARG) on the slot chosen by KEY. */
 void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg);
 
+/* Runs FN(ARG) at once on the calling thread as a job of KEY's slot, if
+ * that slot is idle (no job queued or running); the jobs submitted to the
+ * slot meanwhile run after it, on the pool. Inside FN the calling thread is
+ * the slot's worker: api_workq_slot_local, api_workq_block_begin/end and the
+ * order of the slot's jobs work as in a submitted job, and it counts against
+ * the active cap (without waiting for it: the caller is running already).
+ * Saves the two thread switches of submitting a job and waiting for it.
+ * Returns 1 if FN ran, 0 if the slot was busy or the pool is stopping (FN
+ * not run: submit it instead). For threads that are not the pool's own (a
+ * pool thread would run the slot while holding another). */
+int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg);
+
 /* The slot KEY's jobs run on, as an index: jobs of keys with the same slot
  * run one at a time in submission order, so a caller may submit one job that
  * does the work of several such keys. */

@@ -168,9 +168,10 @@ static struct apply_job *note_heads(struct agent_repl *r, struct apply_job *list
     return list;
 }
 
-/* Runs every job on its tenant's worker and waits for all of them. The
- * jobs of tenants that share a worker thread go as one job: a poll that
- * brought a hundred tenants wakes each thread once, and this thread once. */
+/* Runs every job on its tenant's slot and waits for all of them. The jobs
+ * of tenants that share a slot go as one job, run on this thread when the
+ * slot is idle, else queued on the pool: a poll that brought a hundred
+ * tenants wakes each busy slot's thread once, and this thread once. */
 static void run_jobs(struct agent_repl *r, struct apply_job *list)
 {
     struct countdown cd = {.n = 0};
@@ -206,8 +207,16 @@ static void run_jobs(struct agent_repl *r, struct apply_job *list)
     }
     for (b = batches; b != NULL; b = b->next)
         cd.n++;
-    for (b = batches; b != NULL; b = b->next)
-        api_workq_submit(r->cfg.workers, agent_repl_key(b->v[0]->tenant), apply_batch_job, b);
+    /* A batch whose slot is idle runs here, on this thread, as that slot's
+     * job: no worker to wake and none to wake us, the two switches that
+     * were most of a record's time on a replica under load on two cores.
+     * A busy slot (a read on it, a batch of ours still queued) gets the
+     * batch queued behind its jobs as before. */
+    for (b = batches; b != NULL; b = b->next) {
+        uint64_t key = agent_repl_key(b->v[0]->tenant);
+        if (!api_workq_try_run(r->cfg.workers, key, apply_batch_job, b))
+            api_workq_submit(r->cfg.workers, key, apply_batch_job, b);
+    }
     pthread_mutex_lock(&cd.mu);
     while (cd.n > 0)
         pthread_cond_wait(&cd.cv, &cd.mu);

@@ -3,7 +3,8 @@
  * two jobs of a slot at once, slot-local state that follows the slot across
  * threads and is freed once per slot, the active cap, blocking sections,
  * the watcher that keeps a job blocking unannounced from stalling others,
- * and draining at free (including jobs submitted by running jobs).
+ * draining at free (including jobs submitted by running jobs), and jobs run
+ * on the caller's thread (api_workq_try_run) keeping their slot's order.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -279,6 +280,65 @@ static void free_runs_jobs_that_running_jobs_submit(void **state)
     assert_int_equal(atomic_load(&c.left), 0);
 }
 
+/* ---- running a job on the caller's thread ---- */
+
+static atomic_int inline_nested_ok;
+
+static void nested_try_job_run(void *arg)
+{
+    struct api_workq *q = arg;
+    /* a pool thread never runs another slot inline */
+    if (api_workq_try_run(q, 1, nested_try_job_run, q) == 0)
+        atomic_fetch_add(&inline_nested_ok, 1);
+}
+
+static void try_run_keeps_a_slots_order_and_state(void **state)
+{
+    struct api_workq *q;
+    struct api_err err;
+    struct order_state s = {0};
+    int ran_here = 0, queued = 0;
+    (void)state;
+
+    atomic_store(&slot_exits, 0);
+    atomic_store(&local_mismatches, 0);
+    atomic_store(&inline_nested_ok, 0);
+    assert_int_equal(api_workq_new(NKEYS, NULL, &q, &err), API_OK);
+    api_workq_set_active_cap(q, 1, 1000);
+    for (int seq = 1; seq <= PER_KEY; seq++)
+        for (int k = 0; k < NKEYS; k++) {
+            struct order_job *j = malloc(sizeof(*j));
+            *j = (struct order_job){.s = &s, .key = k, .seq = seq};
+            if (api_workq_try_run(q, (uint64_t)k, order_job_run, j)) {
+                ran_here++;
+            } else {
+                api_workq_submit(q, (uint64_t)k, order_job_run, j);
+                queued++;
+            }
+        }
+    api_workq_free(q);
+    assert_int_equal(atomic_load(&s.done), NKEYS * PER_KEY);
+    assert_int_equal(atomic_load(&s.overlaps), 0);
+    assert_int_equal(atomic_load(&s.out_of_order), 0);
+    assert_true(ran_here > 0);
+
+    /* the slot's state is the same whichever thread runs its jobs */
+    assert_int_equal(api_workq_new(4, NULL, &q, &err), API_OK);
+    api_workq_set_slot_exit(q, free_local);
+    for (int i = 0; i < 600; i++) {
+        struct local_job *j = malloc(sizeof(*j));
+        j->key = i % 3;
+        if (i % 2 == 0 || !api_workq_try_run(q, (uint64_t)j->key, local_job_run, j))
+            api_workq_submit(q, (uint64_t)j->key, local_job_run, j);
+    }
+    api_workq_submit(q, 0, nested_try_job_run, q);
+    api_workq_free(q);
+    assert_null(api_workq_slot_local()); /* the caller's thread is itself again */
+    assert_int_equal(atomic_load(&local_mismatches), 0);
+    assert_int_equal(atomic_load(&slot_exits), 3);
+    assert_int_equal(atomic_load(&inline_nested_ok), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -287,6 +347,7 @@ int main(void)
         cmocka_unit_test(the_cap_bounds_running_jobs_but_not_blocked_ones),
         cmocka_unit_test(a_job_blocking_unannounced_stalls_others_only_briefly),
         cmocka_unit_test(free_runs_jobs_that_running_jobs_submit),
+        cmocka_unit_test(try_run_keeps_a_slots_order_and_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
