@@ -61,6 +61,8 @@ struct agent_hrana_stream {
     int64_t started_ms; /* of the statement running (0: none) */
     int uncapped;       /* it runs long: api_workq_block_begin was called */
     int timed_out;
+    int64_t budget_end_us; /* limits.budget_us from the stream's start (0: none) */
+    int gave_up;
     size_t response_bytes;
     int closed;
     int active; /* user SQL is being prepared or run: the authorizer applies */
@@ -83,9 +85,20 @@ static int64_t now_ms(void)
  * requests of others (api/workq.h). */
 #define LONG_STMT_MS 2
 
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int on_progress(void *arg)
 {
     struct agent_hrana_stream *s = arg;
+    if (s->budget_end_us > 0 && now_us() > s->budget_end_us) {
+        s->gave_up = 1;
+        return 1;
+    }
     int64_t now = now_ms();
     if (!s->uncapped && s->started_ms > 0 && now - s->started_ms >= LONG_STMT_MS) {
         s->uncapped = 1;
@@ -197,7 +210,9 @@ struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const stru
     s->stmts = stmts;
     if (limits != NULL)
         s->limits = *limits;
-    if (s->limits.stmt_timeout_ms > 0)
+    if (s->limits.budget_us > 0)
+        s->budget_end_us = now_us() + s->limits.budget_us;
+    if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
         sqlite3_progress_handler(db, 1000, on_progress, s);
     if (stmts == NULL)
         sqlite3_set_authorizer(db, authorize, s);
@@ -211,11 +226,16 @@ struct agent_hrana_stream *agent_hrana_stream_new(sqlite3 *db, const struct agen
     return agent_hrana_stream_new_cached(db, limits, NULL);
 }
 
+int agent_hrana_stream_gave_up(const struct agent_hrana_stream *s)
+{
+    return s->gave_up;
+}
+
 void agent_hrana_stream_free(struct agent_hrana_stream *s)
 {
     if (s == NULL)
         return;
-    if (s->limits.stmt_timeout_ms > 0)
+    if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
         sqlite3_progress_handler(s->db, 0, NULL, NULL);
     if (s->stmts != NULL)
         agent_stmt_cache_set_user(s->stmts, NULL); /* the hook stays; it allows all without a stream */

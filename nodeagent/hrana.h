@@ -30,6 +30,7 @@ struct agent_hrana_limits {
     int64_t stmt_timeout_ms;    /* per statement (progress handler); 0 = none */
     size_t max_response_bytes;  /* approximate cap on returned row data; 0 = none */
     int read_only;              /* refuse every write (the authorizer; the caller also sets query_only) */
+    int64_t budget_us;          /* run in place: stop once the stream ran this long (agent_hrana_stream_gave_up); 0 = none */
 };
 
 /* What one pipeline did, for the caller's bookkeeping (positions, metrics). */
@@ -50,6 +51,10 @@ struct agent_stmt_cache;
  * borrowed: it must belong to DB and outlive the stream). */
 struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const struct agent_hrana_limits *limits,
                                                          struct agent_stmt_cache *stmts);
+
+/* 1 if the stream stopped a statement because its budget_us ran out: its
+ * results are not an answer (the caller runs the request again elsewhere). */
+int agent_hrana_stream_gave_up(const struct agent_hrana_stream *s);
 
 /* Switches a stream between read-only and read-write (per request: the
  * token that sent it decides). */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -360,6 +361,44 @@ static void long_statements_time_out_and_the_connection_stays_usable(void **stat
                         "STMT_TIMEOUT");
     assert_json(json_object_get(RESULT(res, 1), "rows"), "[[{\"type\":\"integer\",\"value\":\"7\"}]]");
     json_decref(res);
+}
+
+/* A budget (runs in place on an event loop) stops a long statement at once,
+ * not at the statement time limit, and says so; a short one is untouched. */
+static void a_budget_stops_a_long_statement_and_says_so(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    struct agent_hrana_limits lim = {.stmt_timeout_ms = 5000, .budget_us = 2000};
+    struct agent_hrana_outcome out;
+    struct api_err err;
+    json_t *res = NULL;
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+
+    struct agent_hrana_stream *s = agent_hrana_stream_new(db, &lim);
+    json_t *req = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 6*7\"}}]", 0, NULL);
+    assert_int_equal(agent_hrana_execute(s, req, 2, &res, &out, &err), API_OK);
+    assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"integer\",\"value\":\"42\"}]]");
+    assert_int_equal(agent_hrana_stream_gave_up(s), 0);
+    json_decref(res);
+    json_decref(req);
+    agent_hrana_stream_free(s);
+
+    s = agent_hrana_stream_new(db, &lim);
+    req = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all "
+                     "select x+1 from c) select count(*) from c\"}}]", 0, NULL);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    assert_int_equal(agent_hrana_execute(s, req, 2, &res, &out, &err), API_OK);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    assert_int_equal(agent_hrana_stream_gave_up(s), 1);
+    assert_non_null(json_object_get(json_array_get(res, 0), "error"));
+    /* stopped by the budget, far before the 5 s statement limit */
+    assert_true((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 2500);
+    json_decref(res);
+    json_decref(req);
+    agent_hrana_stream_free(s);
+    sqlite3_close(db);
 }
 
 static void large_responses_are_cut_with_an_error(void **state)
@@ -763,6 +802,7 @@ int main(void)
         T(sql_errors_carry_sqlite_extended_codes),
         T(long_statements_time_out_and_the_connection_stays_usable),
         T(large_responses_are_cut_with_an_error),
+        cmocka_unit_test(a_budget_stops_a_long_statement_and_says_so),
         T(transactions_stay_open_across_requests_of_a_stream),
         T(sql_cannot_leave_its_tenant),
         T(read_only_streams_refuse_every_write),
