@@ -136,6 +136,13 @@ void api_pending_finish(struct api_pending *p, struct api_resp *resp);
  * RESP (taken) is sent now, or dropped if the client is gone, and P is
  * released. For handlers that finish their work on the loop (the router). */
 void api_pending_reply(struct api_pending *p, struct api_resp *resp);
+/* While on (a per-thread switch, for the loop thread only), api_pending_finish
+ * replies at once as api_pending_reply does: for code shared by workers and
+ * a loop that runs a job in place (the agent's in-place reads). */
+void api_pending_direct(int on);
+/* Counts the loop's turns (one epoll wait and what it delivered): handlers
+ * see the same number for every request that arrived together. */
+uint64_t api_server_turn(const struct api_server *s);
 /* One header of api_pending_reply_parts: borrowed, not NUL-terminated. */
 struct api_hdr_view {
     const char *name; /* lower-case */

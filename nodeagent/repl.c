@@ -1897,6 +1897,17 @@ fail:
 /* ------------------------------------------------------------------ */
 /* roles                                                               */
 
+int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    if (t == NULL)
+        return 0;
+    pthread_mutex_lock(&t->mu);
+    int ready = t->loaded == want && (want != AGENT_ROLE_PRIMARY || (t->want == AGENT_ROLE_PRIMARY && !t->broken));
+    pthread_mutex_unlock(&t->mu);
+    return ready;
+}
+
 int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err)
 {
     struct rt *t = repl_rt_get(r, tenant, 1);

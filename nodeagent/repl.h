@@ -96,6 +96,9 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant);
  * brings its files into the declared role's journal mode. Cheap once done.
  * API_ENOTPRIMARY if asked for a primary that is not (or not yet) one. */
 int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err);
+/* 1 if agent_repl_ensure(WANT) would succeed at once, without loading or
+ * switching anything. Any thread; never blocks on files. */
+int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want);
 
 /* Declares TENANT's durability on its primary: with QUORUM set, the
  * records of its next commits ask replicas to sync before acknowledging.

@@ -128,8 +128,8 @@ static int open_db(const struct agent_store *st, const char *tenant, const char 
      * replica (replication switches it); a new file is born in WAL
      * (agent_store_create). */
     snprintf(pragmas, sizeof(pragmas),
-             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
-             st->cache_kib);
+             "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA busy_timeout=%d; PRAGMA foreign_keys=ON;",
+             st->cache_kib, AGENT_STORE_BUSY_MS);
     char *msg = NULL;
     if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
         api_err_set(err, API_EIO, "configure '%s': %s", path, msg ? msg : "?");
@@ -275,6 +275,15 @@ int agent_store_remove(struct agent_store *st, const char *tenant, struct api_er
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err)
 {
     return agent_store_conn_stmts(st, tenant, out, NULL, err);
+}
+
+int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3 **out,
+                             struct agent_stmt_cache **stmts)
+{
+    struct conn_cache *c = *cache_ref();
+    if (c == NULL || api_map_get(c->by_tenant, tenant) == NULL)
+        return 0;
+    return agent_store_conn_stmts(st, tenant, out, stmts, NULL) == API_OK; /* found: cannot fail */
 }
 
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,

@@ -71,9 +71,15 @@ int agent_store_remove(struct agent_store *st, const char *tenant, struct api_er
  * until the next store call of that slot. API_ENOTENANT if the file does
  * not exist. */
 int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
-/* The same, and in *STMTS (may be NULL) the connection's cache of prepared
- * statements (nodeagent/stmtcache.h), with the same lifetime. */
+/* Every connection's busy timeout (ms): how long it waits for another's lock. */
+#define AGENT_STORE_BUSY_MS 5000
 struct agent_stmt_cache;
+/* agent_store_conn_stmts without opening: 1 if this slot has TENANT's
+ * connection open (then *OUT and *STMTS as there), 0 if not. */
+int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3 **out,
+                             struct agent_stmt_cache **stmts);
+/* agent_store_conn, and in *STMTS (may be NULL) the connection's cache of prepared
+ * statements (nodeagent/stmtcache.h), with the same lifetime. */
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
                            struct api_err *err);
 /* A new connection to TENANT owned by the caller (sqlite3_close_v2 it), for

@@ -174,6 +174,51 @@ for sql in "ATTACH '/etc/passwd' AS p" "VACUUM INTO '/tmp/stolen.db'" "PRAGMA da
 done
 [ ! -e /tmp/stolen.db ] && ok "VACUUM INTO wrote no file" || not_ok "VACUUM INTO wrote no file"
 
+# --- reads in place (--inline-reads): on the agent's event loop, not a worker ------------
+in_place() { curl -sS "$1/metrics" | awk -v m="shoal_agent_reads_in_place_$2" '$1 == m {print $2}'; }
+# reads N URL: N point reads; prints how many answered 42
+reads() {
+    local n=0
+    for _ in $(seq "$1"); do
+        r=$(pipeline "$2" "$TOKEN" "$SELECT")
+        [ "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')" = 42 ] && n=$((n + 1))
+    done
+    echo "$n"
+}
+before=$(in_place "$AGENT_URL_n2" total)
+is "primary: 20 reads answer 42" 20 "$(reads 20 "$AGENT_URL_n2/t/acme/v2/pipeline")"
+ran=$(( $(in_place "$AGENT_URL_n2" total) - before ))
+# one by one, the tenant's slot is idle for nearly all of them (a replication or
+# housekeeping job on it sends a read to a worker instead)
+if [ "$ran" -ge 10 ]; then ok "primary: reads ran in place ($ran of 20)"; else not_ok "primary: reads ran in place" "got $ran of 20"; fi
+before=$(in_place "$AGENT_URL_n1" total)
+is "replica: 20 reads answer 42" 20 "$(reads 20 "$AGENT_URL_n1/t/acme/v2/pipeline")"
+ran=$(( $(in_place "$AGENT_URL_n1" total) - before ))
+if [ "$ran" -ge 10 ]; then ok "replica: reads ran in place ($ran of 20)"; else not_ok "replica: reads ran in place" "got $ran of 20"; fi
+before=$(in_place "$AGENT_URL_n2" total)
+for i in 1 2 3; do
+    pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"insert into t(name) values ('ip$i')\"}},{\"type\":\"close\"}]}" >/dev/null
+done
+is "writes never run in place" "$before" "$(in_place "$AGENT_URL_n2" total)"
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" '{"requests":[{"type":"execute","stmt":{"sql":"select count(*) from t where name like '"'ip%'"'"}},{"type":"close"}]}')
+is "the writes landed" 3 "$(body_of "$r" | jq -r '.results[0].response.result.rows[0][0].value')"
+# A long read is stopped after its budget and run again by a worker: same answer.
+LONG='{"requests":[{"type":"execute","stmt":{"sql":"with recursive c(x) as (select 1 union all select x+1 from c where x < 300000) select count(*), sum(x) from c"}},{"type":"close"}]}'
+declined0=$(in_place "$AGENT_URL_n2" declined_total)
+got=""
+for _ in 1 2 3 4 5; do
+    r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" "$LONG")
+    got="$got $(status_of "$r"):$(body_of "$r" | jq -r '.results[0].response.result.rows[0] | map(.value) | join(",")')"
+    [ "$(in_place "$AGENT_URL_n2" declined_total)" -gt "$declined0" ] && break
+done
+like "a long read answers in full after being handed on" '^( 200:300000,45000150000)+$' "$got"
+if [ "$(in_place "$AGENT_URL_n2" declined_total)" -gt "$declined0" ]; then ok "the long read was stopped in place (declined counted)"
+else not_ok "the long read was stopped in place" "declined stayed at $declined0"; fi
+# A failing read is answered by a worker with the usual error.
+r=$(pipeline "$AGENT_URL_n2/t/acme/v2/pipeline" "$TOKEN" '{"requests":[{"type":"execute","stmt":{"sql":"select * from no_such_table"}},{"type":"close"}]}')
+is "a failing read gets its Hrana error" "200 SQL_PARSE_ERROR" "$(status_of "$r") $(body_of "$r" | jq -r '.results[0].error.code')"
+like "its message names the table" 'no such table: no_such_table' "$(body_of "$r" | jq -r '.results[0].error.message')"
+
 # --- delete -----------------------------------------------------------------------
 r=$(admin DELETE /v1/tenants/acme)
 is "delete is 204" 204 "$(status_of "$r")"
