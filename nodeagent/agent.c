@@ -1049,7 +1049,7 @@ fail:
 /* reads in place                                                      */
 /*
  * A read that needs nothing but SQLite runs on the event loop itself, as a
- * job of its tenant's worker slot (api_workq_run_here), when that slot is
+ * job of its tenant's worker slot (api_workq_try_run), when that slot is
  * idle: no hop to a worker thread and back, which on a small VM costs more
  * than a point read (a wake-up each way; measured: agent CPU per read 116
  * -> 55 µs at one connection). Only what cannot block runs there: a body
@@ -1170,7 +1170,7 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
         return 0;
     a->in_place_count++;
     struct in_place run = {.j = j};
-    if (!api_workq_run_here(a->workers, tenant_key(j->tenant), in_place_read, &run) || !run.answered)
+    if (!api_workq_try_run(a->workers, tenant_key(j->tenant), in_place_read, &run) || !run.answered)
         return 0;
     pipeline_job_free(j);
     return 1;
