@@ -113,7 +113,7 @@ void agent_config_init(struct agent_config *cfg)
     cfg->etcd = "http://127.0.0.1:2379";
     cfg->verify_key = "run/secrets/cluster.pub";
     cfg->lease_ttl_s = 10;
-    cfg->inline_reads = 1;
+    cfg->inline_reads = 16;
     cfg->workers = 8;
     cfg->max_open = 1000;
     cfg->cache_kib = 256;

@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info", *catchup = NULL;
     char data_dir[512];
-    int64_t workers = 8, active_workers = 0, inline_reads = 1, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+    int64_t workers = 8, active_workers = 0, inline_reads = 16, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
     struct api_err err;
     int rc;
@@ -40,7 +40,7 @@ int main(int argc, char **argv)
         {"active-workers", API_FLAG_INT, &active_workers, 0,
          "of those, how many run at once outside disk and network waits (default: one per core)", 0},
         {"inline-reads", API_FLAG_INT, &inline_reads, 0,
-         "short reads run on the event loop instead of a worker, at most this many per loop turn (default 1; 0: never)", 0},
+         "short reads run on the event loop instead of a worker, at most this many per loop turn (default 16; 0: never)", 0},
         {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
