@@ -1099,8 +1099,8 @@ static void in_place_read(void *arg)
     json_t *doc, *requests, *results = NULL;
     sqlite3 *db;
 
-    if (!agent_repl_ready(a->repl, j->tenant, j->replica ? AGENT_ROLE_REPLICA : AGENT_ROLE_PRIMARY) ||
-        agent_repl_position(a->repl, j->tenant, &pos) != 0 || !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
+    if (!agent_repl_ready(a->repl, j->tenant, j->replica ? AGENT_ROLE_REPLICA : AGENT_ROLE_PRIMARY, &pos) ||
+        !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
         !agent_store_conn_if_open(a->store, j->tenant, &db, &stmts))
         return;
     doc = json_loadb(j->body, j->body_len, 0, NULL);
@@ -1141,7 +1141,7 @@ static void in_place_read(void *arg)
         api_resp_free(resp);
         return; /* out of memory: a worker tries */
     }
-    agent_repl_position(a->repl, j->tenant, &pos);
+    /* POS still holds: commits, applies and snapshots of the tenant run on its slot, held here */
     atomic_fetch_add(&a->pipelines, 1);
     atomic_fetch_add(&a->reads_in_place, 1);
     api_pending_direct(1);

@@ -316,14 +316,11 @@ void agent_repl_set_quorum(struct agent_repl *r, const char *tenant, int quorum)
     pthread_mutex_unlock(&t->mu);
 }
 
-int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out)
+/* With t->mu held. */
+static void position_locked(struct rt *t, struct agent_repl_pos *out)
 {
-    struct rt *t = repl_rt_get(r, tenant, 0);
     struct agent_log_pos lp;
-    if (t == NULL)
-        return -1;
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&t->mu);
     out->role = t->want;
     out->loaded = t->loaded != AGENT_ROLE_NONE || t->unborn;
     out->broken = t->broken;
@@ -339,6 +336,15 @@ int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_r
         out->log_base = lp.base_txid;
         out->log_bytes = lp.bytes;
     }
+}
+
+int agent_repl_position(struct agent_repl *r, const char *tenant, struct agent_repl_pos *out)
+{
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    if (t == NULL)
+        return -1;
+    pthread_mutex_lock(&t->mu);
+    position_locked(t, out);
     pthread_mutex_unlock(&t->mu);
     return 0;
 }
@@ -1897,13 +1903,15 @@ fail:
 /* ------------------------------------------------------------------ */
 /* roles                                                               */
 
-int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want)
+int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want, struct agent_repl_pos *pos)
 {
     struct rt *t = repl_rt_get(r, tenant, 0);
     if (t == NULL)
         return 0;
     pthread_mutex_lock(&t->mu);
     int ready = t->loaded == want && (want != AGENT_ROLE_PRIMARY || (t->want == AGENT_ROLE_PRIMARY && !t->broken));
+    if (ready)
+        position_locked(t, pos);
     pthread_mutex_unlock(&t->mu);
     return ready;
 }

@@ -97,8 +97,10 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant);
  * API_ENOTPRIMARY if asked for a primary that is not (or not yet) one. */
 int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err);
 /* 1 if agent_repl_ensure(WANT) would succeed at once, without loading or
- * switching anything. Any thread; never blocks on files. */
-int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want);
+ * switching anything, and then *POS as agent_repl_position gives it. Any
+ * thread; never blocks on files. */
+struct agent_repl_pos;
+int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want, struct agent_repl_pos *pos);
 
 /* Declares TENANT's durability on its primary: with QUORUM set, the
  * records of its next commits ask replicas to sync before acknowledging.

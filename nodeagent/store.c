@@ -277,13 +277,29 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     return agent_store_conn_stmts(st, tenant, out, NULL, err);
 }
 
+/* E, found in C: most recently used now; its connection and statements out. */
+static void use_cached(struct conn_cache *c, struct cached *e, sqlite3 **out, struct agent_stmt_cache **stmts)
+{
+    cache_unlink(c, e);
+    cache_push_front(c, e);
+    if (stmts != NULL) {
+        if (e->stmts == NULL)
+            e->stmts = agent_stmt_cache_new(STORE_STMTS_PER_CONN); /* NULL (OOM) only means no reuse */
+        *stmts = e->stmts;
+    }
+    *out = e->db;
+}
+
 int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3 **out,
                              struct agent_stmt_cache **stmts)
 {
     struct conn_cache *c = *cache_ref();
-    if (c == NULL || api_map_get(c->by_tenant, tenant) == NULL)
+    struct cached *e;
+    (void)st;
+    if (c == NULL || (e = api_map_get(c->by_tenant, tenant)) == NULL)
         return 0;
-    return agent_store_conn_stmts(st, tenant, out, stmts, NULL) == API_OK; /* found: cannot fail */
+    use_cached(c, e, out, stmts);
+    return 1;
 }
 
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
@@ -303,9 +319,8 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
         *ref = c;
     }
     if ((e = api_map_get(c->by_tenant, tenant)) != NULL) {
-        cache_unlink(c, e);
-        cache_push_front(c, e);
-        goto found;
+        use_cached(c, e, out, stmts);
+        return API_OK;
     }
     agent_store_path(st, tenant, path, sizeof(path));
     if (access(path, F_OK) != 0)
@@ -330,13 +345,7 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
     atomic_fetch_add(&st->open_total, 1);
     while (atomic_load(&st->open_total) > st->max_open && c->tail != NULL && c->tail != e)
         cache_drop(c, c->tail);
-found:
-    if (stmts != NULL) {
-        if (e->stmts == NULL)
-            e->stmts = agent_stmt_cache_new(STORE_STMTS_PER_CONN); /* NULL (OOM) only means no reuse */
-        *stmts = e->stmts;
-    }
-    *out = e->db;
+    use_cached(c, e, out, stmts);
     return API_OK;
 }
 
