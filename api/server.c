@@ -23,12 +23,15 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,10 +95,32 @@ struct api_server {
     void *fallback_ud;
     h2o_linklist_t streams; /* streamed replies in progress (struct api_stream); loop thread only */
     struct timeout_list *timeouts;
-    /* counters for /metrics; loop thread only */
+    /* counters for /metrics: written by the loop thread, read by any (relaxed atomics) */
     uint64_t requests;
     uint64_t responses_by_class[6]; /* 1xx..5xx at [1..5] */
+    /* Extra event loops (api_server_set_loops): the first server accepts
+     * every connection and hands each to one of its loops in turn; each
+     * extra loop is a server of its own on its own thread, with the first
+     * one's routes. */
+    int listen_fd;              /* the first server's listening socket (-1 for extra loops) */
+    size_t want_loops;          /* the first server: how many loops api_server_run starts */
+    void (*loop_exit)(void);    /* runs on each extra loop's thread as it ends */
+    struct api_server **extra;  /* the first server: the extra loops' servers */
+    pthread_t *extra_threads;
+    size_t nextra;
+    size_t next_loop;           /* the first server: round-robin cursor (its loop thread) */
+    int borrows_routes;         /* an extra loop: routes belong to the first server */
+    sem_t ready;                /* an extra loop: posted once set up, and again once drained */
+    sem_t dispose;              /* an extra loop: posted by api_server_free */
 };
+
+/* The server whose loop runs on this thread, if any. */
+static __thread struct api_server *tl_loop;
+
+static void count_response(struct api_server *s, int status)
+{
+    __atomic_fetch_add(&s->responses_by_class[status / 100], 1, __ATOMIC_RELAXED);
+}
 
 struct api_req {
     h2o_req_t *req;
@@ -277,7 +302,7 @@ static void send_resp(struct api_server *s, h2o_req_t *req, const struct api_res
 
     if (status < 100 || status > 599)
         status = 500;
-    s->responses_by_class[status / 100]++;
+    count_response(s, status);
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     if (resp->content_type != NULL) {
@@ -460,7 +485,7 @@ void api_pending_direct(int on)
 
 uint64_t api_server_turn(const struct api_server *s)
 {
-    return s->turn;
+    return tl_loop != NULL ? tl_loop->turn : s->turn;
 }
 
 void api_pending_finish(struct api_pending *p, struct api_resp *resp)
@@ -519,7 +544,7 @@ void api_pending_reply_parts(struct api_pending *p, int status, const char *cont
     *ref = body;
     if (status < 100 || status > 599)
         status = 500;
-    s->responses_by_class[status / 100]++;
+    count_response(s, status);
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     if (content_type != NULL) {
@@ -734,7 +759,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     memset(ar, 0, sizeof(*ar));
     ar->req = req;
     ar->server = s;
-    s->requests++;
+    __atomic_fetch_add(&s->requests, 1, __ATOMIC_RELAXED);
 
     if (s->cors && h2o_memis(req->method.base, req->method.len, H2O_STRLIT("OPTIONS"))) {
         struct api_resp *resp = api_resp_new(204);
@@ -971,6 +996,30 @@ static void on_conn_close(void *data)
     --s->num_conns;
 }
 
+static void serve_conn(struct api_server *s, h2o_socket_t *sock)
+{
+    ++s->num_conns;
+    sock->on_close.cb = on_conn_close;
+    sock->on_close.data = s;
+    h2o_accept(&s->accept_ctx, sock);
+}
+
+struct handoff {
+    struct api_server *s;
+    int fd;
+};
+
+/* On an extra loop's thread: serve a connection the first loop accepted. */
+static void adopt_conn(void *arg)
+{
+    struct handoff *h = arg;
+    if (h->s->stop) /* draining: it was never read from */
+        close(h->fd);
+    else
+        serve_conn(h->s, h2o_evloop_socket_create(h->s->loop, h->fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION));
+    free(h);
+}
+
 static void on_accept(h2o_socket_t *listener, const char *err)
 {
     struct api_server *s = listener->data;
@@ -978,12 +1027,26 @@ static void on_accept(h2o_socket_t *listener, const char *err)
 
     if (err != NULL)
         return;
-    if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
+    if (s->nextra == 0) {
+        if ((sock = h2o_evloop_socket_accept(listener)) != NULL)
+            serve_conn(s, sock);
         return;
-    ++s->num_conns;
-    sock->on_close.cb = on_conn_close;
-    sock->on_close.data = s;
-    h2o_accept(&s->accept_ctx, sock);
+    }
+    /* Connections go to the loops in turn: keep-alive clients stay on the
+     * loop they landed on, so this spreads them evenly. */
+    int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), on = 1;
+    if (fd < 0)
+        return;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    size_t i = s->next_loop++ % (s->nextra + 1);
+    struct handoff *h;
+    if (i == 0 || (h = malloc(sizeof(*h))) == NULL) {
+        serve_conn(s, h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION));
+        return;
+    }
+    h->s = s->extra[i - 1];
+    h->fd = fd;
+    api_server_post(h->s, adopt_conn, h);
 }
 
 static int parse_listen(const char *listen, struct sockaddr_in *addr, struct api_err *err)
@@ -1010,14 +1073,36 @@ static int parse_listen(const char *listen, struct sockaddr_in *addr, struct api
     return API_OK;
 }
 
+/* S's h2o configuration, context, event loop and message queue. */
+static void loop_init(struct api_server *s)
+{
+    h2o_hostconf_t *host;
+    h2o_pathconf_t *path;
+    h2o_handler_t *handler;
+
+    h2o_config_init(&s->config);
+    /* h2o buffers the whole body before the handler and defaults to 1 GiB. */
+    s->config.max_request_entity_size = s->max_body;
+    host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    path = h2o_config_register_path(host, "/", 0);
+    handler = h2o_create_handler(path, sizeof(*handler) + sizeof(struct api_server *));
+    *(struct api_server **)(handler + 1) = s;
+    handler->on_req = on_req;
+
+    s->loop = h2o_evloop_create();
+    h2o_context_init(&s->ctx, s->loop, &s->config);
+    s->accept_ctx.ctx = &s->ctx;
+    s->accept_ctx.hosts = s->config.hosts;
+    h2o_linklist_init_anchor(&s->streams);
+    s->queue = h2o_multithread_create_queue(s->loop);
+    h2o_multithread_register_receiver(s->queue, &s->receiver, on_messages);
+}
+
 int api_server_new(const struct api_server_config *cfg, struct api_server **out, struct api_err *err)
 {
     struct api_server *s;
     struct sockaddr_in addr;
     socklen_t alen = sizeof(addr);
-    h2o_hostconf_t *host;
-    h2o_pathconf_t *path;
-    h2o_handler_t *handler;
     int fd, on = 1, rc;
 
     if ((rc = parse_listen(cfg->listen ? cfg->listen : "127.0.0.1:0", &addr, err)) != API_OK)
@@ -1044,23 +1129,9 @@ int api_server_new(const struct api_server_config *cfg, struct api_server **out,
         snprintf(s->url, sizeof(s->url), "http://%s:%u", ip, s->port);
     }
 
-    h2o_config_init(&s->config);
-    /* h2o buffers the whole body before the handler and defaults to 1 GiB. */
-    s->config.max_request_entity_size = s->max_body;
-    host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    path = h2o_config_register_path(host, "/", 0);
-    handler = h2o_create_handler(path, sizeof(*handler) + sizeof(struct api_server *));
-    *(struct api_server **)(handler + 1) = s;
-    handler->on_req = on_req;
-
-    s->loop = h2o_evloop_create();
-    h2o_context_init(&s->ctx, s->loop, &s->config);
-    s->accept_ctx.ctx = &s->ctx;
-    s->accept_ctx.hosts = s->config.hosts;
-    h2o_linklist_init_anchor(&s->streams);
-    s->queue = h2o_multithread_create_queue(s->loop);
-    h2o_multithread_register_receiver(s->queue, &s->receiver, on_messages);
-
+    loop_init(s);
+    s->listen_fd = fd;
+    s->want_loops = 1;
     s->listener = h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     s->listener->data = s;
     h2o_socket_read_start(s->listener, on_accept);
@@ -1091,7 +1162,13 @@ void api_server_on_stop(struct api_server *s, void (*fn)(void *), void *ud)
 
 static void streams_stop_all(struct api_server *s);
 
-int api_server_run(struct api_server *s)
+void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void))
+{
+    s->want_loops = n == 0 ? 1 : n;
+    s->loop_exit = loop_exit;
+}
+
+static void loop_until_stopped(struct api_server *s)
 {
     while (!s->stop) {
         s->turn++;
@@ -1100,11 +1177,100 @@ int api_server_run(struct api_server *s)
             break;
         }
     }
+}
+
+static void drain(struct api_server *s);
+static void dispose_loop(struct api_server *s);
+
+static void *extra_loop_main(void *arg)
+{
+    struct api_server *s = arg;
+    tl_loop = s;
+    /* On this thread: h2o 2.2.5's socket buffers (the message queue's pipe
+     * is a socket too) come from per-thread recycle lists, chosen by the
+     * thread that creates the socket and used by every later read. */
+    loop_init(s);
+    sem_post(&s->ready);
+    loop_until_stopped(s);
+    drain(s);
+    sem_post(&s->ready); /* drained: api_server_run may return */
+    while (sem_wait(&s->dispose) != 0) { /* EINTR; api_server_free */
+    }
+    dispose_loop(s);
+    if (s->loop_exit != NULL)
+        s->loop_exit();
+    tl_loop = NULL;
+    return NULL;
+}
+
+static void noop_post(void *arg)
+{
+    (void)arg;
+}
+
+/* Starts the extra loops S asked for; fewer if one cannot start (logged). */
+static void start_extra_loops(struct api_server *s)
+{
+    size_t n = s->want_loops - 1;
+    if (n == 0 || (s->extra = calloc(n, sizeof(*s->extra))) == NULL ||
+        (s->extra_threads = calloc(n, sizeof(*s->extra_threads))) == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct api_server *x = calloc(1, sizeof(*x));
+        if (x == NULL)
+            break;
+        x->max_body = s->max_body;
+        x->cors = s->cors;
+        x->port = s->port;
+        memcpy(x->url, s->url, sizeof(x->url));
+        x->routes = s->routes; /* final once the loop runs */
+        x->nroutes = s->nroutes;
+        x->fallback = s->fallback;
+        x->fallback_ud = s->fallback_ud;
+        x->borrows_routes = 1;
+        x->listen_fd = -1;
+        x->loop_exit = s->loop_exit;
+        sem_init(&x->ready, 0, 0);
+        sem_init(&x->dispose, 0, 0);
+        if (pthread_create(&s->extra_threads[i], NULL, extra_loop_main, x) != 0) {
+            log_warn("cannot start event loop %zu; serving with %zu", i + 2, i + 1);
+            sem_destroy(&x->ready);
+            sem_destroy(&x->dispose);
+            free(x);
+            break;
+        }
+        while (sem_wait(&x->ready) != 0) { /* EINTR */
+        }
+        s->extra[s->nextra++] = x;
+    }
+}
+
+int api_server_run(struct api_server *s)
+{
+    tl_loop = s;
+    start_extra_loops(s);
+    loop_until_stopped(s);
     h2o_socket_read_stop(s->listener);
     h2o_socket_close(s->listener);
     s->listener = NULL;
     if (s->on_stop != NULL)
         s->on_stop(s->on_stop_ud);
+    /* the extra loops drain beside this one: long-polls were answered above */
+    for (size_t i = 0; i < s->nextra; i++) {
+        s->extra[i]->stop = 1;
+        api_server_post(s->extra[i], noop_post, NULL); /* wake it now */
+    }
+    drain(s);
+    for (size_t i = 0; i < s->nextra; i++)
+        while (sem_wait(&s->extra[i]->ready) != 0) { /* EINTR */
+        }
+    tl_loop = NULL;
+    return 0;
+}
+
+/* Stops S's connections (bounded by a deadline) and its streamed replies. */
+static void drain(struct api_server *s)
+{
     if (s->num_conns != 0) {
         uint64_t deadline = h2o_now(s->loop) + SERVER_DRAIN_MS;
         h2o_context_request_shutdown(&s->ctx);
@@ -1118,13 +1284,12 @@ int api_server_run(struct api_server *s)
     }
     /* streamed replies still open will not drain now: let their workers stop */
     streams_stop_all(s);
-    return 0;
 }
 
-void api_server_free(struct api_server *s)
+/* Ends S's loop: on the thread that runs it (h2o 2.2.5's sockets free their
+ * buffers into the recycle lists of the thread that made them). */
+static void dispose_loop(struct api_server *s)
 {
-    if (s == NULL)
-        return;
     /* Deliver what workers already sent, so nothing is leaked. */
     h2o_evloop_run(s->loop, 0);
     if (s->num_conns == 0 && !h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout)) {
@@ -1141,17 +1306,47 @@ void api_server_free(struct api_server *s)
         log_warn("%zu connection(s) still open at shutdown; exiting without disposing the HTTP context",
                  s->num_conns);
     }
+}
+
+void api_server_free(struct api_server *s)
+{
+    if (s == NULL)
+        return;
+    /* the extra loops dispose of themselves, once workers can no longer
+     * send them anything (the caller stopped them before this) */
+    for (size_t i = 0; i < s->nextra; i++) {
+        sem_post(&s->extra[i]->dispose);
+        pthread_join(s->extra_threads[i], NULL);
+        sem_destroy(&s->extra[i]->ready);
+        sem_destroy(&s->extra[i]->dispose);
+        api_server_free(s->extra[i]);
+    }
+    free(s->extra);
+    free(s->extra_threads);
+    if (!s->borrows_routes)
+        dispose_loop(s);
     while (s->timeouts != NULL) {
         struct timeout_list *next = s->timeouts->next;
         free(s->timeouts);
         s->timeouts = next;
     }
-    for (size_t i = 0; i < s->nroutes; i++) {
-        free(s->routes[i].method);
-        free(s->routes[i].pattern);
+    if (!s->borrows_routes) {
+        for (size_t i = 0; i < s->nroutes; i++) {
+            free(s->routes[i].method);
+            free(s->routes[i].pattern);
+        }
+        free(s->routes);
     }
-    free(s->routes);
     free(s);
+}
+
+/* The sum of counter FIELD over S and its extra loops. */
+static uint64_t sum_counter(const struct api_server *s, size_t offset)
+{
+    uint64_t v = __atomic_load_n((const uint64_t *)((const char *)s + offset), __ATOMIC_RELAXED);
+    for (size_t i = 0; i < s->nextra; i++)
+        v += __atomic_load_n((const uint64_t *)((const char *)s->extra[i] + offset), __ATOMIC_RELAXED);
+    return v;
 }
 
 void api_server_metrics(const struct api_server *s, const char *prefix, char *buf, size_t cap, size_t *len)
@@ -1159,14 +1354,15 @@ void api_server_metrics(const struct api_server *s, const char *prefix, char *bu
     int n = snprintf(buf + *len, *len < cap ? cap - *len : 0,
                      "# TYPE %s_http_requests_total counter\n%s_http_requests_total %llu\n"
                      "# TYPE %s_http_responses_total counter\n",
-                     prefix, prefix, (unsigned long long)s->requests, prefix);
+                     prefix, prefix, (unsigned long long)sum_counter(s, offsetof(struct api_server, requests)), prefix);
     if (n > 0)
         *len += (size_t)n;
     for (int c = 1; c <= 5; c++) {
         if (*len >= cap)
             break;
         n = snprintf(buf + *len, cap - *len, "%s_http_responses_total{class=\"%dxx\"} %llu\n", prefix, c,
-                     (unsigned long long)s->responses_by_class[c]);
+                     (unsigned long long)sum_counter(
+                         s, offsetof(struct api_server, responses_by_class) + (size_t)c * sizeof(uint64_t)));
         if (n > 0)
             *len += (size_t)n;
     }
@@ -1309,7 +1505,7 @@ static void stream_start(struct api_stream *st, h2o_req_t *req)
 
     if (status < 100 || status > 599)
         status = 500;
-    st->server->responses_by_class[status / 100]++;
+    count_response(st->server, status);
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     if (resp != NULL && resp->content_type != NULL) {

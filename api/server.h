@@ -71,6 +71,17 @@ void api_server_fallback(struct api_server *s, api_handler_fn fn, void *ud);
 uint16_t api_server_port(const struct api_server *s);
 const char *api_server_url(const struct api_server *s);
 
+/* Serve with N event loops (default 1), each on its own thread: the first
+ * is api_server_run's, which accepts every connection and hands each to a
+ * loop in turn, where it stays. Every loop serves every route, so with N > 1
+ * handlers run on several threads at once and must be thread-safe; a
+ * request's accessors, replies and api_pending stay on its own loop, and
+ * api_server_turn counts the calling loop's turns. LOOP_EXIT (may be NULL)
+ * runs on each extra loop's thread as it ends, to free thread-local state.
+ * Timers, api_server_post and api_server_on_stop stay on the first loop.
+ * Call before api_server_run. */
+void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void));
+
 /* Runs the loop until api_server_stop, then stops accepting and drains open
  * connections (bounded by a deadline). Returns 0. */
 int api_server_run(struct api_server *s);
@@ -140,7 +151,7 @@ void api_pending_reply(struct api_pending *p, struct api_resp *resp);
  * replies at once as api_pending_reply does: for code shared by workers and
  * a loop that runs a job in place (the agent's in-place reads). */
 void api_pending_direct(int on);
-/* Counts the loop's turns (one epoll wait and what it delivered): handlers
+/* Counts the calling loop's turns (one epoll wait and what it delivered): handlers
  * see the same number for every request that arrived together. */
 uint64_t api_server_turn(const struct api_server *s);
 /* One header of api_pending_reply_parts: borrowed, not NUL-terminated. */

@@ -2,7 +2,8 @@
  * Unit tests for api/: the error table, the hash map, flag parsing, and the
  * HTTP server framework driven over real loopback HTTP (routing with
  * parameters, 404/405/413 in the contract's JSON shape, query decoding,
- * deferred replies finished from worker threads, CORS preflight).
+ * deferred replies finished from worker threads, CORS preflight), with one
+ * event loop and with three (api_server_set_loops).
  */
 #include <arpa/inet.h>
 #include <math.h>
@@ -248,13 +249,22 @@ static void on_echo_json(struct api_req *r, void *ud)
     api_reply_json(r, 200, doc);
 }
 
+/* Which thread ran the handler: each event loop has its own. */
+static void on_whoami(struct api_req *r, void *ud)
+{
+    char id[32];
+    (void)ud;
+    snprintf(id, sizeof(id), "%lu", (unsigned long)pthread_self());
+    api_reply_json(r, 200, json_pack("{s:s}", "thread", id));
+}
+
 static void *run_loop(void *arg)
 {
     api_server_run(arg);
     return NULL;
 }
 
-static int setup_server(void **state)
+static int setup_server_with_loops(void **state, size_t loops)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     struct api_server_config cfg = {.listen = "127.0.0.1:0", .max_body = 1024, .cors = 1};
@@ -266,11 +276,23 @@ static int setup_server(void **state)
     api_server_route(f->server, "GET", "/slow/{word}", on_deferred, f);
     api_server_route(f->server, "POST", "/echo", on_echo_json, f);
     api_server_route(f->server, "GET", "/stream/{mode}", on_stream, f);
+    api_server_route(f->server, "GET", "/whoami", on_whoami, f);
+    api_server_set_loops(f->server, loops, NULL);
     snprintf(f->base, sizeof(f->base), "%s", api_server_url(f->server));
     assert_int_equal(pthread_create(&f->loop, NULL, run_loop, f->server), 0);
     f->http = api_http_client_new();
     *state = f;
     return 0;
+}
+
+static int setup_server(void **state)
+{
+    return setup_server_with_loops(state, 1);
+}
+
+static int setup_server_3_loops(void **state)
+{
+    return setup_server_with_loops(state, 3);
 }
 
 static int teardown_server(void **state)
@@ -486,6 +508,48 @@ static void server_stream_write_times_out_when_the_client_stops_reading(void **s
     close(fd);
 }
 
+/* The body of the reply on FD (a raw_request), up to CAP - 1 bytes. */
+static void read_reply_body(int fd, char *out, size_t cap)
+{
+    char buf[2048];
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof(buf) - 1 && (n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0) {
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (strstr(buf, "\r\n\r\n") != NULL && buf[got - 1] == '}')
+            break;
+    }
+    buf[got] = '\0';
+    const char *body = strstr(buf, "\r\n\r\n");
+    snprintf(out, cap, "%s", body != NULL ? body + 4 : "");
+}
+
+static void server_spreads_connections_over_its_loops(void **state)
+{
+    struct fixture *f = *state;
+    char seen[6][128];
+    size_t distinct = 0;
+    for (int i = 0; i < 6; i++) {
+        int fd = raw_request(f, "/whoami");
+        read_reply_body(fd, seen[i], sizeof(seen[i]));
+        close(fd);
+        assert_non_null(strstr(seen[i], "\"thread\""));
+        int dup = 0;
+        for (int k = 0; k < i; k++)
+            dup |= strcmp(seen[k], seen[i]) == 0;
+        distinct += !dup;
+    }
+    /* connections go to the three loops in turn */
+    assert_int_equal(distinct, 3);
+    char m[1024];
+    size_t len = 0;
+    api_server_metrics(f->server, "t", m, sizeof(m), &len);
+    m[len < sizeof(m) ? len : sizeof(m) - 1] = '\0';
+    assert_non_null(strstr(m, "t_http_requests_total 6\n"));
+    assert_non_null(strstr(m, "t_http_responses_total{class=\"2xx\"} 6\n"));
+}
+
 static void server_answers_cors_preflight(void **state)
 {
     struct fixture *f = *state;
@@ -601,6 +665,21 @@ int main(void)
         cmocka_unit_test_setup_teardown(server_stream_tells_the_worker_when_the_client_leaves, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_stream_write_times_out_when_the_client_stops_reading, setup_server,
+                                        teardown_server),
+        /* the same with three event loops */
+        cmocka_unit_test_setup_teardown(server_spreads_connections_over_its_loops, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_routes_by_pattern_and_captures_raw_segments, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_answers_404_405_and_413_as_json_errors, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_sends_replies_finished_on_worker_threads, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_streams_replies_written_on_worker_threads, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_abort_truncates_the_reply, setup_server_3_loops,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_tells_the_worker_when_the_client_leaves, setup_server_3_loops,
                                         teardown_server),
     };
     int failed = cmocka_run_group_tests_name("api", tests, NULL, NULL);
