@@ -17,6 +17,7 @@ struct slot {
     struct job *head, *tail;
     struct slot *next_ready;
     enum slot_state state;
+    int in_place; /* running a job of api_workq_try_run's; atomic, written under mu */
     int64_t ready_since_ns;
     void *local;
 };
@@ -41,6 +42,9 @@ struct api_workq {
     void (*on_exit)(void);
     void (*slot_exit)(void);
 };
+
+/* how long api_workq_try_run waits for another thread's job in place */
+#define TRY_RUN_WAIT_NS 50000
 
 static __thread struct api_workq *tl_q;
 static __thread struct slot *tl_slot;
@@ -250,12 +254,27 @@ int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
 
     if (tl_q != NULL) /* a pool thread (of any pool) keeps to submitting */
         return 0;
-    pthread_mutex_lock(&q->mu);
-    if (s->state != SLOT_IDLE || q->stopping) {
+    /* Another thread's job in place (an event loop's read, some µs) ends
+     * sooner than a hand-off to the pool and back would: wait for it,
+     * briefly, unless the slot has jobs queued behind it. */
+    int64_t deadline = 0;
+    for (;;) {
+        pthread_mutex_lock(&q->mu);
+        if (s->state == SLOT_IDLE && !q->stopping)
+            break;
+        int wait = s->state == SLOT_RUNNING && s->in_place && s->head == NULL && !q->stopping;
         pthread_mutex_unlock(&q->mu);
-        return 0;
+        if (!wait)
+            return 0;
+        if (deadline == 0)
+            deadline = now_ns() + TRY_RUN_WAIT_NS;
+        while (__atomic_load_n(&s->in_place, __ATOMIC_ACQUIRE) && now_ns() < deadline) {
+        }
+        if (now_ns() >= deadline)
+            return 0;
     }
     s->state = SLOT_RUNNING; /* no pool thread takes the slot now */
+    __atomic_store_n(&s->in_place, 1, __ATOMIC_RELEASE);
     q->active++;
     q->running++;
     pthread_mutex_unlock(&q->mu);
@@ -265,6 +284,7 @@ int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
     tl_slot = NULL;
     tl_q = NULL;
     pthread_mutex_lock(&q->mu);
+    __atomic_store_n(&s->in_place, 0, __ATOMIC_RELEASE);
     if (tl_blocked > 0) /* FN ended inside a blocking section: it no longer counted */
         tl_blocked = 0;
     else
