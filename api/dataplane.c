@@ -44,6 +44,12 @@ struct token_slot {
 static __thread struct token_slot *tl_tokens;
 static __thread uint64_t tl_token_clock;
 
+void api_dp_thread_exit(void)
+{
+    free(tl_tokens);
+    tl_tokens = NULL;
+}
+
 static int verify_cached(const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tok, size_t len, int64_t now,
                          struct api_token_claims *out, struct api_err *err)
 {

@@ -30,6 +30,9 @@ struct api_dp_auth {
  * 403 (token for another tenant), 400 when no tenant can be determined. */
 int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tenant_domain,
                      struct api_dp_auth *out, struct api_err *err);
+/* Frees the calling thread's cache of verified tokens (a thread that called
+ * api_dp_authorize, as it ends). */
+void api_dp_thread_exit(void);
 
 
 

@@ -100,11 +100,12 @@ struct agent {
 
     atomic_ullong pipelines, forwarded, replays_sent, lease_acquisitions, lease_adoptions;
     atomic_ullong reads_in_place, reads_in_place_declined;
-    uint64_t in_place_turn; /* the loop turn in_place_count counts (loop thread only) */
-    size_t in_place_count;
 };
 
 static __thread struct api_http_client *tl_http;
+/* reads run in place in the calling event loop's current turn (--inline-reads) */
+static __thread uint64_t tl_in_place_turn;
+static __thread size_t tl_in_place_count;
 
 void agent_config_init(struct agent_config *cfg)
 {
@@ -125,6 +126,22 @@ void agent_config_init(struct agent_config *cfg)
     cfg->pull_wait_ms = 1000;
     cfg->traffic_interval_ms = 10000;
     cfg->catchup_timeout_ms = 2000;
+}
+
+/* An extra event loop's thread ends (api_server_set_loops). */
+static void loop_exit(void)
+{
+    api_dp_thread_exit();
+    agent_store_thread_exit();
+}
+
+/* --loops 0: one per core, at most 8. */
+static size_t loops_wanted(const struct agent_config *cfg)
+{
+    if (cfg->loops > 0)
+        return cfg->loops;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 8 ? 8 : (size_t)n;
 }
 
 static void worker_exit(void)
@@ -1160,16 +1177,16 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
 
     if (a->cfg.inline_reads == 0 || j->cursor || j->recheck)
         return 0;
-    if (turn != a->in_place_turn) {
-        a->in_place_turn = turn;
-        a->in_place_count = 0;
+    if (turn != tl_in_place_turn) {
+        tl_in_place_turn = turn;
+        tl_in_place_count = 0;
     }
-    if (a->in_place_count >= a->cfg.inline_reads)
+    if (tl_in_place_count >= a->cfg.inline_reads)
         return 0;
     api_pipeline_inspect(j->body, j->body_len, &info);
     if (!info.parsed || info.has_baton || !info.ends_with_close || !info.reads_only)
         return 0;
-    a->in_place_count++;
+    tl_in_place_count++;
     struct in_place run = {.j = j};
     if (!api_workq_try_run(a->workers, tenant_key(j->tenant), in_place_read, &run) || !run.answered)
         return 0;
@@ -2159,6 +2176,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
     if ((rc = api_server_new(&scfg, &a->server, err)) != API_OK || (rc = add_routes(a, err)) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &a->etcd, err)) != API_OK)
         goto fail;
+    api_server_set_loops(a->server, loops_wanted(cfg), loop_exit);
     snprintf(a->url, sizeof(a->url), "%s", cfg->advertise_url ? cfg->advertise_url : api_server_url(a->server));
     {
         struct api_cluster_node n;
@@ -2192,8 +2210,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         goto fail;
     }
     a->controller_started = 1;
-    log_info("listening on %s node=%s region=%s data=%s", api_server_url(a->server), cfg->node, cfg->region,
-             cfg->data_dir);
+    log_info("listening on %s node=%s region=%s data=%s loops=%zu", api_server_url(a->server), cfg->node,
+             cfg->region, cfg->data_dir, loops_wanted(cfg));
     *out = a;
     return API_OK;
 fail:

@@ -28,6 +28,7 @@ struct agent_config {
     int64_t lease_ttl_s;
     size_t workers;
     size_t active_workers; /* of WORKERS, how many run SQLite at once (0: one per core) */
+    size_t loops;          /* event loops serving HTTP (0: one per core, at most 8) */
     size_t inline_reads;   /* short reads run on the event loop, at most this many per loop turn (0: never) */
     size_t max_open;
     int cache_kib;

@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info", *catchup = NULL;
     char data_dir[512];
-    int64_t workers = 8, active_workers = 0, inline_reads = 16, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+    int64_t workers = 8, active_workers = 0, inline_reads = 16, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
     struct api_err err;
     int rc;
@@ -39,6 +39,8 @@ int main(int argc, char **argv)
         {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 8)", 0},
         {"active-workers", API_FLAG_INT, &active_workers, 0,
          "of those, how many run at once outside disk and network waits (default: one per core)", 0},
+        {"loops", API_FLAG_INT, &loops, 0,
+         "event loops serving HTTP, each on its own thread (default: one per core, at most 8)", 0},
         {"inline-reads", API_FLAG_INT, &inline_reads, 0,
          "short reads run on the event loop instead of a worker, at most this many per loop turn (default 16; 0: never)", 0},
         {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
@@ -68,7 +70,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "shoal-agent: %s\n", err.msg);
         return 2;
     }
-    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || active_workers < 0 || active_workers > 256 || inline_reads < 0 || inline_reads > 1024 || max_open < 1 ||
+    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || active_workers < 0 || active_workers > 256 || loops < 0 || loops > 64 || inline_reads < 0 || inline_reads > 1024 || max_open < 1 ||
         cache_kib < 16 || stmt_timeout_ms < 0 || max_lag_s < 1 || quorum_timeout_ms < 1 || pull_wait_ms < 10 ||
         pull_wait_ms > 60000 || traffic_interval_ms < 100 || traffic_interval_ms > 3600000 ||
         (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
     cfg.workers = (size_t)workers;
     cfg.active_workers = (size_t)active_workers;
     cfg.inline_reads = (size_t)inline_reads;
+    cfg.loops = (size_t)loops;
     cfg.max_open = (size_t)max_open;
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;
