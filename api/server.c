@@ -22,6 +22,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -31,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,7 +109,8 @@ struct api_server {
     pthread_t *extra_threads;
     size_t nextra;
     size_t next_loop;           /* the first server: round-robin cursor (its loop thread) */
-    int borrows_routes;         /* an extra loop: routes belong to the first server */
+    int is_extra;               /* an extra loop: its routes are the first server's, and it
+                                 * disposes of its loop on its own thread */
     sem_t ready;                /* an extra loop: posted once set up, and again once drained */
     sem_t dispose;              /* an extra loop: posted by api_server_free */
 };
@@ -1227,7 +1228,7 @@ static void start_extra_loops(struct api_server *s)
         x->nroutes = s->nroutes;
         x->fallback = s->fallback;
         x->fallback_ud = s->fallback_ud;
-        x->borrows_routes = 1;
+        x->is_extra = 1;
         x->listen_fd = -1;
         x->loop_exit = s->loop_exit;
         sem_init(&x->ready, 0, 0);
@@ -1323,14 +1324,14 @@ void api_server_free(struct api_server *s)
     }
     free(s->extra);
     free(s->extra_threads);
-    if (!s->borrows_routes)
+    if (!s->is_extra)
         dispose_loop(s);
     while (s->timeouts != NULL) {
         struct timeout_list *next = s->timeouts->next;
         free(s->timeouts);
         s->timeouts = next;
     }
-    if (!s->borrows_routes) {
+    if (!s->is_extra) {
         for (size_t i = 0; i < s->nroutes; i++) {
             free(s->routes[i].method);
             free(s->routes[i].pattern);
