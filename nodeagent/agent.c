@@ -126,6 +126,7 @@ void agent_config_init(struct agent_config *cfg)
     cfg->pull_wait_ms = 1000;
     cfg->traffic_interval_ms = 10000;
     cfg->catchup_timeout_ms = 2000;
+    cfg->tenant_wait_ms = 1000;
 }
 
 /* An extra event loop's thread ends (api_server_set_loops). */
@@ -1302,10 +1303,6 @@ static void reply_dp_error(struct api_req *r, const struct api_err *err)
     api_reply_resp(r, api_dp_error_resp(err));
 }
 
-/* How long a request for a tenant missing from this agent's view waits for
- * it: one created a moment ago may not have reached our etcd watch yet. */
-#define AWAIT_TENANT_MS 1000
-
 struct await_job {
     struct forward_job *fwd; /* its url is the request's path until the primary is known */
     char tenant[API_NAME_MAX];
@@ -1327,7 +1324,8 @@ static void await_tenant_job(void *arg)
     struct api_err err;
     char *url = NULL;
 
-    api_cluster_wait(f->a->view, w->tenant, tenant_leased, w->tenant, api_now_ms() + AWAIT_TENANT_MS);
+    /* one created a moment ago may not have reached our etcd watch yet (--tenant-wait) */
+    api_cluster_wait(f->a->view, w->tenant, tenant_leased, w->tenant, api_now_ms() + f->a->cfg.tenant_wait_ms);
     if (!api_cluster_tenant(f->a->view, w->tenant, &t)) {
         api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", w->tenant);
         finish_error(f->pending, &err);

@@ -40,6 +40,7 @@ struct agent_config {
     int64_t quorum_timeout_ms;
     int64_t pull_wait_ms;
     int64_t catchup_timeout_ms; /* shoal-min-txid wait on a replica before the primary serves */
+    int64_t tenant_wait_ms;     /* a request for a tenant not in this agent's view waits this long for it */
     int64_t traffic_interval_ms; /* write counts by client region go to etcd this often */
 };
 

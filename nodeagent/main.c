@@ -15,10 +15,22 @@ static void stop(void *agent)
     agent_stop(agent);
 }
 
+/* "2s", "500ms" or "2" (seconds), at most 10 minutes. */
+static int parse_duration_ms(const char *text, int64_t *out)
+{
+    char *end = NULL;
+    double v = strtod(text, &end);
+    double ms = end && strcmp(end, "ms") == 0 ? v : end && (strcmp(end, "s") == 0 || *end == '\0') ? v * 1000 : -1;
+    if (end == text || ms < 0 || ms > 600000)
+        return -1;
+    *out = (int64_t)ms;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct agent_config cfg;
-    const char *log_level = "info", *catchup = NULL;
+    const char *log_level = "info", *catchup = NULL, *tenant_wait = NULL;
     char data_dir[512];
     int64_t workers = 8, active_workers = 0, inline_reads = 16, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
@@ -56,6 +68,8 @@ int main(int argc, char **argv)
          "compact a tenant's replication log beyond this many bytes (default 8 MiB)", 0},
         {"catchup-timeout", API_FLAG_STRING, &catchup, 0,
          "how long a replica waits for shoal-min-txid before the primary serves (e.g. 2s, 500ms; default 2s)", 0},
+        {"tenant-wait", API_FLAG_STRING, &tenant_wait, 0,
+         "how long a request for a tenant this agent does not know yet waits for it to appear (default 1s)", 0},
         {"pull-wait-ms", API_FLAG_INT, &pull_wait_ms, 0, "replication long-poll length (default 1000)", 0},
         {"traffic-interval-ms", API_FLAG_INT, &traffic_interval_ms, 0,
          "how often write counts by client region are published for placement (default 10000)", 0},
@@ -85,15 +99,13 @@ int main(int argc, char **argv)
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;
     cfg.max_lag_ms = max_lag_s * 1000;
-    if (catchup != NULL) {
-        char *end = NULL;
-        double v = strtod(catchup, &end);
-        double ms = end && strcmp(end, "ms") == 0 ? v : end && (strcmp(end, "s") == 0 || *end == '\0') ? v * 1000 : -1;
-        if (end == catchup || ms < 0 || ms > 600000) {
-            fprintf(stderr, "shoal-agent: --catchup-timeout takes a duration such as 2s or 500ms\n");
-            return 2;
-        }
-        cfg.catchup_timeout_ms = (int64_t)ms;
+    if (catchup != NULL && parse_duration_ms(catchup, &cfg.catchup_timeout_ms) != 0) {
+        fprintf(stderr, "shoal-agent: --catchup-timeout takes a duration such as 2s or 500ms\n");
+        return 2;
+    }
+    if (tenant_wait != NULL && parse_duration_ms(tenant_wait, &cfg.tenant_wait_ms) != 0) {
+        fprintf(stderr, "shoal-agent: --tenant-wait takes a duration such as 1s or 500ms\n");
+        return 2;
     }
     cfg.quorum_timeout_ms = quorum_timeout_ms;
     cfg.pull_wait_ms = pull_wait_ms;

@@ -83,7 +83,8 @@ start_etcd() {
     wait_until 20 curl -fsS "$ETCD_URL/health" || { echo "Bail out! etcd did not start"; show_logs; exit 1; }
 }
 
-# start_cluster [TTL]: etcd, secrets, orchestrator, agents n1/ams n2/iad n3/sin, router (ams).
+# start_cluster [TTL]: etcd, secrets, orchestrator, agents n1/ams n2/iad n3/sin, router (ams);
+# $ROUTER_FLAGS is appended to the router's flags (the agents': see start_agent).
 start_cluster() {
     local ttl=${1:-5} p
     start_etcd
@@ -99,7 +100,7 @@ start_cluster() {
     T_TTL=$ttl
     start_agent n1; start_agent n2; start_agent n3
     spawn router "$BUILD/orchestrator/shoal-router" --region ams --listen "127.0.0.1:${p[1]}" --etcd "$ETCD_URL" \
-        --verify-key "$T_DIR/secrets/cluster.pub" --regions "$SRC/ops/regions.json"
+        --verify-key "$T_DIR/secrets/cluster.pub" --regions "$SRC/ops/regions.json" ${ROUTER_FLAGS:-}
     for u in "$ORCH_URL" "$ROUTER_URL" "$AGENT_URL_n1" "$AGENT_URL_n2" "$AGENT_URL_n3"; do
         wait_until 20 curl -fsS "$u/healthz" || { echo "Bail out! $u did not become healthy"; show_logs; exit 1; }
     done

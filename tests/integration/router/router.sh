@@ -12,7 +12,10 @@ BUILD=$1 SRC=$2
 . "$SRC/tests/integration/lib/cluster.sh"
 APP=$SRC/tests/integration/router/replay_app.mjs
 WORKLOAD=$SRC/tests/integration/replication/workload.mjs
-start_cluster 5
+# A request for a tenant not yet in a view waits for it up to these two windows (1 s by
+# default); the "created while waiting" checks below need the creation to reach the views
+# inside them, so they are wider here than a busy CI machine's slowest watch delivery.
+AGENT_FLAGS="--tenant-wait 3s" ROUTER_FLAGS="--replay-timeout 3s" start_cluster 5
 
 # metric URL NAME: the value of an unlabelled Prometheus counter
 metric() { curl -sS "$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
