@@ -1306,6 +1306,7 @@ static void reply_dp_error(struct api_req *r, const struct api_err *err)
 struct await_job {
     struct forward_job *fwd; /* its url is the request's path until the primary is known */
     char tenant[API_NAME_MAX];
+    int forwarded; /* another agent sent it here: only this node may serve it */
 };
 
 static int tenant_leased(void *ud, struct api_cluster *c)
@@ -1332,6 +1333,11 @@ static void await_tenant_job(void *arg)
     } else if (!t.leased) {
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", w->tenant);
         api_pending_finish(f->pending, unserved_resp(&err));
+    } else if (w->forwarded && strcmp(t.holder, f->a->cfg.node) != 0) {
+        api_err_set(&err, API_EREPLAYLOOP,
+                    "tenant '%s': request was already forwarded once and node '%s' is not its primary either",
+                    w->tenant, f->a->cfg.node);
+        finish_error(f->pending, &err);
     } else if (asprintf(&url, "%s%s", t.holder_url, f->url) < 0) {
         api_err_set(&err, API_ENOMEM, "out of memory");
         finish_error(f->pending, &err);
@@ -1346,24 +1352,22 @@ static void await_tenant_job(void *arg)
 }
 
 /* R names a tenant this agent's view does not have. The token is valid,
- * so it exists or is about to: wait a little for it (off the loop), unless
- * another agent already did and forwarded R here. */
+ * so it exists or is about to: wait a little for it (off the loop). A
+ * request another agent forwarded here waits too: that agent saw the
+ * tenant's lease held by this node before this node's own watch delivered
+ * it (a tenant created a moment ago); it is served only if this node turns
+ * out to hold it, so it is never forwarded twice. */
 static void await_tenant(struct agent *a, struct api_req *r, const char *tenant)
 {
-    struct api_err err;
     struct await_job *w;
 
-    if (api_req_header(r, "shoal-forwarded-by", NULL) != NULL) {
-        api_err_set(&err, API_ENOTENANT, "tenant '%s' does not exist", tenant);
-        reply_dp_error(r, &err);
-        return;
-    }
     if ((w = calloc(1, sizeof(*w))) == NULL || (w->fwd = make_forward_job(a, r, "")) == NULL) {
         free(w);
         api_reply_errorf(r, API_ENOMEM, "out of memory");
         return;
     }
     snprintf(w->tenant, sizeof(w->tenant), "%s", tenant);
+    w->forwarded = api_req_header(r, "shoal-forwarded-by", NULL) != NULL;
     w->fwd->pending = api_req_defer(r);
     api_workq_submit(a->forwarders, atomic_fetch_add(&a->forward_seq, 1), await_tenant_job, w);
 }

@@ -158,6 +158,25 @@ is "... and the request waiting in the router is served: 200, 42" "200 42" \
     "$(cat "$T_DIR/u2.status") $(jbody u2 '.results[0].response.result.rows[0][0].value')"
 is "... and the one waiting in n3 too, by the primary: 200, 43" "200 43" \
     "$(cat "$T_DIR/u3.status") $(jbody u3 '.results[0].response.result.rows[0][0].value')"
+# A request another agent forwarded to the new primary may reach it before the
+# primary's own watch delivers the tenant (the forwarder saw the lease first): the
+# primary waits for it too instead of answering 404. Here the forwarding is played
+# by the test: n1 gets the request before "late" exists again, marked forwarded.
+r=$(admin DELETE /v1/tenants/late)
+is "tenant late deleted" 204 "$(status_of "$r")"
+wait_until 10 sh -c "[ \"\$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer $LTOK' \
+    --data-binary '{\"requests\":[]}' $AGENT_URL_n3/t/late/v2/pipeline)\" = 404 ]"
+hreq u4 -X POST -H "Authorization: Bearer $LTOK" -H "shoal-forwarded-by: n3" --data-binary "$(sql 'select 40 + 4')" \
+    "$AGENT_URL_n1/t/late/v2/pipeline" >"$T_DIR/u4.status" &
+U4=$!
+# n1 answered at once before (404): still running after 0.3 s means it waits
+sleep 0.3
+is "... a forwarded request for it waits in n1" 0 "$(kill -0 $U4 2>/dev/null; echo $?)"
+r=$(admin POST /v1/tenants '{"id":"late","region":"ams","replicas":0}')
+is "tenant late created a third time (primary n1)" "201 n1" "$(status_of "$r") $(body_of "$r" | jq -r .primary.node)"
+wait $U4
+is "... and a forwarded request that reached n1 first is served by it: 200, 44" "200 44" \
+    "$(cat "$T_DIR/u4.status") $(jbody u4 '.results[0].response.result.rows[0][0].value')"
 r=$(admin DELETE /v1/tenants/late) # placement below counts tenants per node
 is "tenant late deleted" 204 "$(status_of "$r")"
 
