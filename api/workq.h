@@ -59,8 +59,8 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
  * If another thread's FN runs in place on the slot and nothing is queued
  * behind it, waits for it (spinning, at most 50 µs): event loops reading one
  * tenant take turns. Returns 1 if FN ran, 0 if the slot was busy or the pool
- * is stopping (FN not run: submit it instead). For threads that are not the pool's own (a
- * pool thread would run the slot while holding another). */
+ * is stopping (FN not run: submit it instead). For threads that are not the
+ * pool's own (a pool thread would run the slot while holding another). */
 int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *arg);
 
 /* The slot KEY's jobs run on, as an index: jobs of keys with the same slot

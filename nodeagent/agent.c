@@ -587,6 +587,14 @@ static void finish_error(struct api_pending *p, const struct api_err *err)
     api_pending_finish(p, api_dp_error_resp(err));
 }
 
+/* A request another agent forwarded here is never forwarded again. */
+static int forwarded_twice_error(struct api_err *err, const char *tenant, const char *node)
+{
+    return api_err_set(err, API_EREPLAYLOOP,
+                       "tenant '%s': request was already forwarded once and node '%s' is not its primary either",
+                       tenant, node);
+}
+
 /* A refusal that guarantees nothing ran (no primary right now, tenant
  * moving): `Retry-After: 1` tells a caller, the router among them, that
  * sending it again is safe. Other 503s (a quorum timeout, a failed capture)
@@ -671,8 +679,7 @@ static void send_to_primary(struct pipeline_job *j)
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", j->tenant);
         api_pending_finish(j->pending, unserved_resp(&err));
     } else {
-        api_err_set(&err, API_EREPLAYLOOP, "tenant '%s': request was already forwarded once and node '%s' is not "
-                                           "its primary either", j->tenant, j->a->cfg.node);
+        forwarded_twice_error(&err, j->tenant, j->a->cfg.node);
         finish_error(j->pending, &err);
     }
     pipeline_job_free(j);
@@ -1334,9 +1341,7 @@ static void await_tenant_job(void *arg)
         api_err_set(&err, API_EUNAVAILABLE, "tenant '%s' has no primary right now; retry shortly", w->tenant);
         api_pending_finish(f->pending, unserved_resp(&err));
     } else if (w->forwarded && strcmp(t.holder, f->a->cfg.node) != 0) {
-        api_err_set(&err, API_EREPLAYLOOP,
-                    "tenant '%s': request was already forwarded once and node '%s' is not its primary either",
-                    w->tenant, f->a->cfg.node);
+        forwarded_twice_error(&err, w->tenant, f->a->cfg.node);
         finish_error(f->pending, &err);
     } else if (asprintf(&url, "%s%s", t.holder_url, f->url) < 0) {
         api_err_set(&err, API_ENOMEM, "out of memory");
@@ -1814,8 +1819,7 @@ static void on_pipeline(struct api_req *r, void *ud)
         return;
     }
     if (api_req_header(r, "shoal-forwarded-by", NULL) != NULL) {
-        api_err_set(&err, API_EREPLAYLOOP, "tenant '%s': request was already forwarded once and node '%s' is not "
-                                           "its primary either", auth.tenant, a->cfg.node);
+        forwarded_twice_error(&err, auth.tenant, a->cfg.node);
         reply_dp_error(r, &err);
         return;
     }
