@@ -178,21 +178,23 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out, struct api_err *err)
+int api_workq_new(size_t nthreads, size_t nslots, void (*on_exit)(void), struct api_workq **out, struct api_err *err)
 {
     struct api_workq *q = calloc(1, sizeof(*q));
     pthread_condattr_t ca;
 
     if (nthreads == 0)
         nthreads = 1;
-    if (q == NULL || (q->slots = calloc(nthreads, sizeof(*q->slots))) == NULL ||
+    if (nslots == 0)
+        nslots = nthreads;
+    if (q == NULL || (q->slots = calloc(nslots, sizeof(*q->slots))) == NULL ||
         (q->threads = calloc(nthreads, sizeof(*q->threads))) == NULL) {
         if (q != NULL)
             free(q->slots);
         free(q);
         return api_err_set(err, API_ENOMEM, "worker pool: out of memory");
     }
-    q->nslots = nthreads;
+    q->nslots = nslots;
     q->cap = nthreads;
     q->overdue_ns = 1000000;
     q->on_exit = on_exit;
@@ -215,7 +217,7 @@ int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out
 void api_workq_set_active_cap(struct api_workq *q, size_t cap, int64_t overdue_us)
 {
     pthread_mutex_lock(&q->mu);
-    q->cap = cap == 0 || cap > q->nslots ? q->nslots : cap;
+    q->cap = cap == 0 || cap > q->nthreads ? q->nthreads : cap;
     q->overdue_ns = (overdue_us > 0 ? overdue_us : 1) * 1000;
     pthread_mutex_unlock(&q->mu);
 }
@@ -339,7 +341,7 @@ void api_workq_free(struct api_workq *q)
         return;
     pthread_mutex_lock(&q->mu);
     q->stopping = 1;
-    q->cap = q->nslots; /* drain with every thread */
+    q->cap = q->nthreads; /* drain with every thread */
     pthread_cond_broadcast(&q->cv);
     pthread_mutex_unlock(&q->mu);
     for (size_t i = 0; i < q->nthreads; i++)

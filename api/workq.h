@@ -2,10 +2,12 @@
  * api/workq.h: a pool of worker threads for blocking work (SQLite,
  * outgoing HTTP, etcd) that event loops must not do themselves.
  *
- * Ordering: a key maps to one of NTHREADS slots; the jobs of a slot run one
+ * Ordering: a key maps to one of NSLOTS slots; the jobs of a slot run one
  * at a time, in submission order, so per-tenant work is serialised without
  * a lock per tenant. A slot is not a thread: any idle thread runs whichever
  * slot has work, and a slot's state (api_workq_slot_local) travels with it.
+ * More slots than threads means fewer unrelated keys queue behind each
+ * other's jobs (and take turns running in place, api_workq_try_run).
  *
  * Wake-ups: a pool may cap how many threads run jobs at once (the active
  * cap, e.g. the number of cores). A thread that finishes a job takes the
@@ -31,10 +33,11 @@ struct api_workq;
 
 typedef void (*api_job_fn)(void *arg);
 
-/* Starts NTHREADS threads serving NTHREADS slots, all of them allowed to run
- * at once. ON_EXIT (may be NULL) runs on each worker thread just before it
- * ends, to free thread-local state. */
-int api_workq_new(size_t nthreads, void (*on_exit)(void), struct api_workq **out, struct api_err *err);
+/* Starts NTHREADS threads serving NSLOTS slots (0: as many as threads), all
+ * threads allowed to run at once. ON_EXIT (may be NULL) runs on each worker
+ * thread just before it ends, to free thread-local state. */
+int api_workq_new(size_t nthreads, size_t nslots, void (*on_exit)(void), struct api_workq **out,
+                  struct api_err *err);
 
 /* At most CAP threads run jobs at once outside api_workq_block_begin/end
  * (0 or more than the threads: no cap), except that a slot ready for

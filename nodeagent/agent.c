@@ -152,6 +152,13 @@ static void worker_exit(void)
     tl_http = NULL;
 }
 
+/* Worker slots per worker thread (api/workq.h): a tenant's jobs queue
+ * behind only its slot's, and two event loops reading different tenants
+ * rarely find the same slot busy (with one slot per thread, one read in
+ * eight waited for another loop's). Each slot keeps its own connections,
+ * so --max-open may be overshot by at most one per slot. */
+#define AGENT_SLOTS_PER_WORKER 8
+
 static uint64_t tenant_key(const char *id)
 {
     return api_hash_str(id, strlen(id));
@@ -2136,8 +2143,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
         (rc = load_internal_token(a, &itok, err)) != API_OK ||
         (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, worker_exit, &a->forwarders, err)) != API_OK)
+        (rc = api_workq_new(cfg->workers, AGENT_SLOTS_PER_WORKER * cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, 0, worker_exit, &a->forwarders, err)) != API_OK)
         goto fail;
     /* A tenant's cached connection lives in its slot (store.c), so a few
      * threads can serve every tenant; capping the running ones near the

@@ -807,7 +807,7 @@ int orch_new(const struct orch_config *cfg, struct orch **out, struct api_err *e
         (rc = load_internal_token(o, err)) != API_OK ||
         (rc = orch_ops_new(&o->ops) == 0 ? API_OK : api_err_set(err, API_ENOMEM, "out of memory")) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &o->etcd, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, worker_exit, &o->workers, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, 0, worker_exit, &o->workers, err)) != API_OK ||
         (rc = api_cluster_open(o->etcd, orch_failover_on_change, o, &o->view, err)) != API_OK ||
         (rc = api_server_new(&scfg, &o->server, err)) != API_OK)
         goto fail;

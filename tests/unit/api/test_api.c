@@ -271,7 +271,7 @@ static int setup_server_with_loops(void **state, size_t loops)
     struct api_err err;
 
     assert_int_equal(api_server_new(&cfg, &f->server, &err), API_OK);
-    assert_int_equal(api_workq_new(2, NULL, &f->workers, &err), API_OK);
+    assert_int_equal(api_workq_new(2, 0, NULL, &f->workers, &err), API_OK);
     api_server_route(f->server, "GET", "/v1/tenants/{id}", on_tenant, f);
     api_server_route(f->server, "GET", "/slow/{word}", on_deferred, f);
     api_server_route(f->server, "POST", "/echo", on_echo_json, f);

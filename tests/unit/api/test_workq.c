@@ -75,7 +75,7 @@ static void run_order(size_t cap)
     struct api_err err;
     struct order_state s = {0};
 
-    assert_int_equal(api_workq_new(NKEYS, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(NKEYS, 0, NULL, &q, &err), API_OK);
     api_workq_set_active_cap(q, cap, 1000);
     for (int seq = 1; seq <= PER_KEY; seq++)
         for (int k = 0; k < NKEYS; k++) {
@@ -143,7 +143,7 @@ static void slot_state_follows_the_slot_and_is_freed_once(void **state)
     atomic_store(&slot_exits, 0);
     atomic_store(&local_mismatches, 0);
     assert_null(api_workq_slot_local()); /* not in a job */
-    assert_int_equal(api_workq_new(4, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(4, 0, NULL, &q, &err), API_OK);
     api_workq_set_slot_exit(q, free_local);
     for (int i = 0; i < 2000; i++) {
         struct local_job *j = malloc(sizeof(*j));
@@ -190,7 +190,7 @@ static void the_cap_bounds_running_jobs_but_not_blocked_ones(void **state)
     struct cap_state s = {0};
     (void)state;
 
-    assert_int_equal(api_workq_new(12, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(12, 0, NULL, &q, &err), API_OK);
     /* the watcher is out of reach (a minute), so only the cap decides */
     api_workq_set_active_cap(q, 2, 60000000);
     /* six slots wait for the disk the whole time; the cap of 2 still lets
@@ -239,7 +239,7 @@ static void a_job_blocking_unannounced_stalls_others_only_briefly(void **state)
     struct stall_state s = {0};
     (void)state;
 
-    assert_int_equal(api_workq_new(3, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(3, 0, NULL, &q, &err), API_OK);
     api_workq_set_active_cap(q, 1, 1000);
     api_workq_submit(q, 0, stall_job_run, &s);
     pause_us(1000);
@@ -273,7 +273,7 @@ static void free_runs_jobs_that_running_jobs_submit(void **state)
     (void)state;
 
     atomic_store(&c.left, 100);
-    assert_int_equal(api_workq_new(4, NULL, &c.q, &err), API_OK);
+    assert_int_equal(api_workq_new(4, 0, NULL, &c.q, &err), API_OK);
     api_workq_set_active_cap(c.q, 1, 1000);
     api_workq_submit(c.q, 0, chain_job_run, &c);
     api_workq_free(c.q);
@@ -303,7 +303,7 @@ static void try_run_keeps_a_slots_order_and_state(void **state)
     atomic_store(&slot_exits, 0);
     atomic_store(&local_mismatches, 0);
     atomic_store(&inline_nested_ok, 0);
-    assert_int_equal(api_workq_new(NKEYS, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(NKEYS, 0, NULL, &q, &err), API_OK);
     api_workq_set_active_cap(q, 1, 1000);
     for (int seq = 1; seq <= PER_KEY; seq++)
         for (int k = 0; k < NKEYS; k++) {
@@ -323,7 +323,7 @@ static void try_run_keeps_a_slots_order_and_state(void **state)
     assert_true(ran_here > 0);
 
     /* the slot's state is the same whichever thread runs its jobs */
-    assert_int_equal(api_workq_new(4, NULL, &q, &err), API_OK);
+    assert_int_equal(api_workq_new(4, 0, NULL, &q, &err), API_OK);
     api_workq_set_slot_exit(q, free_local);
     for (int i = 0; i < 600; i++) {
         struct local_job *j = malloc(sizeof(*j));
