@@ -140,7 +140,7 @@ int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_
 
     /* 4. the token's tenant claim */
     if (!have_tenant) {
-        snprintf(out->tenant, sizeof(out->tenant), "%s", out->claims.tenant);
+        api_copy_text(out->tenant, sizeof(out->tenant), out->claims.tenant, strlen(out->claims.tenant));
         have_tenant = 1;
     }
     if (strcmp(out->tenant, out->claims.tenant) != 0)

@@ -91,7 +91,20 @@ int api_region_check(const char *s, size_t len, struct api_err *err)
 
 void api_hex64_format(uint64_t v, char out[17])
 {
-    snprintf(out, 17, "%016llx", (unsigned long long)v);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+    out[16] = '\0';
+}
+
+void api_copy_text(char *dst, size_t cap, const char *src, size_t len)
+{
+    if (cap == 0)
+        return;
+    if (len > cap - 1)
+        len = cap - 1;
+    memcpy(dst, src, len);
+    dst[len] = '\0';
 }
 
 int api_hex64_parse(const char *s, size_t len, uint64_t *out)

@@ -1438,12 +1438,12 @@ static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r,
     j->version = rc->version;
     j->cursor = rc->cursor;
     j->quorum = strcmp(t->durability, "quorum") == 0;
-    snprintf(j->tenant, sizeof(j->tenant), "%s", auth->tenant);
+    api_copy_text(j->tenant, sizeof(j->tenant), auth->tenant, strlen(auth->tenant));
     const char *cr = api_req_header(r, "shoal-client-region", &hlen);
-    snprintf(j->client_region, sizeof(j->client_region), "%.*s",
-             cr != NULL && hlen < sizeof(j->client_region) && api_region_valid(cr, hlen) ? (int)hlen : 0, cr ? cr : "");
-    if (!j->client_region[0])
-        snprintf(j->client_region, sizeof(j->client_region), "%s", a->cfg.region);
+    if (cr != NULL && hlen < sizeof(j->client_region) && api_region_valid(cr, hlen))
+        api_copy_text(j->client_region, sizeof(j->client_region), cr, hlen);
+    else
+        api_copy_text(j->client_region, sizeof(j->client_region), a->cfg.region, strlen(a->cfg.region));
     return j;
 }
 

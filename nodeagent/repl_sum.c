@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api/names.h"
+
 /* CRC-64/ISO, reflected polynomial, slicing by 8. */
 #define POLY_ISO UINT64_C(0xD800000000000000)
 
@@ -101,7 +103,7 @@ int agent_file_checksum(int fd, size_t page_size, uint32_t npages, uint64_t *out
 
 void agent_hex16(uint64_t x, char out[17])
 {
-    snprintf(out, 17, "%016llx", (unsigned long long)x);
+    api_hex64_format(x, out);
 }
 
 int agent_parse_hex16(const char *s, size_t len, uint64_t *out)
