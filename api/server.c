@@ -221,6 +221,19 @@ int api_resp_set_json(struct api_resp *resp, int status, json_t *doc)
     return API_OK;
 }
 
+int api_resp_take_body(struct api_resp *resp, const char *content_type, char *body, size_t len)
+{
+    char *ct = strdup(content_type);
+    if (ct == NULL)
+        return API_ENOMEM;
+    free(resp->content_type);
+    free(resp->body);
+    resp->content_type = ct;
+    resp->body = body;
+    resp->body_len = len;
+    return API_OK;
+}
+
 json_t *api_error_json(const struct api_err *err)
 {
     return json_pack("{s:{s:s,s:s}}", "error", "code", api_err_json_code(err->code), "message",

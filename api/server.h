@@ -234,6 +234,10 @@ void api_resp_free(struct api_resp *resp);
 int api_resp_set_body(struct api_resp *resp, const char *content_type, const void *body, size_t len);
 /* Serialises DOC (reference stolen) as the JSON body. */
 int api_resp_set_json(struct api_resp *resp, int status, json_t *doc);
+/* Sets BODY (malloc'd, NUL-terminated after LEN bytes) as RESP's body
+ * without a copy: RESP owns it once this returns API_OK; on API_ENOMEM the
+ * caller still does. */
+int api_resp_take_body(struct api_resp *resp, const char *content_type, char *body, size_t len);
 /* The contract error shape for ERR. */
 int api_resp_set_error(struct api_resp *resp, const struct api_err *err);
 /* Adds a header (both copied); silently ignores more than API_RESP_MAX_HEADERS. */

@@ -199,43 +199,46 @@ int api_sql_reads_only(const char *sql)
     }
 }
 
-static int stmt_reads(const json_t *stmt, api_stmt_reads_fn fn, void *ud)
+static int stmt_reads(const struct api_jv *stmt, api_stmt_reads_fn fn, void *ud)
 {
-    const char *sql = json_string_value(json_object_get(stmt, "sql"));
+    const char *sql = api_jv_string(api_jv_get(stmt, "sql"));
     return sql != NULL && fn(ud, sql); /* sql_id needs the stream that stored it */
 }
 
-int api_pipeline_reads_only(const json_t *requests, api_stmt_reads_fn fn, void *ud)
+int api_pipeline_reads_only(const struct api_jv *requests, api_stmt_reads_fn fn, void *ud)
 {
-    size_t i, k;
-    json_t *req;
-    if (!json_is_array(requests))
+    if (!api_jv_is(requests, API_JV_ARRAY))
         return 0;
-    json_array_foreach(requests, i, req)
-    {
-        const char *type = json_string_value(json_object_get(req, "type"));
+    for (size_t i = 0; i < api_jv_size(requests); i++) {
+        const struct api_jv *req = api_jv_at(requests, i);
+        const char *type = api_jv_string(api_jv_get(req, "type"));
         if (type == NULL)
             return 1; /* a protocol error: let the executor say so */
         if (strcmp(type, "close") == 0 || strcmp(type, "get_autocommit") == 0)
             continue;
         if (strcmp(type, "execute") == 0 || strcmp(type, "describe") == 0) {
-            const json_t *obj = strcmp(type, "execute") == 0 ? json_object_get(req, "stmt") : req;
+            const struct api_jv *obj = strcmp(type, "execute") == 0 ? api_jv_get(req, "stmt") : req;
             if (!stmt_reads(obj, fn, ud))
                 return 0;
         } else if (strcmp(type, "sequence") == 0) {
             if (!stmt_reads(req, fn, ud))
                 return 0;
         } else if (strcmp(type, "batch") == 0) {
-            json_t *step, *steps = json_object_get(json_object_get(req, "batch"), "steps");
-            json_array_foreach(steps, k, step)
-            {
-                if (!stmt_reads(json_object_get(step, "stmt"), fn, ud))
-                    return 0;
-            }
+            if (!api_batch_reads_only(api_jv_get(req, "batch"), fn, ud))
+                return 0;
         } else {
             return 0; /* store_sql/close_sql belong to a stream: the primary's */
         }
     }
+    return 1;
+}
+
+int api_batch_reads_only(const struct api_jv *batch, api_stmt_reads_fn fn, void *ud)
+{
+    const struct api_jv *steps = api_jv_get(batch, "steps");
+    for (size_t k = 0; k < api_jv_size(steps); k++)
+        if (!stmt_reads(api_jv_get(api_jv_at(steps, k), "stmt"), fn, ud))
+            return 0;
     return 1;
 }
 
@@ -247,26 +250,27 @@ static int lexical_reads(void *ud, const char *sql)
 
 void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out)
 {
-    json_t *doc = json_loadb(body, len, 0, NULL);
+    struct api_jdoc *doc = NULL;
+    const struct api_jv *root;
     memset(out, 0, sizeof(*out));
-    if (!json_is_object(doc)) {
-        json_decref(doc);
+    if (api_jdoc_parse(body, len, &doc, NULL, 0) != 0 || !api_jv_is(root = api_jdoc_root(doc), API_JV_OBJECT)) {
+        api_jdoc_free(doc);
         return;
     }
     out->parsed = 1;
-    const char *baton = json_string_value(json_object_get(doc, "baton"));
+    const char *baton = api_jv_string(api_jv_get(root, "baton"));
     if (baton != NULL) {
         const char *dot = strchr(baton, '.');
         out->has_baton = 1;
         if (dot != NULL && api_name_valid(baton, (size_t)(dot - baton)))
             snprintf(out->baton_node, sizeof(out->baton_node), "%.*s", (int)(dot - baton), baton);
     }
-    const json_t *requests = json_object_get(doc, "requests");
-    size_t n = json_array_size(requests);
-    const char *last = n ? json_string_value(json_object_get(json_array_get(requests, n - 1), "type")) : NULL;
+    const struct api_jv *requests = api_jv_get(root, "requests");
+    size_t n = api_jv_size(requests);
+    const char *last = n ? api_jv_string(api_jv_get(api_jv_at(requests, n - 1), "type")) : NULL;
     out->ends_with_close = last != NULL && strcmp(last, "close") == 0;
-    out->reads_only = json_is_array(requests) && api_pipeline_reads_only(requests, lexical_reads, NULL);
-    json_decref(doc);
+    out->reads_only = api_jv_is(requests, API_JV_ARRAY) && api_pipeline_reads_only(requests, lexical_reads, NULL);
+    api_jdoc_free(doc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -274,8 +278,9 @@ void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline
 
 /* A scanner for the plain JSON that clients send: ASCII, no backslash
  * escapes, ordinary numbers. Anything else makes it give up (-1) and
- * api_pipeline_inspect parses with jansson instead, so where the fast path
- * answers, jansson would have read the same values. */
+ * api_pipeline_inspect parses in full instead (api/jsonin.h, which reads
+ * what jansson reads), so where the fast path answers, a full parse would
+ * have read the same values. */
 struct scan {
     const char *p, *end;
 };

@@ -18,9 +18,8 @@
 
 #include <stddef.h>
 
-#include <jansson.h>
-
 #include "api/err.h"
+#include "api/jsonin.h"
 
 /* 1 if every statement of SQL (NUL-terminated, possibly several separated
  * by `;`) is certainly read-only by its text: SELECT, VALUES, WITH ...
@@ -38,7 +37,9 @@ typedef int (*api_stmt_reads_fn)(void *ud, const char *sql);
  * writes, needs a stream's stored SQL (sql_id, store_sql) or is of an
  * unknown type. A request without a type counts as read-only: the executor
  * reports the protocol error wherever it runs. */
-int api_pipeline_reads_only(const json_t *requests, api_stmt_reads_fn stmt_reads, void *ud);
+int api_pipeline_reads_only(const struct api_jv *requests, api_stmt_reads_fn stmt_reads, void *ud);
+/* The same for one Hrana Batch object (its steps' statements). */
+int api_batch_reads_only(const struct api_jv *batch, api_stmt_reads_fn stmt_reads, void *ud);
 
 /* What a router needs to know about a pipeline body to route it. */
 struct api_pipeline_info {
@@ -53,9 +54,9 @@ struct api_pipeline_info {
  * unparsable body gives parsed=0 and reads_only=0 (the primary reports the
  * error). Cheap: plain bodies (ASCII, no escapes, execute and close
  * requests) are scanned without building a JSON tree; anything else is
- * parsed with jansson, so the answer is the same either way. */
+ * parsed in full (api/jsonin.h), so the answer is the same either way. */
 void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out);
-/* The same, always through jansson (the reference; exposed for tests). */
+/* The same, always through the full parser (the reference; exposed for tests). */
 void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out);
 
 #endif

@@ -134,6 +134,7 @@ static void loop_exit(void)
 {
     api_dp_thread_exit();
     agent_store_thread_exit();
+    agent_hrana_thread_exit();
 }
 
 /* --loops 0: one per core, at most 8. */
@@ -148,6 +149,7 @@ static size_t loops_wanted(const struct agent_config *cfg)
 static void worker_exit(void)
 {
     agent_store_thread_exit();
+    agent_hrana_thread_exit();
     api_http_client_free(tl_http);
     tl_http = NULL;
 }
@@ -631,10 +633,10 @@ static void exec_pragma(sqlite3 *db, const char *sql)
     }
 }
 
-static int ends_with_close(const json_t *requests)
+static int ends_with_close(const struct api_jv *requests)
 {
-    size_t n = json_array_size(requests);
-    const char *type = n ? json_string_value(json_object_get(json_array_get(requests, n - 1), "type")) : NULL;
+    size_t n = api_jv_size(requests);
+    const char *type = n ? api_jv_string(api_jv_get(api_jv_at(requests, n - 1), "type")) : NULL;
     return type != NULL && strcmp(type, "close") == 0;
 }
 
@@ -707,20 +709,22 @@ static int replica_handoff(struct pipeline_job *j)
     struct agent_repl_pos pos;
     struct api_err err;
     sqlite3 *db;
-    json_t *doc = json_loadb(j->body, j->body_len, 0, NULL);
-    json_t *requests = json_object_get(doc, "requests"), *baton = json_object_get(doc, "baton");
+    struct api_jdoc *doc = NULL;
+    api_jdoc_parse(j->body, j->body_len, &doc, NULL, 0);
+    const struct api_jv *root = api_jdoc_root(doc), *requests = api_jv_get(root, "requests"),
+                        *baton = api_jv_get(root, "baton");
     int local = 0;
 
-    if (doc == NULL || !json_is_array(requests)) {
-        json_decref(doc);
+    if (doc == NULL || !api_jv_is(requests, API_JV_ARRAY)) {
+        api_jdoc_free(doc);
         return 0; /* the executor reports the protocol error */
     }
     /* interactive transactions (batons) always live on the primary */
-    if (!json_is_string(baton) && ends_with_close(requests) &&
+    if (!api_jv_is(baton, API_JV_STRING) && ends_with_close(requests) &&
         agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_REPLICA, &err) == API_OK &&
         agent_repl_position(a->repl, j->tenant, &pos) == 0 && pos.loaded && agent_store_exists(a->store, j->tenant)) {
         if (j->min_txid > pos.txid && !j->waited) {
-            json_decref(doc);
+            api_jdoc_free(doc);
             j->waited = 1;
             agent_repl_wait_txid(a->repl, j->tenant, j->min_txid, a->cfg.catchup_timeout_ms, rerun_after_wait, j);
             return 1;
@@ -728,7 +732,7 @@ static int replica_handoff(struct pipeline_job *j)
         local = j->min_txid <= pos.txid && agent_store_conn(a->store, j->tenant, &db, &err) == API_OK &&
                 agent_hrana_reads_only(db, requests);
     }
-    json_decref(doc);
+    api_jdoc_free(doc);
     if (!local) {
         send_to_primary(j);
         return 1;
@@ -779,15 +783,17 @@ static void maintain_after_write(struct agent *a, const struct pipeline_job *j, 
  * entry and its stream is closed.
  */
 
-static int cursor_write_entry(struct api_stream *out, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+/* One entry (LINE, LEN bytes of JSON) and its newline, in one write. */
+static int cursor_write_line(struct api_stream *out, const char *line, size_t len, int64_t deadline_ms,
+                             struct api_err *err)
 {
-    size_t len;
-    char *text = api_json_encode(entry, &len);
+    char *text = malloc(len + 1);
     int rc;
 
     if (text == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
-    text[len] = '\n'; /* over the NUL: one line, one write */
+    memcpy(text, line, len);
+    text[len] = '\n';
     rc = api_stream_write(out, text, len + 1, deadline_ms);
     free(text);
     if (rc == API_EIO)
@@ -801,14 +807,28 @@ static int cursor_write_entry(struct api_stream *out, const json_t *entry, int64
     return API_OK;
 }
 
-static int cursor_sink_entry(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+static int cursor_sink_entry(void *ud, const char *line, size_t len, int64_t deadline_ms, struct api_err *err)
 {
-    return cursor_write_entry(ud, entry, deadline_ms, err);
+    return cursor_write_line(ud, line, len, deadline_ms, err);
+}
+
+/* The first line of a cursor reply, and the head of a pipeline's:
+ * {"baton":BATON or null,"base_url":null ... (the caller closes it). */
+static void put_baton_head(struct api_jw *w, const char *baton)
+{
+    api_jw_object(w);
+    api_jw_key(w, "baton");
+    if (baton[0])
+        api_jw_cstring(w, baton);
+    else
+        api_jw_null(w);
+    api_jw_key(w, "base_url");
+    api_jw_null(w);
 }
 
 /* 1 if J's cursor BATCH may stream on DB (see above). */
 static int cursor_streamable(const struct pipeline_job *j, sqlite3 *db, struct agent_hrana_stream *hs,
-                             const json_t *batch)
+                             const struct api_jv *batch)
 {
     return j->cursor && sqlite3_get_autocommit(db) && agent_hrana_cursor_check(hs, batch, j->version) &&
            agent_hrana_batch_reads_only(db, batch);
@@ -838,10 +858,12 @@ static struct api_stream *cursor_stream_start(struct agent *a, struct pipeline_j
     if ((out = api_pending_stream(j->pending, head)) == NULL)
         return NULL;
     /* the baton line; if it cannot be written the batch stops at its first entry */
-    json_t *line = json_pack("{s:o,s:n}", "baton", baton[0] ? json_string(baton) : json_null(), "base_url");
-    if (line != NULL)
-        cursor_write_entry(out, line, api_now_ms() + a->cfg.stmt_timeout_ms, &err);
-    json_decref(line);
+    struct api_jw line = API_JW_INIT;
+    put_baton_head(&line, baton);
+    api_jw_object_end(&line);
+    if (!line.failed)
+        cursor_write_line(out, line.p, line.len, api_now_ms() + a->cfg.stmt_timeout_ms, &err);
+    api_jw_free(&line);
     return out;
 }
 
@@ -859,14 +881,24 @@ static void cursor_stream_end(struct api_stream *out, int rc, const struct api_e
     }
     /* Hrana's terminal entry: the batch stopped here. Written without waiting
      * for room: a stalled reader may never take it. */
-    json_t *e = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "message", err->msg, "code",
-                          rc == API_ETIMEOUT ? "CURSOR_STALLED" : rc == API_EINVAL ? "PROTOCOL_ERROR" : "INTERNAL_ERROR");
-    if (e == NULL || cursor_write_entry(out, e, 0, &ignored) == API_ENOMEM) {
-        json_decref(e);
+    struct api_jw e = API_JW_INIT;
+    api_jw_object(&e);
+    api_jw_key(&e, "type");
+    api_jw_cstring(&e, "error");
+    api_jw_key(&e, "error");
+    api_jw_object(&e);
+    api_jw_key(&e, "message");
+    api_jw_cstring(&e, err->msg);
+    api_jw_key(&e, "code");
+    api_jw_cstring(&e, rc == API_ETIMEOUT ? "CURSOR_STALLED" : rc == API_EINVAL ? "PROTOCOL_ERROR" : "INTERNAL_ERROR");
+    api_jw_object_end(&e);
+    api_jw_object_end(&e);
+    if (e.failed || cursor_write_line(out, e.p, e.len, 0, &ignored) == API_ENOMEM) {
+        api_jw_free(&e);
         api_stream_abort(out);
         return;
     }
-    json_decref(e);
+    api_jw_free(&e);
     api_stream_end(out);
 }
 
@@ -881,8 +913,10 @@ static void pipeline_job(void *arg)
     struct agent_hrana_outcome outcome;
     struct agent_hrana_stream *hs = NULL;
     struct agent_stream *st = NULL;
-    json_t *doc = NULL, *results = NULL, *requests, *baton;
-    json_error_t jerr;
+    struct api_jdoc *doc = NULL;
+    const struct api_jv *requests, *baton;
+    struct api_jw results = API_JW_INIT;
+    char jerr[160];
     struct api_err err;
     char next_baton[AGENT_BATON_MAX] = "";
     sqlite3 *db = NULL;
@@ -907,28 +941,27 @@ static void pipeline_job(void *arg)
     }
     struct agent_repl_pos before, after;
     agent_repl_position(a->repl, j->tenant, &before);
-    doc = json_loadb(j->body, j->body_len, 0, &jerr);
-    if (doc == NULL || !json_is_object(doc)) {
-        api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s",
-                    doc == NULL ? jerr.text : "wrong type");
+    if (api_jdoc_parse(j->body, j->body_len, &doc, jerr, sizeof(jerr)) != 0 ||
+        !api_jv_is(api_jdoc_root(doc), API_JV_OBJECT)) {
+        api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s", doc == NULL ? jerr : "wrong type");
         goto fail;
     }
-    requests = json_object_get(doc, j->cursor ? "batch" : "requests");
-    baton = json_object_get(doc, "baton");
-    if (j->cursor && !json_is_object(requests)) {
+    requests = api_jv_get(api_jdoc_root(doc), j->cursor ? "batch" : "requests");
+    baton = api_jv_get(api_jdoc_root(doc), "baton");
+    if (j->cursor && !api_jv_is(requests, API_JV_OBJECT)) {
         api_err_set(&err, API_EINVAL, "cursor body needs a \"batch\" object");
         goto fail;
     }
-    if (!j->cursor && !json_is_array(requests)) {
+    if (!j->cursor && !api_jv_is(requests, API_JV_ARRAY)) {
         api_err_set(&err, API_EINVAL, "pipeline body needs a \"requests\" array");
         goto fail;
     }
-    if (baton != NULL && !json_is_null(baton) && !json_is_string(baton)) {
+    if (baton != NULL && !api_jv_is(baton, API_JV_NULL) && !api_jv_is(baton, API_JV_STRING)) {
         api_err_set(&err, API_EBATON, "Received an invalid baton (not a string)");
         goto fail;
     }
-    if (json_is_string(baton)) {
-        if (agent_streams_take(a->streams, json_string_value(baton), j->tenant, j->token, strlen(j->token), &st,
+    if (api_jv_is(baton, API_JV_STRING)) {
+        if (agent_streams_take(a->streams, api_jv_string(baton), j->tenant, j->token, strlen(j->token), &st,
                                &err) != API_OK)
             goto fail;
         db = agent_stream_db(st);
@@ -992,7 +1025,8 @@ static void pipeline_job(void *arg)
             cursor_stream_end(out, rc, &err);
         if (rc == API_OK)
             atomic_fetch_add(&a->pipelines, 1);
-        json_decref(doc);
+        api_jw_free(&results);
+        api_jdoc_free(doc);
         pipeline_job_free(j);
         return;
     }
@@ -1015,64 +1049,42 @@ static void pipeline_job(void *arg)
                                             "replicated", j->tenant);
         goto fail;
     }
-    if (j->cursor) {
-        /* text/plain, one JSON object per line: the baton line, then entries */
-        json_t *head = json_pack("{s:o,s:n}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
-                                 "base_url");
-        char *line = api_json_encode(head, NULL);
-        size_t cap = 256, len = 0;
-        char *body = malloc(cap);
-        json_decref(head);
-        for (size_t i = 0; line != NULL && body != NULL; i++) {
-            size_t n = strlen(line);
-            if (len + n + 2 > cap) {
-                while (len + n + 2 > cap)
-                    cap *= 2;
-                char *nb = realloc(body, cap);
-                if (nb == NULL) {
-                    free(body);
-                    body = NULL;
-                    break;
-                }
-                body = nb;
-            }
-            memcpy(body + len, line, n);
-            len += n;
-            body[len++] = '\n';
-            free(line);
-            line = i < json_array_size(results) ? api_json_encode(json_array_get(results, i), NULL) : NULL;
-        }
-        free(line);
-        json_decref(results);
-        struct api_resp *resp = api_resp_new(200);
-        if (resp != NULL && body != NULL)
-            api_resp_set_body(resp, "text/plain", body, len);
-        free(body);
-        finish_with_position(a, j, resp, &before, &after);
-        maintain_after_write(a, j, &before, &after);
-        json_decref(doc);
-        pipeline_job_free(j);
-        return;
-    }
     {
+        /* a pipeline: {"baton":..,"base_url":null,"results":[..]}; a cursor:
+         * text/plain, one JSON object per line, the baton line first */
+        struct api_jw body = API_JW_INIT;
+        put_baton_head(&body, next_baton);
+        if (j->cursor) {
+            api_jw_object_end(&body);
+            api_jw_append(&body, "\n", 1);
+            api_jw_append(&body, results.p ? results.p : "", results.len);
+        } else {
+            api_jw_key(&body, "results");
+            api_jw_raw(&body, results.p ? results.p : "", results.len);
+            api_jw_object_end(&body);
+        }
+        api_jw_free(&results);
+        size_t len;
+        char *text = api_jw_finish(&body, &len);
         struct api_resp *resp = api_resp_new(200);
-        json_t *out = json_pack("{s:o,s:n,s:o}", "baton", next_baton[0] ? json_string(next_baton) : json_null(),
-                                "base_url", "results", results);
-        if (resp != NULL && api_resp_set_json(resp, 200, out) == API_OK) {
+        if (text != NULL && resp != NULL &&
+            api_resp_take_body(resp, j->cursor ? "text/plain" : "application/json", text, len) == API_OK) {
             finish_with_position(a, j, resp, &before, &after);
         } else {
+            free(text);
             api_resp_free(resp);
             api_err_set(&err, API_ENOMEM, "out of memory");
             finish_error(j->pending, &err);
         }
     }
     maintain_after_write(a, j, &before, &after);
-    json_decref(doc);
+    api_jdoc_free(doc);
     pipeline_job_free(j);
     return;
 fail:
     finish_error(j->pending, &err);
-    json_decref(doc);
+    api_jw_free(&results);
+    api_jdoc_free(doc);
     pipeline_job_free(j);
 }
 
@@ -1103,19 +1115,6 @@ struct in_place {
     int answered;
 };
 
-static int results_failed(const json_t *results)
-{
-    size_t i;
-    json_t *res;
-    json_array_foreach(results, i, res)
-    {
-        const char *type = json_string_value(json_object_get(res, "type"));
-        if (type == NULL || strcmp(type, "ok") != 0)
-            return 1;
-    }
-    return 0;
-}
-
 static void in_place_read(void *arg)
 {
     struct in_place *run = arg;
@@ -1129,18 +1128,20 @@ static void in_place_read(void *arg)
     struct agent_stmt_cache *stmts = NULL;
     struct agent_repl_pos pos;
     struct api_err err;
-    json_t *doc, *requests, *results = NULL;
+    struct api_jdoc *doc = NULL;
+    const struct api_jv *requests;
+    struct api_jw results = API_JW_INIT;
     sqlite3 *db;
 
     if (!agent_repl_ready(a->repl, j->tenant, j->replica ? AGENT_ROLE_REPLICA : AGENT_ROLE_PRIMARY, &pos) ||
         !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
         !agent_store_conn_if_open(a->store, j->tenant, &db, &stmts))
         return;
-    doc = json_loadb(j->body, j->body_len, 0, NULL);
-    requests = json_object_get(doc, "requests");
-    if (!json_is_array(requests) || !ends_with_close(requests) ||
+    api_jdoc_parse(j->body, j->body_len, &doc, NULL, 0);
+    requests = api_jv_get(api_jdoc_root(doc), "requests");
+    if (!api_jv_is(requests, API_JV_ARRAY) || !ends_with_close(requests) ||
         (hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL) {
-        json_decref(doc);
+        api_jdoc_free(doc);
         return;
     }
     /* The scanner found only statements that read; the authorizer refuses
@@ -1159,18 +1160,24 @@ static void in_place_read(void *arg)
     agent_hrana_stream_free(hs);
     if (outcome.wrote)
         log_error("tenant=%s: a read run in place wrote", j->tenant); /* cannot happen: the authorizer */
-    if (rc != API_OK || gave_up || outcome.wrote || results_failed(results)) {
-        json_decref(results);
-        json_decref(doc);
+    if (rc != API_OK || gave_up || outcome.wrote || outcome.failed) {
+        api_jw_free(&results);
+        api_jdoc_free(doc);
         atomic_fetch_add(&a->reads_in_place_declined, 1);
         return;
     }
-    json_decref(doc);
+    api_jdoc_free(doc);
+    struct api_jw body = API_JW_INIT;
+    put_baton_head(&body, "");
+    api_jw_key(&body, "results");
+    api_jw_raw(&body, results.p, results.len);
+    api_jw_object_end(&body);
+    api_jw_free(&results);
+    size_t len;
+    char *text = api_jw_finish(&body, &len);
     struct api_resp *resp = api_resp_new(200);
-    json_t *out = json_pack("{s:n,s:n,s:o}", "baton", "base_url", "results", results);
-    if (resp == NULL || api_resp_set_json(resp, 200, out) != API_OK) {
-        if (resp == NULL)
-            json_decref(out);
+    if (text == NULL || resp == NULL || api_resp_take_body(resp, "application/json", text, len) != API_OK) {
+        free(text);
         api_resp_free(resp);
         return; /* out of memory: a worker tries */
     }

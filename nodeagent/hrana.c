@@ -40,6 +40,7 @@
 
 #include <sodium.h>
 
+#include "api/jsonout.h"
 #include "api/sqlclass.h"
 #include "api/workq.h"
 #include "nodeagent/stmtcache.h"
@@ -67,11 +68,38 @@ struct agent_hrana_stream {
     int closed;
     int active; /* user SQL is being prepared or run: the authorizer applies */
     struct agent_stmt_cache *stmts; /* borrowed; NULL: prepare every statement */
-    /* a streamed cursor: execute_stmt hands step_begin and rows to the sink
-     * as SQLite produces them instead of collecting rows */
+    /* a cursor: execute_stmt hands step_begin and rows out as entries as
+     * SQLite produces them: to the sink (streamed), or else to LINES */
     const struct agent_hrana_sink *sink;
-    size_t sink_step;
+    struct api_jw *lines;
+    size_t cursor_step;
 };
+
+/* Scratch text of the statement running on this thread: its columns, an
+ * in-band error, a batch's step_errors, one cursor entry. Kept between
+ * requests (a thread runs one stream at a time), so a point read allocates
+ * none of it; trimmed after a large one (scratch_trim). */
+static __thread struct {
+    struct api_jw cols, ew, step_errors, line;
+} tl_scratch;
+
+#define SCRATCH_KEEP (64u << 10)
+
+static void scratch_trim(void)
+{
+    struct api_jw *all[] = {&tl_scratch.cols, &tl_scratch.ew, &tl_scratch.step_errors, &tl_scratch.line};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (all[i]->cap > SCRATCH_KEEP)
+            api_jw_free(all[i]);
+}
+
+void agent_hrana_thread_exit(void)
+{
+    api_jw_free(&tl_scratch.cols);
+    api_jw_free(&tl_scratch.ew);
+    api_jw_free(&tl_scratch.step_errors);
+    api_jw_free(&tl_scratch.line);
+}
 
 static int64_t now_ms(void)
 {
@@ -317,33 +345,6 @@ static const char *sqlite_code_name(int ext)
     return "SQLITE_UNKNOWN";
 }
 
-static json_t *error_json(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static json_t *error_json(const char *code, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return json_pack("{s:s,s:s}", "message", msg, "code", code);
-}
-
-/* The in-band error for the connection's last failure. */
-static json_t *sqlite_error(struct agent_hrana_stream *s, int at_prepare)
-{
-    if (s->timed_out)
-        return error_json("STMT_TIMEOUT", "statement exceeded the time limit of %lld ms",
-                          (long long)s->limits.stmt_timeout_ms);
-    int ext = sqlite3_extended_errcode(s->db);
-    /* a function the authorizer denies fails prepare with a plain SQLITE_ERROR */
-    if (((ext & 0xff) == SQLITE_ERROR || ext == SQLITE_AUTH) && strncmp(sqlite3_errmsg(s->db), "not authorized", 14) == 0)
-        return error_json("SQLITE_AUTH", "SQLite error: %s%s", sqlite3_errmsg(s->db),
-                          s->limits.read_only ? " (this token is read-only)" : " (not allowed on a Shoal tenant)");
-    if (at_prepare && (ext & 0xff) == SQLITE_ERROR)
-        return error_json("SQL_PARSE_ERROR", "SQLite error: %s", sqlite3_errmsg(s->db));
-    return error_json(sqlite_code_name(ext), "SQLite error: %s", sqlite3_errmsg(s->db));
-}
-
 /* ------------------------------------------------------------------ */
 /* values                                                              */
 
@@ -387,58 +388,128 @@ static char *utf8_sanitize(const unsigned char *s, size_t len, size_t *out_len)
     return out;
 }
 
-json_t *agent_hrana_value_to_json(sqlite3_value *v)
+/* S (LEN bytes) as a JSON string; bytes that are not valid UTF-8 become
+ * U+FFFD (JSON text cannot carry them). */
+static void put_text(struct api_jw *w, const char *s, size_t len)
 {
-    char buf[32];
+    size_t clean_len;
+    char *clean;
+    if (api_utf8_valid(s, len)) {
+        api_jw_string(w, s, len);
+        return;
+    }
+    if ((clean = utf8_sanitize((const unsigned char *)s, len, &clean_len)) == NULL) {
+        w->failed = 1;
+        return;
+    }
+    api_jw_string(w, clean, clean_len);
+    free(clean);
+}
+
+/* An in-band error, {"message","code"}, into EW. */
+static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    api_jw_object(ew);
+    api_jw_key(ew, "message");
+    put_text(ew, msg, strlen(msg));
+    api_jw_key(ew, "code");
+    api_jw_cstring(ew, code);
+    api_jw_object_end(ew);
+}
+
+/* The in-band error for the connection's last failure, into EW. */
+static void put_sqlite_error(struct agent_hrana_stream *s, struct api_jw *ew, int at_prepare)
+{
+    if (s->timed_out) {
+        put_error(ew, "STMT_TIMEOUT", "statement exceeded the time limit of %lld ms", (long long)s->limits.stmt_timeout_ms);
+        return;
+    }
+    int ext = sqlite3_extended_errcode(s->db);
+    /* a function the authorizer denies fails prepare with a plain SQLITE_ERROR */
+    if (((ext & 0xff) == SQLITE_ERROR || ext == SQLITE_AUTH) && strncmp(sqlite3_errmsg(s->db), "not authorized", 14) == 0)
+        put_error(ew, "SQLITE_AUTH", "SQLite error: %s%s", sqlite3_errmsg(s->db),
+                  s->limits.read_only ? " (this token is read-only)" : " (not allowed on a Shoal tenant)");
+    else if (at_prepare && (ext & 0xff) == SQLITE_ERROR)
+        put_error(ew, "SQL_PARSE_ERROR", "SQLite error: %s", sqlite3_errmsg(s->db));
+    else
+        put_error(ew, sqlite_code_name(ext), "SQLite error: %s", sqlite3_errmsg(s->db));
+}
+
+/* SRC's text as one value of W (a failed SRC fails W). */
+static void put_writer(struct api_jw *w, const struct api_jw *src)
+{
+    if (src->failed || src->len == 0)
+        w->failed = 1;
+    else
+        api_jw_raw(w, src->p, src->len);
+}
+
+void agent_hrana_value_write(struct api_jw *w, sqlite3_value *v)
+{
+    api_jw_object(w);
+    api_jw_key(w, "type");
     switch (sqlite3_value_type(v)) {
     case SQLITE_INTEGER:
-        snprintf(buf, sizeof(buf), "%lld", (long long)sqlite3_value_int64(v));
-        return json_pack("{s:s,s:s}", "type", "integer", "value", buf);
+        api_jw_cstring(w, "integer");
+        api_jw_key(w, "value");
+        api_jw_int_string(w, (long long)sqlite3_value_int64(v));
+        break;
     case SQLITE_FLOAT: {
         double d = sqlite3_value_double(v);
-        if (!isfinite(d))
-            return json_pack("{s:s}", "type", "null");
-        return json_pack("{s:s,s:f}", "type", "float", "value", d);
+        if (!isfinite(d)) {
+            api_jw_cstring(w, "null");
+            break;
+        }
+        api_jw_cstring(w, "float");
+        api_jw_key(w, "value");
+        api_jw_real(w, d);
+        break;
     }
     case SQLITE_TEXT: {
         const unsigned char *t = sqlite3_value_text(v);
-        size_t len = (size_t)sqlite3_value_bytes(v);
-        json_t *str = json_stringn((const char *)t, len);
-        if (str == NULL) {
-            size_t clean_len;
-            char *clean = utf8_sanitize(t, len, &clean_len);
-            str = clean ? json_stringn(clean, clean_len) : NULL;
-            free(clean);
-        }
-        return str ? json_pack("{s:s,s:o}", "type", "text", "value", str) : NULL;
+        api_jw_cstring(w, "text");
+        api_jw_key(w, "value");
+        put_text(w, t ? (const char *)t : "", (size_t)sqlite3_value_bytes(v));
+        break;
     }
     case SQLITE_BLOB: {
         size_t len = (size_t)sqlite3_value_bytes(v);
         size_t cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
-        char *b64 = malloc(cap);
-        json_t *out;
-        if (b64 == NULL)
-            return NULL;
+        char small[512], *b64 = cap <= sizeof(small) ? small : malloc(cap);
+        api_jw_cstring(w, "blob");
+        api_jw_key(w, "base64");
+        if (b64 == NULL) {
+            w->failed = 1;
+            break;
+        }
         sodium_bin2base64(b64, cap, len ? sqlite3_value_blob(v) : (const void *)"", len,
                           sodium_base64_VARIANT_ORIGINAL);
-        out = json_pack("{s:s,s:s}", "type", "blob", "base64", b64);
-        free(b64);
-        return out;
+        api_jw_cstring(w, b64);
+        if (b64 != small)
+            free(b64);
+        break;
     }
     default:
-        return json_pack("{s:s}", "type", "null");
+        api_jw_cstring(w, "null");
     }
+    api_jw_object_end(w);
 }
 
 /* Binds JSON value V to parameter I. Returns 0, or -1 with MSG for a
  * protocol error (the value itself is malformed). With ST NULL it only
  * checks V, exactly as binding would. */
-static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_t cap)
+static int bind_value(sqlite3_stmt *st, int i, const struct api_jv *v, char *msg, size_t cap)
 {
-    const char *type = json_string_value(json_object_get(v, "type"));
-    json_t *val = json_object_get(v, "value");
+    const char *type = api_jv_string(api_jv_get(v, "type"));
+    const struct api_jv *val = api_jv_get(v, "value");
 
-    if (!json_is_object(v) || type == NULL) {
+    if (!api_jv_is(v, API_JV_OBJECT) || type == NULL) {
         snprintf(msg, cap, "a value must be an object with a \"type\"");
         return -1;
     }
@@ -447,10 +518,10 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
     if (strcmp(type, "integer") == 0) {
         char *end;
         long long n;
-        if (json_is_integer(val)) {
-            n = json_integer_value(val);
+        if (api_jv_is(val, API_JV_INTEGER)) {
+            n = api_jv_integer(val);
         } else {
-            const char *str = json_string_value(val);
+            const char *str = api_jv_string(val);
             if (str == NULL || *str == '\0') {
                 snprintf(msg, cap, "an integer value must be a decimal string");
                 return -1;
@@ -465,24 +536,24 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
         return st != NULL ? sqlite3_bind_int64(st, i, n) : 0, 0;
     }
     if (strcmp(type, "float") == 0) {
-        if (!json_is_number(val)) {
+        if (!api_jv_is_number(val)) {
             snprintf(msg, cap, "a float value must be a JSON number");
             return -1;
         }
-        return st != NULL ? sqlite3_bind_double(st, i, json_number_value(val)) : 0, 0;
+        return st != NULL ? sqlite3_bind_double(st, i, api_jv_number(val)) : 0, 0;
     }
     if (strcmp(type, "text") == 0) {
-        if (!json_is_string(val)) {
+        if (!api_jv_is(val, API_JV_STRING)) {
             snprintf(msg, cap, "a text value must be a string");
             return -1;
         }
-        return st != NULL ? sqlite3_bind_text64(st, i, json_string_value(val), json_string_length(val),
+        return st != NULL ? sqlite3_bind_text64(st, i, api_jv_string(val), api_jv_strlen(val),
                                                 SQLITE_TRANSIENT, SQLITE_UTF8)
                           : 0,
                0;
     }
     if (strcmp(type, "blob") == 0) {
-        const char *b64 = json_string_value(json_object_get(v, "base64"));
+        const char *b64 = api_jv_string(api_jv_get(v, "base64"));
         size_t len, n = 0;
         unsigned char *bin;
         if (b64 == NULL) {
@@ -517,30 +588,30 @@ static int bind_value(sqlite3_stmt *st, int i, const json_t *v, char *msg, size_
 
 /* The SQL of a Stmt or sequence/describe request: exactly one of "sql" and
  * "sql_id". Protocol error otherwise. */
-static int stmt_sql(struct agent_hrana_stream *s, const json_t *obj, const char **sql, struct api_err *err)
+static int stmt_sql(struct agent_hrana_stream *s, const struct api_jv *obj, const char **sql, struct api_err *err)
 {
-    json_t *text = json_object_get(obj, "sql"), *id = json_object_get(obj, "sql_id");
-    int has_text = text != NULL && !json_is_null(text), has_id = id != NULL && !json_is_null(id);
+    const struct api_jv *text = api_jv_get(obj, "sql"), *id = api_jv_get(obj, "sql_id");
+    int has_text = text != NULL && !api_jv_is(text, API_JV_NULL), has_id = id != NULL && !api_jv_is(id, API_JV_NULL);
 
     if (has_text && has_id)
         return api_err_set(err, API_EINVAL, "a statement has both \"sql\" and \"sql_id\"");
     if (!has_text && !has_id)
         return api_err_set(err, API_EINVAL, "a statement has neither \"sql\" nor \"sql_id\"");
     if (has_text) {
-        if (!json_is_string(text))
+        if (!api_jv_is(text, API_JV_STRING))
             return api_err_set(err, API_EINVAL, "\"sql\" must be a string");
-        *sql = json_string_value(text);
+        *sql = api_jv_string(text);
         return API_OK;
     }
-    if (!json_is_integer(id))
+    if (!api_jv_is(id, API_JV_INTEGER))
         return api_err_set(err, API_EINVAL, "\"sql_id\" must be an integer");
     for (size_t i = 0; i < s->nstored; i++)
-        if (s->stored[i].id == json_integer_value(id)) {
+        if (s->stored[i].id == api_jv_integer(id)) {
             *sql = s->stored[i].sql;
             return API_OK;
         }
     return api_err_set(err, API_EINVAL, "SQL text with id %lld was not stored in this stream",
-                       (long long)json_integer_value(id));
+                       (long long)api_jv_integer(id));
 }
 
 /* 1 if SQL (after white space and comments) starts with keyword KW. */
@@ -566,8 +637,6 @@ static int starts_with_keyword(const char *sql, const char *kw)
                                              sql[n] == '_' || (sql[n] >= '0' && sql[n] <= '9'));
 }
 
-/* Prepares exactly one statement. Returns API_OK with *ST set, or API_OK
- * with *ST NULL and *INBAND set (an SQL error), or a protocol error. */
 /* 1 if SQL is "VACUUM ... INTO ...": it writes a copy of the database to
  * any path, and VACUUM never reaches the authorizer. */
 static int is_vacuum_into(const char *sql, size_t len)
@@ -587,30 +656,31 @@ static int is_vacuum_into(const char *sql, size_t len)
     return len >= sizeof(buf); /* too long to look at: refuse */
 }
 
-static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_stmt **st, json_t **inband)
+/* Prepares exactly one statement. Returns 0 with *ST set, or 1 with *ST
+ * NULL and an in-band error written to EW. */
+static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_stmt **st, struct api_jw *ew)
 {
     const char *tail = NULL;
     sqlite3_stmt *extra = NULL;
     *st = NULL;
-    *inband = NULL;
     s->timed_out = 0;
     if (s->stmts != NULL && (*st = agent_stmt_cache_take(s->stmts, sql, strlen(sql))) != NULL)
-        return API_OK; /* it passed every check below when it was first prepared */
+        return 0; /* it passed every check below when it was first prepared */
     if (sqlite3_prepare_v3(s->db, sql, -1, 0, st, &tail) != SQLITE_OK) {
-        *inband = sqlite_error(s, 1);
+        put_sqlite_error(s, ew, 1);
         sqlite3_finalize(*st);
         *st = NULL;
-        return API_OK;
+        return 1;
     }
     if (*st == NULL) {
-        *inband = error_json("SQL_NO_STATEMENT", "SQL string does not contain any statement");
-        return API_OK;
+        put_error(ew, "SQL_NO_STATEMENT", "SQL string does not contain any statement");
+        return 1;
     }
     if (is_vacuum_into(sql, (size_t)(tail - sql))) {
         sqlite3_finalize(*st);
         *st = NULL;
-        *inband = error_json("SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
-        return API_OK;
+        put_error(ew, "SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
+        return 1;
     }
     if (tail != NULL && *tail != '\0') {
         /* Anything but white space and comments after it is a second statement. */
@@ -618,54 +688,57 @@ static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_st
             sqlite3_finalize(extra);
             sqlite3_finalize(*st);
             *st = NULL;
-            *inband = error_json("SQL_MANY_STATEMENTS", "SQL string contains more than one statement");
+            put_error(ew, "SQL_MANY_STATEMENTS", "SQL string contains more than one statement");
+            return 1;
         }
     }
-    return API_OK;
+    return 0;
 }
 
-/* Binds args/named_args of STMT_OBJ. Returns API_OK (with *INBAND set for an
- * argument error) or a protocol error. */
-static int bind_args(sqlite3_stmt *st, const json_t *stmt_obj, json_t **inband, struct api_err *err)
+/* Binds args/named_args of STMT_OBJ. Returns API_OK (with *INBAND set and
+ * the error written to EW for an argument error) or a protocol error. */
+static int bind_args(sqlite3_stmt *st, const struct api_jv *stmt_obj, struct api_jw *ew, int *inband, struct api_err *err)
 {
-    json_t *args = json_object_get(stmt_obj, "args"), *named = json_object_get(stmt_obj, "named_args");
-    size_t nargs = json_array_size(args), nnamed = json_array_size(named);
+    const struct api_jv *args = api_jv_get(stmt_obj, "args"), *named = api_jv_get(stmt_obj, "named_args");
+    size_t nargs = api_jv_size(args), nnamed = api_jv_size(named);
     int count = sqlite3_bind_parameter_count(st);
     char msg[256];
 
-    if ((args != NULL && !json_is_null(args) && !json_is_array(args)) ||
-        (named != NULL && !json_is_null(named) && !json_is_array(named)))
+    *inband = 0;
+    if ((args != NULL && !api_jv_is(args, API_JV_NULL) && !api_jv_is(args, API_JV_ARRAY)) ||
+        (named != NULL && !api_jv_is(named, API_JV_NULL) && !api_jv_is(named, API_JV_ARRAY)))
         return api_err_set(err, API_EINVAL, "\"args\" and \"named_args\" must be arrays");
     if (nargs > 0 && nnamed > 0) {
-        *inband = error_json("ARGS_BOTH_POSITIONAL_AND_NAMED", "statement has both positional and named arguments");
+        put_error(ew, "ARGS_BOTH_POSITIONAL_AND_NAMED", "statement has both positional and named arguments");
+        *inband = 1;
         return API_OK;
     }
     if ((int)nargs > count) {
-        *inband = error_json("ARGS_INVALID", "%zu arguments given but the statement has %d parameters", nargs, count);
+        put_error(ew, "ARGS_INVALID", "%zu arguments given but the statement has %d parameters", nargs, count);
+        *inband = 1;
         return API_OK;
     }
     for (int i = 1; i <= count; i++) {
         const char *name = sqlite3_bind_parameter_name(st, i);
-        const json_t *value = NULL;
+        const struct api_jv *value = NULL;
         if (name == NULL) {
-            value = (size_t)i <= nargs ? json_array_get(args, (size_t)i - 1) : NULL;
+            value = (size_t)i <= nargs ? api_jv_at(args, (size_t)i - 1) : NULL;
         } else if (name[0] == '?') {
             long idx = strtol(name + 1, NULL, 10);
-            value = (idx >= 1 && (size_t)idx <= nargs) ? json_array_get(args, (size_t)idx - 1) : NULL;
+            value = (idx >= 1 && (size_t)idx <= nargs) ? api_jv_at(args, (size_t)idx - 1) : NULL;
         } else {
             for (size_t k = 0; k < nnamed && value == NULL; k++) {
-                json_t *na = json_array_get(named, k);
-                const char *n = json_string_value(json_object_get(na, "name"));
+                const struct api_jv *na = api_jv_at(named, k);
+                const char *n = api_jv_string(api_jv_get(na, "name"));
                 if (n == NULL)
                     return api_err_set(err, API_EINVAL, "a named argument needs a \"name\" string");
                 if (strcmp(n, name) == 0 || strcmp(n, name + 1) == 0)
-                    value = json_object_get(na, "value");
+                    value = api_jv_get(na, "value");
             }
         }
         if (value == NULL) {
-            *inband = error_json("ARGS_INVALID", "value for parameter %s not found", name ? name : "?");
-            if (name == NULL)
-                snprintf(msg, sizeof(msg), "%d", i);
+            put_error(ew, "ARGS_INVALID", "value for parameter %s not found", name ? name : "?");
+            *inband = 1;
             return API_OK;
         }
         if (bind_value(st, i, value, msg, sizeof(msg)) != 0)
@@ -674,145 +747,208 @@ static int bind_args(sqlite3_stmt *st, const json_t *stmt_obj, json_t **inband, 
     return API_OK;
 }
 
-/* Hands ENTRY (stolen) to the stream's sink. The sink may block for room
- * until the running statement's deadline, or one time limit from now
- * between statements. */
-static int sink_emit(struct agent_hrana_stream *s, json_t *entry, struct api_err *err)
+/* A cursor entry, the text in S->line, goes to the stream's sink (which
+ * may block for room until the running statement's deadline, or one time
+ * limit from now between statements), or without a sink to the buffered
+ * cursor's lines, one per line. */
+static int emit_line(struct agent_hrana_stream *s, struct api_err *err)
 {
-    int64_t wait = s->limits.stmt_timeout_ms > 0 ? s->limits.stmt_timeout_ms : AGENT_HRANA_CURSOR_STALL_MS;
-    int rc;
-    if (entry == NULL)
+    if (tl_scratch.line.failed)
         return api_err_set(err, API_ENOMEM, "out of memory");
-    rc = s->sink->entry(s->sink->ud, entry, s->deadline_ms > 0 ? s->deadline_ms : now_ms() + wait, err);
-    json_decref(entry);
-    return rc;
+    if (s->sink != NULL) {
+        int64_t wait = s->limits.stmt_timeout_ms > 0 ? s->limits.stmt_timeout_ms : AGENT_HRANA_CURSOR_STALL_MS;
+        return s->sink->entry(s->sink->ud, tl_scratch.line.p, tl_scratch.line.len, s->deadline_ms > 0 ? s->deadline_ms : now_ms() + wait,
+                              err);
+    }
+    api_jw_append(s->lines, tl_scratch.line.p, tl_scratch.line.len);
+    api_jw_append(s->lines, "\n", 1);
+    return s->lines->failed ? api_err_set(err, API_ENOMEM, "out of memory") : API_OK;
 }
 
 /* step_begin for the current step, once SQLite has produced a first row or
- * finished: a statement that fails before that sends only its step_error,
- * exactly as the buffered cursor does. */
-static int sink_begin(struct agent_hrana_stream *s, json_t *cols, struct api_err *err)
+ * finished: a statement that fails before that sends only its step_error. */
+static int emit_begin(struct agent_hrana_stream *s, struct api_err *err)
 {
-    return sink_emit(s, json_pack("{s:s,s:I,s:O}", "type", "step_begin", "step", (json_int_t)s->sink_step, "cols", cols),
-                     err);
+    api_jw_reset(&tl_scratch.line);
+    api_jw_object(&tl_scratch.line);
+    api_jw_key(&tl_scratch.line, "type");
+    api_jw_cstring(&tl_scratch.line, "step_begin");
+    api_jw_key(&tl_scratch.line, "step");
+    api_jw_int(&tl_scratch.line, (long long)s->cursor_step);
+    api_jw_key(&tl_scratch.line, "cols");
+    put_writer(&tl_scratch.line, &tl_scratch.cols);
+    api_jw_object_end(&tl_scratch.line);
+    return emit_line(s, err);
 }
 
-/* Runs one Stmt. Sets exactly one of *RESULT and *ERROR (in-band), or returns
- * a protocol error. Under a sink (a streamed cursor) step_begin and each row
- * go to the sink as they come, *RESULT has no rows, there is no response
- * size cap, and a sink error stops the statement and is returned. */
-static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, json_t **result, json_t **error,
-                        struct agent_hrana_outcome *out, struct api_err *err)
+/* How a statement ended: its result (or in-band error) went out already. */
+struct stmt_done {
+    int ok; /* ran; else its in-band error is in the error writer */
+    long long affected;
+    int has_rowid;
+    long long rowid;
+};
+
+/* Runs one Stmt. With W (a pipeline's execute, a batch step) its result
+ * object goes to W; in a cursor (W NULL) step_begin and each row go out as
+ * entries (emit_line) as SQLite produces them. An in-band error goes to EW
+ * (DONE->ok 0), and nothing of the statement stays in W; a buffered cursor
+ * drops its step_begin and rows too, a streamed one has sent them. The
+ * response size cap applies except under a sink, whose error (and a
+ * protocol error) is returned. */
+static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_obj, struct api_jw *w, struct api_jw *ew,
+                        struct stmt_done *done, struct agent_hrana_outcome *out, struct api_err *err)
 {
     const char *sql = NULL;
     sqlite3_stmt *st = NULL;
-    json_t *inband = NULL, *rows, *cols, *want = json_object_get(stmt_obj, "want_rows");
-    int want_rows = want == NULL || json_is_null(want) || json_is_true(want);
-    int rc;
+    const struct api_jv *want = api_jv_get(stmt_obj, "want_rows");
+    int want_rows = want == NULL || api_jv_is(want, API_JV_NULL) || api_jv_is(want, API_JV_TRUE);
+    int rc, inband;
     int64_t t0 = now_ms();
+    struct api_jw_mark mark = {0};
 
-    *result = *error = NULL;
-    if (!json_is_object(stmt_obj))
+    memset(done, 0, sizeof(*done));
+    if (!api_jv_is(stmt_obj, API_JV_OBJECT))
         return api_err_set(err, API_EINVAL, "\"stmt\" must be an object");
-    if (want != NULL && !json_is_null(want) && !json_is_boolean(want))
+    if (want != NULL && !api_jv_is(want, API_JV_NULL) && !api_jv_is_boolean(want))
         return api_err_set(err, API_EINVAL, "\"want_rows\" must be a boolean");
     if ((rc = stmt_sql(s, stmt_obj, &sql, err)) != API_OK)
         return rc;
-    prepare_one(s, sql, &st, &inband);
-    if (inband != NULL) {
-        *error = inband;
+    if (prepare_one(s, sql, &st, ew))
         return API_OK;
-    }
-    if ((rc = bind_args(st, stmt_obj, &inband, err)) != API_OK || inband != NULL) {
+    if ((rc = bind_args(st, stmt_obj, ew, &inband, err)) != API_OK || inband) {
         sqlite3_finalize(st);
-        *error = inband;
         return rc;
     }
     int ncols = sqlite3_column_count(st);
-    cols = json_array();
+    api_jw_reset(&tl_scratch.cols);
+    api_jw_array(&tl_scratch.cols);
     for (int c = 0; c < ncols; c++) {
         const char *name = sqlite3_column_name(st, c), *decl = sqlite3_column_decltype(st, c);
-        json_array_append_new(cols, json_pack("{s:o,s:o}", "name", name ? json_string(name) : json_null(),
-                                              "decltype", decl ? json_string(decl) : json_null()));
+        api_jw_object(&tl_scratch.cols);
+        api_jw_key(&tl_scratch.cols, "name");
+        if (name != NULL)
+            put_text(&tl_scratch.cols, name, strlen(name));
+        else
+            api_jw_null(&tl_scratch.cols);
+        api_jw_key(&tl_scratch.cols, "decltype");
+        if (decl != NULL)
+            put_text(&tl_scratch.cols, decl, strlen(decl));
+        else
+            api_jw_null(&tl_scratch.cols);
+        api_jw_object_end(&tl_scratch.cols);
     }
-    rows = json_array();
+    api_jw_array_end(&tl_scratch.cols);
+    struct api_jw *dest = w != NULL ? w : s->lines; /* what an error rewinds (NULL under a sink) */
+    if (dest != NULL)
+        api_jw_mark(dest, &mark);
+    if (w != NULL) {
+        api_jw_object(w);
+        api_jw_key(w, "cols");
+        put_writer(w, &tl_scratch.cols);
+        api_jw_key(w, "rows");
+        api_jw_array(w);
+    }
     sqlite3_int64 changes_before = sqlite3_total_changes64(s->db);
     uint64_t nrows = 0;
     int begun = 0, sink_rc = API_OK;
+    int capped = s->sink == NULL && s->limits.max_response_bytes > 0;
     s->timed_out = 0;
     stmt_clock_start(s);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         nrows++;
-        if (s->sink != NULL && !begun) {
+        if (w == NULL && !begun) {
             begun = 1;
-            if ((sink_rc = sink_begin(s, cols, err)) != API_OK)
+            if ((sink_rc = emit_begin(s, err)) != API_OK)
                 break;
         }
         if (!want_rows)
             continue;
-        json_t *row = json_array();
+        struct api_jw *rw = w;
+        if (w == NULL) {
+            rw = &tl_scratch.line;
+            api_jw_reset(rw);
+            api_jw_object(rw);
+            api_jw_key(rw, "type");
+            api_jw_cstring(rw, "row");
+            api_jw_key(rw, "row");
+        }
+        api_jw_array(rw);
         for (int c = 0; c < ncols; c++) {
             sqlite3_value *v = sqlite3_column_value(st, c);
             s->response_bytes += 16 + (size_t)sqlite3_value_bytes(v);
-            json_array_append_new(row, agent_hrana_value_to_json(v));
+            agent_hrana_value_write(rw, v);
         }
-        if (s->sink != NULL) {
-            if ((sink_rc = sink_emit(s, json_pack("{s:s,s:o}", "type", "row", "row", row), err)) != API_OK)
+        api_jw_array_end(rw);
+        if (w == NULL) {
+            api_jw_object_end(rw);
+            if ((sink_rc = emit_line(s, err)) != API_OK)
                 break;
-            continue;
         }
-        json_array_append_new(rows, row);
-        if (s->limits.max_response_bytes > 0 && s->response_bytes > s->limits.max_response_bytes) {
+        if (capped && s->response_bytes > s->limits.max_response_bytes) {
             rc = -1;
             break;
         }
     }
     stmt_clock_stop(s);
-    if (sink_rc == API_OK && rc == SQLITE_DONE && s->sink != NULL && !begun)
-        sink_rc = sink_begin(s, cols, err);
+    if (sink_rc == API_OK && rc == SQLITE_DONE && w == NULL && !begun)
+        sink_rc = emit_begin(s, err);
     if (sink_rc != API_OK) {
         sqlite3_reset(st);
         sqlite3_finalize(st);
-        json_decref(rows);
-        json_decref(cols);
+        if (dest != NULL)
+            api_jw_rewind(dest, &mark);
         return sink_rc;
     }
     if (rc != SQLITE_DONE) {
         if (rc == -1)
-            *error = error_json("RESPONSE_TOO_LARGE", "the response is larger than %zu bytes",
-                                s->limits.max_response_bytes);
+            put_error(ew, "RESPONSE_TOO_LARGE", "the response is larger than %zu bytes", s->limits.max_response_bytes);
         else
-            *error = sqlite_error(s, 0);
+            put_sqlite_error(s, ew, 0);
         sqlite3_reset(st);
         sqlite3_finalize(st);
-        json_decref(rows);
-        json_decref(cols);
+        if (dest != NULL)
+            api_jw_rewind(dest, &mark);
         return API_OK;
     }
     int readonly = sqlite3_stmt_readonly(st);
     int changed = sqlite3_total_changes64(s->db) != changes_before;
-    sqlite3_int64 affected = (changed && !readonly) ? sqlite3_changes64(s->db) : 0;
-    json_t *rowid = json_null();
+    done->ok = 1;
+    done->affected = (changed && !readonly) ? (long long)sqlite3_changes64(s->db) : 0;
     if (changed && (starts_with_keyword(sql, "insert") || starts_with_keyword(sql, "replace") ||
                     starts_with_keyword(sql, "with"))) {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%lld", (long long)sqlite3_last_insert_rowid(s->db));
-        rowid = json_string(buf);
+        done->has_rowid = 1;
+        done->rowid = (long long)sqlite3_last_insert_rowid(s->db);
     }
     if (!readonly)
         out->wrote = 1;
     out->rows_read += nrows;
-    out->rows_written += (uint64_t)affected;
+    out->rows_written += (uint64_t)done->affected;
     /* Only plain queries are kept: a PRAGMA can be read-only and still be
      * one that only some tokens may run (the authorizer ran at prepare). */
     if (s->stmts != NULL && (starts_with_keyword(sql, "select") || starts_with_keyword(sql, "with")))
         agent_stmt_cache_give(s->stmts, sql, strlen(sql), st);
     else
         sqlite3_finalize(st);
-    *result = json_pack("{s:o,s:o,s:I,s:o,s:n,s:I,s:I,s:f}", "cols", cols, "rows", rows, "affected_row_count",
-                        (json_int_t)affected, "last_insert_rowid", rowid, "replication_index", "rows_read",
-                        (json_int_t)nrows, "rows_written", (json_int_t)affected, "query_duration_ms",
-                        (double)(now_ms() - t0));
+    if (w != NULL) {
+        api_jw_array_end(w); /* rows */
+        api_jw_key(w, "affected_row_count");
+        api_jw_int(w, done->affected);
+        api_jw_key(w, "last_insert_rowid");
+        if (done->has_rowid)
+            api_jw_int_string(w, done->rowid);
+        else
+            api_jw_null(w);
+        api_jw_key(w, "replication_index");
+        api_jw_null(w);
+        api_jw_key(w, "rows_read");
+        api_jw_int(w, (long long)nrows);
+        api_jw_key(w, "rows_written");
+        api_jw_int(w, done->affected);
+        api_jw_key(w, "query_duration_ms");
+        api_jw_real(w, (double)(now_ms() - t0));
+        api_jw_object_end(w);
+    }
     return API_OK;
 }
 
@@ -822,28 +958,28 @@ static int execute_stmt(struct agent_hrana_stream *s, const json_t *stmt_obj, js
 enum { STEP_SKIPPED = 0, STEP_OK = 1, STEP_FAILED = 2 };
 
 /* Checks a condition's shape and that it refers only to earlier steps. */
-static int cond_check(const json_t *c, size_t current, int version, int depth, struct api_err *err)
+static int cond_check(const struct api_jv *c, size_t current, int version, int depth, struct api_err *err)
 {
-    const char *type = json_string_value(json_object_get(c, "type"));
+    const char *type = api_jv_string(api_jv_get(c, "type"));
     if (depth > 64)
         return api_err_set(err, API_EINVAL, "batch condition is nested too deeply");
-    if (!json_is_object(c) || type == NULL)
+    if (!api_jv_is(c, API_JV_OBJECT) || type == NULL)
         return api_err_set(err, API_EINVAL, "a batch condition must be an object with a \"type\"");
     if (strcmp(type, "ok") == 0 || strcmp(type, "error") == 0) {
-        json_t *step = json_object_get(c, "step");
-        if (!json_is_integer(step) || json_integer_value(step) < 0 ||
-            (size_t)json_integer_value(step) >= current)
+        const struct api_jv *step = api_jv_get(c, "step");
+        if (!api_jv_is(step, API_JV_INTEGER) || api_jv_integer(step) < 0 ||
+            (size_t)api_jv_integer(step) >= current)
             return api_err_set(err, API_EINVAL, "Invalid reference to step in a batch condition");
         return API_OK;
     }
     if (strcmp(type, "not") == 0)
-        return cond_check(json_object_get(c, "cond"), current, version, depth + 1, err);
+        return cond_check(api_jv_get(c, "cond"), current, version, depth + 1, err);
     if (strcmp(type, "and") == 0 || strcmp(type, "or") == 0) {
-        json_t *conds = json_object_get(c, "conds");
-        if (!json_is_array(conds))
+        const struct api_jv *conds = api_jv_get(c, "conds");
+        if (!api_jv_is(conds, API_JV_ARRAY))
             return api_err_set(err, API_EINVAL, "\"%s\" condition needs a \"conds\" array", type);
-        for (size_t i = 0; i < json_array_size(conds); i++) {
-            int rc = cond_check(json_array_get(conds, i), current, version, depth + 1, err);
+        for (size_t i = 0; i < api_jv_size(conds); i++) {
+            int rc = cond_check(api_jv_at(conds, i), current, version, depth + 1, err);
             if (rc != API_OK)
                 return rc;
         }
@@ -857,20 +993,20 @@ static int cond_check(const json_t *c, size_t current, int version, int depth, s
     return api_err_set(err, API_EINVAL, "unknown batch condition type '%.20s'", type);
 }
 
-static int cond_eval(struct agent_hrana_stream *s, const json_t *c, const unsigned char *state)
+static int cond_eval(struct agent_hrana_stream *s, const struct api_jv *c, const unsigned char *state)
 {
-    const char *type = json_string_value(json_object_get(c, "type"));
+    const char *type = api_jv_string(api_jv_get(c, "type"));
     if (strcmp(type, "ok") == 0)
-        return state[json_integer_value(json_object_get(c, "step"))] == STEP_OK;
+        return state[api_jv_integer(api_jv_get(c, "step"))] == STEP_OK;
     if (strcmp(type, "error") == 0)
-        return state[json_integer_value(json_object_get(c, "step"))] == STEP_FAILED;
+        return state[api_jv_integer(api_jv_get(c, "step"))] == STEP_FAILED;
     if (strcmp(type, "not") == 0)
-        return !cond_eval(s, json_object_get(c, "cond"), state);
+        return !cond_eval(s, api_jv_get(c, "cond"), state);
     if (strcmp(type, "and") == 0 || strcmp(type, "or") == 0) {
         int is_and = type[0] == 'a';
-        json_t *conds = json_object_get(c, "conds");
-        for (size_t i = 0; i < json_array_size(conds); i++) {
-            int v = cond_eval(s, json_array_get(conds, i), state);
+        const struct api_jv *conds = api_jv_get(c, "conds");
+        for (size_t i = 0; i < api_jv_size(conds); i++) {
+            int v = cond_eval(s, api_jv_at(conds, i), state);
             if (is_and && !v)
                 return 0;
             if (!is_and && v)
@@ -882,66 +1018,81 @@ static int cond_eval(struct agent_hrana_stream *s, const json_t *c, const unsign
 }
 
 /* Checks a Batch's shape and conditions before any step runs. */
-static int batch_check(const json_t *batch, int version, struct api_err *err)
+static int batch_check(const struct api_jv *batch, int version, struct api_err *err)
 {
-    json_t *steps = json_object_get(batch, "steps");
+    const struct api_jv *steps = api_jv_get(batch, "steps");
     int rc;
 
-    if (!json_is_object(batch) || !json_is_array(steps))
+    if (!api_jv_is(batch, API_JV_OBJECT) || !api_jv_is(steps, API_JV_ARRAY))
         return api_err_set(err, API_EINVAL, "\"batch\" must be an object with a \"steps\" array");
-    for (size_t i = 0; i < json_array_size(steps); i++) {
-        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
-        if (!json_is_object(step) || !json_is_object(json_object_get(step, "stmt")))
+    for (size_t i = 0; i < api_jv_size(steps); i++) {
+        const struct api_jv *step = api_jv_at(steps, i), *cond = api_jv_get(step, "condition");
+        if (!api_jv_is(step, API_JV_OBJECT) || !api_jv_is(api_jv_get(step, "stmt"), API_JV_OBJECT))
             return api_err_set(err, API_EINVAL, "batch step %zu needs a \"stmt\" object", i);
-        if (cond != NULL && !json_is_null(cond) && (rc = cond_check(cond, i, version, 0, err)) != API_OK)
+        if (cond != NULL && !api_jv_is(cond, API_JV_NULL) && (rc = cond_check(cond, i, version, 0, err)) != API_OK)
             return rc;
     }
     return API_OK;
 }
 
-static int execute_batch(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **result,
+static int execute_batch(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *w,
                          struct agent_hrana_outcome *out, struct api_err *err)
 {
-    json_t *steps = json_object_get(batch, "steps");
+    const struct api_jv *steps = api_jv_get(batch, "steps");
     size_t n;
     unsigned char *state;
-    json_t *results, *errors;
     int rc;
 
     if ((rc = batch_check(batch, version, err)) != API_OK)
         return rc;
-    n = json_array_size(steps);
+    n = api_jv_size(steps);
     if ((state = calloc(n ? n : 1, 1)) == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
-    results = json_array();
-    errors = json_array();
+    /* step_results go out as they come; step_errors wait in their own writer */
+    api_jw_reset(&tl_scratch.step_errors);
+    api_jw_array(&tl_scratch.step_errors);
+    api_jw_object(w);
+    api_jw_key(w, "step_results");
+    api_jw_array(w);
     for (size_t i = 0; i < n; i++) {
-        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
-        json_t *res = NULL, *e = NULL;
-        if (cond != NULL && !json_is_null(cond) && !cond_eval(s, cond, state)) {
-            json_array_append_new(results, json_null());
-            json_array_append_new(errors, json_null());
+        const struct api_jv *step = api_jv_at(steps, i), *cond = api_jv_get(step, "condition");
+        struct stmt_done done;
+        if (cond != NULL && !api_jv_is(cond, API_JV_NULL) && !cond_eval(s, cond, state)) {
+            api_jw_null(w);
+            api_jw_null(&tl_scratch.step_errors);
             continue;
         }
-        if ((rc = execute_stmt(s, json_object_get(step, "stmt"), &res, &e, out, err)) != API_OK) {
+        api_jw_reset(&tl_scratch.ew);
+        if ((rc = execute_stmt(s, api_jv_get(step, "stmt"), w, &tl_scratch.ew, &done, out, err)) != API_OK) {
             free(state);
-            json_decref(results);
-            json_decref(errors);
             return rc;
         }
-        state[i] = res != NULL ? STEP_OK : STEP_FAILED;
-        json_array_append_new(results, res ? res : json_null());
-        json_array_append_new(errors, e ? e : json_null());
+        state[i] = done.ok ? STEP_OK : STEP_FAILED;
+        if (done.ok) {
+            api_jw_null(&tl_scratch.step_errors);
+        } else {
+            api_jw_null(w);
+            put_writer(&tl_scratch.step_errors, &tl_scratch.ew);
+        }
     }
     free(state);
-    *result = json_pack("{s:o,s:o,s:n}", "step_results", results, "step_errors", errors, "replication_index");
+    api_jw_array_end(w);
+    api_jw_array_end(&tl_scratch.step_errors);
+    api_jw_key(w, "step_errors");
+    put_writer(w, &tl_scratch.step_errors);
+    api_jw_key(w, "replication_index");
+    api_jw_null(w);
+    api_jw_object_end(w);
     return API_OK;
 }
 
 /* ------------------------------------------------------------------ */
 /* sequence, describe, store                                           */
 
-static json_t *execute_sequence(struct agent_hrana_stream *s, const char *sql, struct agent_hrana_outcome *out)
+/* Runs SQL's statements in turn: 0, or 1 with the first failure's in-band
+ * error written to EW. */
+static int execute_sequence(struct agent_hrana_stream *s, const char *sql, struct api_jw *ew,
+                            struct agent_hrana_outcome *out)
 {
     const char *p = sql;
     while (p != NULL && *p != '\0') {
@@ -950,13 +1101,15 @@ static json_t *execute_sequence(struct agent_hrana_stream *s, const char *sql, s
         s->timed_out = 0;
         if (sqlite3_prepare_v3(s->db, p, -1, 0, &st, &tail) != SQLITE_OK) {
             sqlite3_finalize(st);
-            return sqlite_error(s, 1);
+            put_sqlite_error(s, ew, 1);
+            return 1;
         }
         if (st == NULL)
             break; /* only white space or comments left */
         if (is_vacuum_into(p, (size_t)(tail - p))) {
             sqlite3_finalize(st);
-            return error_json("SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
+            put_error(ew, "SQLITE_AUTH", "SQLite error: VACUUM INTO is not allowed: it writes outside the tenant");
+            return 1;
         }
         int rc;
         stmt_clock_start(s);
@@ -964,306 +1117,353 @@ static json_t *execute_sequence(struct agent_hrana_stream *s, const char *sql, s
             ;
         stmt_clock_stop(s);
         if (rc != SQLITE_DONE) {
-            json_t *e = sqlite_error(s, 0);
+            put_sqlite_error(s, ew, 0);
             sqlite3_finalize(st);
-            return e;
+            return 1;
         }
         if (!sqlite3_stmt_readonly(st))
             out->wrote = 1;
         sqlite3_finalize(st);
         p = tail;
     }
-    return NULL;
+    return 0;
 }
 
-static int describe(struct agent_hrana_stream *s, const json_t *req, json_t **result, json_t **error,
+/* Describes REQ's statement: its result object to W (*OK 1), or its
+ * in-band error to EW; or a protocol error. */
+static int describe(struct agent_hrana_stream *s, const struct api_jv *req, struct api_jw *w, struct api_jw *ew, int *ok,
                     struct api_err *err)
 {
     const char *sql;
     sqlite3_stmt *st;
-    json_t *inband = NULL;
     int rc;
 
+    *ok = 0;
     if ((rc = stmt_sql(s, req, &sql, err)) != API_OK)
         return rc;
-    prepare_one(s, sql, &st, &inband);
-    if (inband != NULL) {
-        *error = inband;
+    if (prepare_one(s, sql, &st, ew))
         return API_OK;
-    }
-    json_t *params = json_array(), *cols = json_array();
+    api_jw_object(w);
+    api_jw_key(w, "params");
+    api_jw_array(w);
     for (int i = 1; i <= sqlite3_bind_parameter_count(st); i++) {
         const char *name = sqlite3_bind_parameter_name(st, i);
-        json_array_append_new(params, json_pack("{s:o}", "name", name ? json_string(name) : json_null()));
+        api_jw_object(w);
+        api_jw_key(w, "name");
+        if (name != NULL)
+            put_text(w, name, strlen(name));
+        else
+            api_jw_null(w);
+        api_jw_object_end(w);
     }
+    api_jw_array_end(w);
+    api_jw_key(w, "cols");
+    api_jw_array(w);
     for (int c = 0; c < sqlite3_column_count(st); c++) {
-        const char *decl = sqlite3_column_decltype(st, c);
-        json_array_append_new(cols, json_pack("{s:s,s:o}", "name", sqlite3_column_name(st, c), "decltype",
-                                              decl ? json_string(decl) : json_null()));
+        const char *name = sqlite3_column_name(st, c), *decl = sqlite3_column_decltype(st, c);
+        api_jw_object(w);
+        api_jw_key(w, "name");
+        put_text(w, name ? name : "", name ? strlen(name) : 0);
+        api_jw_key(w, "decltype");
+        if (decl != NULL)
+            put_text(w, decl, strlen(decl));
+        else
+            api_jw_null(w);
+        api_jw_object_end(w);
     }
-    *result = json_pack("{s:o,s:o,s:b,s:b}", "params", params, "cols", cols, "is_explain",
-                        sqlite3_stmt_isexplain(st) != 0, "is_readonly", sqlite3_stmt_readonly(st) != 0);
+    api_jw_array_end(w);
+    api_jw_key(w, "is_explain");
+    api_jw_bool(w, sqlite3_stmt_isexplain(st) != 0);
+    api_jw_key(w, "is_readonly");
+    api_jw_bool(w, sqlite3_stmt_readonly(st) != 0);
+    api_jw_object_end(w);
     sqlite3_finalize(st);
+    *ok = 1;
     return API_OK;
 }
 
 /* ------------------------------------------------------------------ */
 /* the pipeline                                                        */
 
-static json_t *ok_result(const char *type, json_t *fields /* stolen, may be NULL */)
+/* {"type":"ok","response":{"type":TYPE ... : the fields follow, then ok_end. */
+static void ok_begin(struct api_jw *w, const char *type)
 {
-    json_t *resp = fields ? fields : json_object();
-    json_object_set_new(resp, "type", json_string(type));
-    return json_pack("{s:s,s:o}", "type", "ok", "response", resp);
+    api_jw_object(w);
+    api_jw_key(w, "type");
+    api_jw_cstring(w, "ok");
+    api_jw_key(w, "response");
+    api_jw_object(w);
+    api_jw_key(w, "type");
+    api_jw_cstring(w, type);
 }
 
-static json_t *error_result(json_t *error)
+static void ok_end(struct api_jw *w)
 {
-    return json_pack("{s:s,s:o}", "type", "error", "error", error);
+    api_jw_object_end(w);
+    api_jw_object_end(w);
 }
 
-static int execute_one(struct agent_hrana_stream *s, const json_t *req, int version, json_t **out_result,
+static void ok_result(struct api_jw *w, const char *type)
+{
+    ok_begin(w, type);
+    ok_end(w);
+}
+
+/* {"type":"error","error":EW} */
+static void error_result(struct api_jw *w, const struct api_jw *ew, struct agent_hrana_outcome *out)
+{
+    api_jw_object(w);
+    api_jw_key(w, "type");
+    api_jw_cstring(w, "error");
+    api_jw_key(w, "error");
+    put_writer(w, ew);
+    api_jw_object_end(w);
+    out->failed = 1;
+}
+
+static int execute_one(struct agent_hrana_stream *s, const struct api_jv *req, int version, struct api_jw *w,
                        struct agent_hrana_outcome *out, struct api_err *err)
 {
-    const char *type = json_string_value(json_object_get(req, "type"));
-    json_t *res = NULL, *e = NULL;
+    const char *type = api_jv_string(api_jv_get(req, "type"));
+    struct api_jw_mark mark;
     int rc;
 
-    if (!json_is_object(req) || type == NULL)
+    if (!api_jv_is(req, API_JV_OBJECT) || type == NULL)
         return api_err_set(err, API_EINVAL, "each request must be an object with a \"type\"");
     if (s->closed)
         return api_err_set(err, API_EINVAL, "request '%.20s' after the stream was closed", type);
+    api_jw_reset(&tl_scratch.ew);
+    api_jw_mark(w, &mark);
     if (strcmp(type, "execute") == 0) {
-        if ((rc = execute_stmt(s, json_object_get(req, "stmt"), &res, &e, out, err)) != API_OK)
+        struct stmt_done done;
+        ok_begin(w, "execute");
+        api_jw_key(w, "result");
+        if ((rc = execute_stmt(s, api_jv_get(req, "stmt"), w, &tl_scratch.ew, &done, out, err)) != API_OK)
             return rc;
-        *out_result = e ? error_result(e) : ok_result("execute", json_pack("{s:o}", "result", res));
+        if (done.ok) {
+            ok_end(w);
+        } else {
+            api_jw_rewind(w, &mark);
+            error_result(w, &tl_scratch.ew, out);
+        }
     } else if (strcmp(type, "batch") == 0) {
-        if ((rc = execute_batch(s, json_object_get(req, "batch"), version, &res, out, err)) != API_OK)
+        ok_begin(w, "batch");
+        api_jw_key(w, "result");
+        if ((rc = execute_batch(s, api_jv_get(req, "batch"), version, w, out, err)) != API_OK)
             return rc;
-        *out_result = ok_result("batch", json_pack("{s:o}", "result", res));
+        ok_end(w);
     } else if (strcmp(type, "sequence") == 0) {
         const char *sql;
         if ((rc = stmt_sql(s, req, &sql, err)) != API_OK)
             return rc;
-        e = execute_sequence(s, sql, out);
-        *out_result = e ? error_result(e) : ok_result("sequence", NULL);
+        if (execute_sequence(s, sql, &tl_scratch.ew, out))
+            error_result(w, &tl_scratch.ew, out);
+        else
+            ok_result(w, "sequence");
     } else if (strcmp(type, "describe") == 0) {
-        if ((rc = describe(s, req, &res, &e, err)) != API_OK)
+        int ok;
+        ok_begin(w, "describe");
+        api_jw_key(w, "result");
+        if ((rc = describe(s, req, w, &tl_scratch.ew, &ok, err)) != API_OK)
             return rc;
-        *out_result = e ? error_result(e) : ok_result("describe", json_pack("{s:o}", "result", res));
+        if (ok) {
+            ok_end(w);
+        } else {
+            api_jw_rewind(w, &mark);
+            error_result(w, &tl_scratch.ew, out);
+        }
     } else if (strcmp(type, "store_sql") == 0) {
-        json_t *id = json_object_get(req, "sql_id"), *sql = json_object_get(req, "sql");
-        if (!json_is_integer(id) || !json_is_string(sql))
+        const struct api_jv *id = api_jv_get(req, "sql_id"), *sql = api_jv_get(req, "sql");
+        if (!api_jv_is(id, API_JV_INTEGER) || !api_jv_is(sql, API_JV_STRING))
             return api_err_set(err, API_EINVAL, "store_sql needs an integer \"sql_id\" and a string \"sql\"");
         for (size_t i = 0; i < s->nstored; i++)
-            if (s->stored[i].id == json_integer_value(id))
+            if (s->stored[i].id == api_jv_integer(id))
                 return api_err_set(err, API_EINVAL, "SQL text with id %lld is already stored",
-                                   (long long)json_integer_value(id));
+                                   (long long)api_jv_integer(id));
         if (s->nstored >= STORE_MAX) {
-            *out_result = error_result(error_json("SQL_STORE_TOO_MANY", "at most %d SQL texts per stream", STORE_MAX));
-        } else if (json_string_length(sql) > STORE_SQL_MAX) {
-            *out_result = error_result(error_json("SQL_STORE_TOO_LARGE", "stored SQL texts are limited to %d bytes",
-                                                  STORE_SQL_MAX));
+            put_error(&tl_scratch.ew, "SQL_STORE_TOO_MANY", "at most %d SQL texts per stream", STORE_MAX);
+            error_result(w, &tl_scratch.ew, out);
+        } else if (api_jv_strlen(sql) > STORE_SQL_MAX) {
+            put_error(&tl_scratch.ew, "SQL_STORE_TOO_LARGE", "stored SQL texts are limited to %d bytes", STORE_SQL_MAX);
+            error_result(w, &tl_scratch.ew, out);
         } else {
-            char *copy = strdup(json_string_value(sql));
+            char *copy = strdup(api_jv_string(sql));
             if (copy == NULL)
                 return api_err_set(err, API_ENOMEM, "out of memory");
-            s->stored[s->nstored].id = (int32_t)json_integer_value(id);
+            s->stored[s->nstored].id = (int32_t)api_jv_integer(id);
             s->stored[s->nstored].sql = copy;
             s->nstored++;
-            *out_result = ok_result("store_sql", NULL);
+            ok_result(w, "store_sql");
         }
     } else if (strcmp(type, "close_sql") == 0) {
-        json_t *id = json_object_get(req, "sql_id");
-        if (!json_is_integer(id))
+        const struct api_jv *id = api_jv_get(req, "sql_id");
+        if (!api_jv_is(id, API_JV_INTEGER))
             return api_err_set(err, API_EINVAL, "close_sql needs an integer \"sql_id\"");
         for (size_t i = 0; i < s->nstored; i++)
-            if (s->stored[i].id == json_integer_value(id)) {
+            if (s->stored[i].id == api_jv_integer(id)) {
                 free(s->stored[i].sql);
                 s->stored[i] = s->stored[--s->nstored];
                 break;
             }
-        *out_result = ok_result("close_sql", NULL);
+        ok_result(w, "close_sql");
     } else if (strcmp(type, "close") == 0) {
         s->closed = 1;
         out->closed = 1;
-        *out_result = ok_result("close", NULL);
+        ok_result(w, "close");
     } else if (strcmp(type, "get_autocommit") == 0) {
         if (version < 3)
             return api_err_set(err, API_EINVAL, "get_autocommit needs Hrana 3 (/v3/pipeline)");
-        *out_result = ok_result("get_autocommit",
-                                json_pack("{s:b}", "is_autocommit", sqlite3_get_autocommit(s->db) != 0));
+        ok_begin(w, "get_autocommit");
+        api_jw_key(w, "is_autocommit");
+        api_jw_bool(w, sqlite3_get_autocommit(s->db) != 0);
+        ok_end(w);
     } else {
         return api_err_set(err, API_EINVAL, "unknown request type '%.20s'", type);
     }
-    if (*out_result == NULL)
+    if (w->failed)
         return api_err_set(err, API_ENOMEM, "out of memory");
     return API_OK;
 }
 
-int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, int version, json_t **results,
+int agent_hrana_execute(struct agent_hrana_stream *s, const struct api_jv *requests, int version, struct api_jw *results,
                         struct agent_hrana_outcome *out, struct api_err *err)
 {
-    json_t *arr;
+    int rc = API_OK;
 
     memset(out, 0, sizeof(*out));
-    if (!json_is_array(requests))
+    if (!api_jv_is(requests, API_JV_ARRAY))
         return api_err_set(err, API_EINVAL, "\"requests\" must be an array");
-    if ((arr = json_array()) == NULL)
-        return api_err_set(err, API_ENOMEM, "out of memory");
     s->response_bytes = 0;
     s->active = 1;
-    for (size_t i = 0; i < json_array_size(requests); i++) {
-        json_t *one = NULL;
-        int rc = execute_one(s, json_array_get(requests, i), version, &one, out, err);
-        if (rc != API_OK) {
-            s->active = 0;
-            json_decref(arr);
-            out->in_txn = !sqlite3_get_autocommit(s->db);
-            return rc;
-        }
-        json_array_append_new(arr, one);
-    }
+    api_jw_array(results);
+    for (size_t i = 0; i < api_jv_size(requests) && rc == API_OK; i++)
+        rc = execute_one(s, api_jv_at(requests, i), version, results, out, err);
+    api_jw_array_end(results);
     s->active = 0;
     out->in_txn = !sqlite3_get_autocommit(s->db);
-    *results = arr;
-    return API_OK;
-}
-
-int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
-                       struct agent_hrana_outcome *out, struct api_err *err)
-{
-    json_t *result = NULL, *arr;
-    int rc;
-
-    memset(out, 0, sizeof(*out));
-    s->response_bytes = 0;
-    s->active = 1;
-    rc = execute_batch(s, batch, version, &result, out, err);
-    s->active = 0;
-    out->in_txn = !sqlite3_get_autocommit(s->db);
-    if (rc != API_OK)
-        return rc;
-    /* The cursor is the batch result spelled out entry by entry. It is built
-     * in memory (bounded by the response cap), not streamed row by row. */
-    arr = json_array();
-    json_t *results = json_object_get(result, "step_results"), *errors = json_object_get(result, "step_errors");
-    for (size_t i = 0; i < json_array_size(results); i++) {
-        json_t *r = json_array_get(results, i), *e = json_array_get(errors, i);
-        if (json_is_object(e)) {
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:O}", "type", "step_error", "step", (json_int_t)i, "error", e));
-            continue;
-        }
-        if (!json_is_object(r))
-            continue; /* skipped */
-        json_array_append_new(arr, json_pack("{s:s,s:I,s:O}", "type", "step_begin", "step", (json_int_t)i, "cols",
-                                             json_object_get(r, "cols")));
-        json_t *rows = json_object_get(r, "rows");
-        for (size_t k = 0; k < json_array_size(rows); k++)
-            json_array_append_new(arr, json_pack("{s:s,s:O}", "type", "row", "row", json_array_get(rows, k)));
-        json_array_append_new(arr, json_pack("{s:s,s:O,s:O}", "type", "step_end", "affected_row_count",
-                                             json_object_get(r, "affected_row_count"), "last_insert_rowid",
-                                             json_object_get(r, "last_insert_rowid")));
-    }
-    json_decref(result);
-    *entries = arr;
-    return API_OK;
+    scratch_trim();
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
-/* streamed cursors                                                    */
+/* cursors                                                             */
 
 /* 1 if executing STMT_OBJ cannot raise a protocol error: what execute_stmt,
  * stmt_sql, bind_args and bind_value check as they go, checked here for
  * every argument whether or not the statement would use it. */
-static int stmt_well_formed(struct agent_hrana_stream *s, const json_t *stmt_obj)
+/* 1 if executing STMT_OBJ cannot raise a protocol error: what execute_stmt,
+ * stmt_sql, bind_args and bind_value check as they go, checked here for
+ * every argument whether or not the statement would use it. */
+static int stmt_well_formed(struct agent_hrana_stream *s, const struct api_jv *stmt_obj)
 {
-    json_t *want = json_object_get(stmt_obj, "want_rows");
-    json_t *args = json_object_get(stmt_obj, "args"), *named = json_object_get(stmt_obj, "named_args");
+    const struct api_jv *want = api_jv_get(stmt_obj, "want_rows");
+    const struct api_jv *args = api_jv_get(stmt_obj, "args"), *named = api_jv_get(stmt_obj, "named_args");
     const char *sql;
     struct api_err err;
     char msg[256];
-    size_t i;
-    json_t *v;
+    const struct api_jv *v;
 
-    if (!json_is_object(stmt_obj) || (want != NULL && !json_is_null(want) && !json_is_boolean(want)))
+    if (!api_jv_is(stmt_obj, API_JV_OBJECT) || (want != NULL && !api_jv_is(want, API_JV_NULL) && !api_jv_is_boolean(want)))
         return 0;
     if (stmt_sql(s, stmt_obj, &sql, &err) != API_OK)
         return 0;
-    if ((args != NULL && !json_is_null(args) && !json_is_array(args)) ||
-        (named != NULL && !json_is_null(named) && !json_is_array(named)))
+    if ((args != NULL && !api_jv_is(args, API_JV_NULL) && !api_jv_is(args, API_JV_ARRAY)) ||
+        (named != NULL && !api_jv_is(named, API_JV_NULL) && !api_jv_is(named, API_JV_ARRAY)))
         return 0;
-    json_array_foreach(args, i, v)
-    {
+    for (size_t i = 0; (v = api_jv_at(args, i)) != NULL; i++)
         if (bind_value(NULL, 0, v, msg, sizeof(msg)) != 0)
             return 0;
-    }
-    json_array_foreach(named, i, v)
-    {
-        if (!json_is_string(json_object_get(v, "name")) ||
-            bind_value(NULL, 0, json_object_get(v, "value"), msg, sizeof(msg)) != 0)
+    for (size_t i = 0; (v = api_jv_at(named, i)) != NULL; i++)
+        if (!api_jv_is(api_jv_get(v, "name"), API_JV_STRING) ||
+            bind_value(NULL, 0, api_jv_get(v, "value"), msg, sizeof(msg)) != 0)
             return 0;
-    }
     return 1;
 }
 
-int agent_hrana_cursor_check(struct agent_hrana_stream *s, const json_t *batch, int version)
+int agent_hrana_cursor_check(struct agent_hrana_stream *s, const struct api_jv *batch, int version)
 {
     struct api_err err;
-    size_t i;
-    json_t *step;
+    const struct api_jv *step, *steps = api_jv_get(batch, "steps");
 
     if (batch_check(batch, version, &err) != API_OK)
         return 0;
-    json_array_foreach(json_object_get(batch, "steps"), i, step)
-    {
-        if (!stmt_well_formed(s, json_object_get(step, "stmt")))
+    for (size_t i = 0; (step = api_jv_at(steps, i)) != NULL; i++)
+        if (!stmt_well_formed(s, api_jv_get(step, "stmt")))
             return 0;
-    }
     return 1;
 }
 
-/* The same walk as execute_batch, but each step's entries go to the sink
- * as they are produced: step_begin and rows from execute_stmt, then
- * step_end or step_error here, built exactly as agent_hrana_cursor builds
- * them from a batch result. */
-static int cursor_batch(struct agent_hrana_stream *s, const json_t *batch, int version,
+/* A cursor's walk over BATCH: each executed step's entries go out
+ * (emit_line) as they are produced: step_begin and rows from execute_stmt,
+ * then step_end or step_error here. Skipped steps produce nothing. */
+static int cursor_batch(struct agent_hrana_stream *s, const struct api_jv *batch, int version,
                         struct agent_hrana_outcome *out, struct api_err *err)
 {
-    json_t *steps = json_object_get(batch, "steps");
+    const struct api_jv *steps = api_jv_get(batch, "steps");
     unsigned char *state;
     size_t n;
     int rc;
 
     if ((rc = batch_check(batch, version, err)) != API_OK)
         return rc;
-    n = json_array_size(steps);
+    n = api_jv_size(steps);
     if ((state = calloc(n ? n : 1, 1)) == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        json_t *step = json_array_get(steps, i), *cond = json_object_get(step, "condition");
-        json_t *res = NULL, *e = NULL, *entry;
-        if (cond != NULL && !json_is_null(cond) && !cond_eval(s, cond, state))
+        const struct api_jv *step = api_jv_at(steps, i), *cond = api_jv_get(step, "condition");
+        struct stmt_done done;
+        if (cond != NULL && !api_jv_is(cond, API_JV_NULL) && !cond_eval(s, cond, state))
             continue; /* skipped: no entries */
-        s->sink_step = i;
-        if ((rc = execute_stmt(s, json_object_get(step, "stmt"), &res, &e, out, err)) != API_OK)
+        s->cursor_step = i;
+        api_jw_reset(&tl_scratch.ew);
+        if ((rc = execute_stmt(s, api_jv_get(step, "stmt"), NULL, &tl_scratch.ew, &done, out, err)) != API_OK)
             break;
-        state[i] = res != NULL ? STEP_OK : STEP_FAILED;
-        if (e != NULL)
-            entry = json_pack("{s:s,s:I,s:o}", "type", "step_error", "step", (json_int_t)i, "error", e);
-        else
-            entry = json_pack("{s:s,s:O,s:O}", "type", "step_end", "affected_row_count",
-                              json_object_get(res, "affected_row_count"), "last_insert_rowid",
-                              json_object_get(res, "last_insert_rowid"));
-        json_decref(res);
-        if ((rc = sink_emit(s, entry, err)) != API_OK)
+        state[i] = done.ok ? STEP_OK : STEP_FAILED;
+        api_jw_reset(&tl_scratch.line);
+        api_jw_object(&tl_scratch.line);
+        api_jw_key(&tl_scratch.line, "type");
+        if (done.ok) {
+            api_jw_cstring(&tl_scratch.line, "step_end");
+            api_jw_key(&tl_scratch.line, "affected_row_count");
+            api_jw_int(&tl_scratch.line, done.affected);
+            api_jw_key(&tl_scratch.line, "last_insert_rowid");
+            if (done.has_rowid)
+                api_jw_int_string(&tl_scratch.line, done.rowid);
+            else
+                api_jw_null(&tl_scratch.line);
+        } else {
+            api_jw_cstring(&tl_scratch.line, "step_error");
+            api_jw_key(&tl_scratch.line, "step");
+            api_jw_int(&tl_scratch.line, (long long)i);
+            api_jw_key(&tl_scratch.line, "error");
+            put_writer(&tl_scratch.line, &tl_scratch.ew);
+        }
+        api_jw_object_end(&tl_scratch.line);
+        if ((rc = emit_line(s, err)) != API_OK)
             break;
     }
     free(state);
     return rc;
 }
 
-int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const json_t *batch, int version,
+int agent_hrana_cursor(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *lines,
+                       struct agent_hrana_outcome *out, struct api_err *err)
+{
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    s->response_bytes = 0;
+    s->active = 1;
+    s->lines = lines;
+    rc = cursor_batch(s, batch, version, out, err);
+    s->lines = NULL;
+    s->active = 0;
+    out->in_txn = !sqlite3_get_autocommit(s->db);
+    scratch_trim();
+    return rc;
+}
+
+int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const struct api_jv *batch, int version,
                               const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out,
                               struct api_err *err)
 {
@@ -1277,6 +1477,7 @@ int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const json_t *batch,
     s->sink = NULL;
     s->active = 0;
     out->in_txn = !sqlite3_get_autocommit(s->db);
+    scratch_trim();
     return rc;
 }
 
@@ -1312,15 +1513,12 @@ static int sqlite_reads_only(void *db, const char *sql)
 /* The walk over the pipeline is shared with the router (api/sqlclass.h), so
  * both agree on which request types a replica may serve; only the statement
  * test differs (exact here, lexical there). */
-int agent_hrana_reads_only(sqlite3 *db, const json_t *requests)
+int agent_hrana_reads_only(sqlite3 *db, const struct api_jv *requests)
 {
     return api_pipeline_reads_only(requests, sqlite_reads_only, db);
 }
 
-int agent_hrana_batch_reads_only(sqlite3 *db, const json_t *batch)
+int agent_hrana_batch_reads_only(sqlite3 *db, const struct api_jv *batch)
 {
-    json_t *requests = json_pack("[{s:s,s:O}]", "type", "batch", "batch", batch);
-    int ro = requests != NULL && agent_hrana_reads_only(db, requests);
-    json_decref(requests);
-    return ro;
+    return api_batch_reads_only(batch, sqlite_reads_only, db);
 }

@@ -8,7 +8,8 @@
  * text cache (store_sql/close_sql). It knows nothing of HTTP, batons or
  * tenants: the agent's server code parses the pipeline body, finds or creates
  * the stream, calls agent_hrana_execute with the "requests" array, and wraps
- * the results.
+ * the results. Results are written as JSON text (api/jsonout.h) as they are
+ * produced, not built as a tree first.
  *
  * Threading: a stream and its connection are used by one thread at a time
  * (the tenant's worker); no locking inside.
@@ -19,10 +20,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <jansson.h>
 #include <sqlite3.h>
 
 #include "api/err.h"
+#include "api/jsonin.h"
+#include "api/jsonout.h"
 
 struct agent_hrana_stream;
 
@@ -38,6 +40,7 @@ struct agent_hrana_outcome {
     int closed;        /* a "close" request ran: the stream is finished */
     int wrote;         /* some statement changed the database (total_changes moved, or DDL ran) */
     int in_txn;        /* the connection is inside a transaction afterwards */
+    int failed;        /* some request's result is {"type":"error"} */
     uint64_t rows_read;
     uint64_t rows_written;
 };
@@ -60,34 +63,36 @@ int agent_hrana_stream_gave_up(const struct agent_hrana_stream *s);
  * token that sent it decides). */
 void agent_hrana_stream_set_read_only(struct agent_hrana_stream *s, int read_only);
 
-/* Runs REQUESTS (the JSON array of a pipeline body) in order and sets
- * *RESULTS to a new JSON array of StreamResult objects, one per request
+/* Runs REQUESTS (the JSON array of a pipeline body) in order and writes to
+ * RESULTS one JSON array of StreamResult objects, one per request
  * ({"type":"ok","response":{...}} or {"type":"error","error":{"message","code"}}).
  * VERSION is 2 or 3 (v3 adds get_autocommit and the is_autocommit condition).
  * SQL errors are in-band (HTTP 200). A protocol error (not an array, unknown
  * request type, both sql and sql_id, unknown sql_id, bad condition, v3-only
- * feature on v2, ...) returns API_EINVAL with the message for a 400 and leaves
- * *RESULTS unset; the caller then discards the stream. */
-int agent_hrana_execute(struct agent_hrana_stream *s, const json_t *requests, int version, json_t **results,
+ * feature on v2, ...) returns API_EINVAL with the message for a 400; what
+ * RESULTS holds then is no answer, and the caller discards the stream. */
+int agent_hrana_execute(struct agent_hrana_stream *s, const struct api_jv *requests, int version, struct api_jw *results,
                         struct agent_hrana_outcome *out, struct api_err *err);
 
-/* Runs BATCH (a Hrana Batch object) for /v3/cursor and sets *ENTRIES to a
- * new JSON array of cursor entries in order: for each executed step
- * step_begin {step, cols}, one row entry {row} per row, and step_end
- * {affected_row_count, last_insert_rowid}; or step_error {step, error}.
- * Skipped steps produce nothing. Protocol errors as agent_hrana_execute. */
-int agent_hrana_cursor(struct agent_hrana_stream *s, const json_t *batch, int version, json_t **entries,
+/* Runs BATCH (a Hrana Batch object) for /v3/cursor and appends its cursor
+ * entries to LINES, each a JSON object followed by a newline: for each
+ * executed step step_begin {step, cols}, one row entry {row} per row, and
+ * step_end {affected_row_count, last_insert_rowid}; or step_error {step,
+ * error}. Skipped steps produce nothing. Protocol errors as
+ * agent_hrana_execute. */
+int agent_hrana_cursor(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *lines,
                        struct agent_hrana_outcome *out, struct api_err *err);
 
 /* Where a streamed cursor sends its entries, one at a time, as SQLite
- * produces them. ENTRY is borrowed for the call. The sink may block for
+ * produces them: LINE is one entry's JSON text (LEN bytes, no newline),
+ * borrowed for the call. The sink may block for
  * room until DEADLINE_MS (monotonic ms, as api_now_ms): the running
  * statement's own deadline, or one statement time limit from now between
  * statements (AGENT_HRANA_CURSOR_STALL_MS when there is no limit). It returns
  * API_OK to go on; any other code (with ERR set) stops the batch, and
  * agent_hrana_cursor_stream returns that code. */
 struct agent_hrana_sink {
-    int (*entry)(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err);
+    int (*entry)(void *ud, const char *line, size_t len, int64_t deadline_ms, struct api_err *err);
     void *ud;
 };
 
@@ -98,7 +103,7 @@ struct agent_hrana_sink {
  * checked for all steps and arguments, used or not (stricter than
  * execution). A streamed cursor needs this: a protocol error answers the
  * whole request with 400, which cannot be sent once entries have gone out. */
-int agent_hrana_cursor_check(struct agent_hrana_stream *s, const json_t *batch, int version);
+int agent_hrana_cursor_check(struct agent_hrana_stream *s, const struct api_jv *batch, int version);
 
 /* Runs BATCH as agent_hrana_cursor does, but hands each entry to SINK as it
  * is produced instead of collecting them: step_begin (once the statement
@@ -111,20 +116,23 @@ int agent_hrana_cursor_check(struct agent_hrana_stream *s, const json_t *batch, 
  * this; buffered, only the step_error appears). Check the batch with
  * agent_hrana_cursor_check first: a protocol error found midway is returned
  * like a sink error, after entries were sent. */
-int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const json_t *batch, int version,
+int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const struct api_jv *batch, int version,
                               const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out,
                               struct api_err *err);
 
 /* 1 if every statement of BATCH (a Hrana Batch object) only reads, as
  * agent_hrana_reads_only decides for a pipeline holding that one batch. */
-int agent_hrana_batch_reads_only(sqlite3 *db, const json_t *batch);
+int agent_hrana_batch_reads_only(sqlite3 *db, const struct api_jv *batch);
 
 /* 1 if every statement of REQUESTS (a pipeline's array) only reads, so a
  * replica may answer it; 0 if one writes or needs a stream's stored SQL.
  * Prepares (and finalizes) each statement on DB. */
-int agent_hrana_reads_only(sqlite3 *db, const json_t *requests);
+int agent_hrana_reads_only(sqlite3 *db, const struct api_jv *requests);
 
-/* JSON for one SQLite value as Hrana encodes it (new reference). Exposed for tests. */
-json_t *agent_hrana_value_to_json(sqlite3_value *v);
+/* One SQLite value as Hrana encodes it, written to W. Exposed for tests. */
+void agent_hrana_value_write(struct api_jw *w, sqlite3_value *v);
+
+/* Frees this thread's scratch text (a thread that ran streams ends). */
+void agent_hrana_thread_exit(void);
 
 #endif

@@ -28,6 +28,7 @@
 #include "api/err.h"
 #include "api/flags.h"
 #include "api/http.h"
+#include "api/jsonin.h"
 #include "api/jsonout.h"
 #include "api/map.h"
 #include "api/server.h"
@@ -643,6 +644,276 @@ static void json_encoding_matches_jansson_byte_for_byte(void **state)
     }
 }
 
+/* The writer (struct api_jw) gives the same text for the same tree: the
+ * random trees above, with plain keys (api_jw_key writes keys as given),
+ * written value by value; plus marks, failures and UTF-8 checks. */
+static json_t *plain_keys(const json_t *v)
+{
+    if (json_is_array(v)) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < json_array_size(v); i++)
+            json_array_append_new(a, plain_keys(json_array_get(v, i)));
+        return a;
+    }
+    if (json_is_object(v)) {
+        json_t *o = json_object(), *item;
+        const char *key;
+        json_object_foreach((json_t *)v, key, item) {
+            char k[64];
+            snprintf(k, sizeof(k), "%s", key);
+            for (char *c = k; *c; c++)
+                if (*c == '"' || *c == '\n')
+                    *c = '_';
+            json_object_set_new(o, k, plain_keys(item));
+        }
+        return o;
+    }
+    return json_deep_copy(v);
+}
+
+static void write_tree(struct api_jw *w, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *item;
+        api_jw_object(w);
+        json_object_foreach((json_t *)v, key, item) {
+            api_jw_key(w, key);
+            write_tree(w, item);
+        }
+        api_jw_object_end(w);
+        break;
+    }
+    case JSON_ARRAY:
+        api_jw_array(w);
+        for (size_t i = 0; i < json_array_size(v); i++)
+            write_tree(w, json_array_get(v, i));
+        api_jw_array_end(w);
+        break;
+    case JSON_STRING: api_jw_string(w, json_string_value(v), json_string_length(v)); break;
+    case JSON_INTEGER: api_jw_int(w, (long long)json_integer_value(v)); break;
+    case JSON_REAL: api_jw_real(w, json_real_value(v)); break;
+    case JSON_TRUE: api_jw_bool(w, 1); break;
+    case JSON_FALSE: api_jw_bool(w, 0); break;
+    case JSON_NULL: api_jw_null(w); break;
+    }
+}
+
+static void json_writer_matches_jansson_and_rewinds(void **state)
+{
+    (void)state;
+    rnd_state = 0x243f6a8885a308d3ULL;
+    for (int i = 0; i < 2000; i++) {
+        json_t *raw = random_value(0), *doc = plain_keys(raw);
+        struct api_jw w = API_JW_INIT;
+        /* the same tree inside an array, twice: once by the walker, once whole */
+        api_jw_array(&w);
+        write_tree(&w, doc);
+        api_jw_json(&w, doc);
+        api_jw_array_end(&w);
+        json_t *pair = json_pack("[OO]", doc, doc);
+        char *want = json_dumps(pair, JSON_COMPACT), *got = api_jw_finish(&w, NULL);
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        free(want);
+        free(got);
+        json_decref(pair);
+        json_decref(doc);
+        json_decref(raw);
+    }
+    /* integral reals take a path of their own: the same text as %.17g */
+    static const double reals[] = {0.0, -0.0, 1.0, -1.0, 42.0, 999999999999999.0, -999999999999999.0,
+                                   1e15, 123456789012345.0, 0.5, 1e16, 4503599627370496.0};
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++) {
+        struct api_jw w = API_JW_INIT;
+        json_t *r = json_real(reals[i]);
+        api_jw_real(&w, reals[i]);
+        char *want = json_dumps(r, JSON_COMPACT | JSON_ENCODE_ANY), *got = api_jw_finish(&w, NULL);
+        assert_string_equal(got, want);
+        free(want);
+        free(got);
+        json_decref(r);
+    }
+    /* a mark drops what follows it, commas included */
+    struct api_jw w = API_JW_INIT;
+    struct api_jw_mark m;
+    api_jw_object(&w);
+    api_jw_key(&w, "a");
+    api_jw_int(&w, 1);
+    api_jw_mark(&w, &m);
+    api_jw_key(&w, "b");
+    api_jw_array(&w);
+    api_jw_int_string(&w, INT64_MIN);
+    api_jw_rewind(&w, &m);
+    api_jw_key(&w, "c");
+    api_jw_cstring(&w, NULL);
+    api_jw_key(&w, "d");
+    api_jw_int_string(&w, INT64_MIN);
+    api_jw_key(&w, "e");
+    api_jw_raw(&w, "[1,2]", 5);
+    api_jw_object_end(&w);
+    api_jw_append(&w, "\n", 1);
+    char *text = api_jw_finish(&w, NULL);
+    assert_string_equal(text, "{\"a\":1,\"c\":null,\"d\":\"-9223372036854775808\",\"e\":[1,2]}\n");
+    free(text);
+    /* failures: a real JSON cannot hold, closing what is not open, too deep */
+    api_jw_real(&w, NAN);
+    assert_null(api_jw_finish(&w, NULL));
+    api_jw_array_end(&w);
+    assert_null(api_jw_finish(&w, NULL));
+    for (int d = 0; d <= API_JW_MAX_DEPTH; d++)
+        api_jw_array(&w);
+    assert_null(api_jw_finish(&w, NULL));
+    /* UTF-8 as JSON text must be */
+    assert_true(api_utf8_valid("", 0));
+    assert_true(api_utf8_valid("plain ascii, long enough for the fast path", 42));
+    assert_true(api_utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x90\x9f\xf4\x8f\xbf\xbf", 13));
+    assert_false(api_utf8_valid("abcdefgh\xff", 9));
+    assert_false(api_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(api_utf8_valid("\xed\xa0\x80", 3));     /* a surrogate */
+    assert_false(api_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
+    assert_false(api_utf8_valid("\xe2\x82", 2));         /* cut short */
+    assert_false(api_utf8_valid("a\x80", 2));             /* a lone continuation byte */
+}
+
+/* api_jdoc_parse accepts exactly what json_loadb(.., 0, ..) accepts and
+ * reads the same values: fixed edge cases, random documents, and their
+ * mutations (bytes changed, cut short, doubled), differentially against
+ * jansson. */
+static json_t *jv_to_json(const struct api_jv *v)
+{
+    if (api_jv_is(v, API_JV_OBJECT)) {
+        json_t *o = json_object();
+        const struct api_jv *item;
+        const char *key;
+        for (size_t i = 0; (key = api_jv_member(v, i, &item)) != NULL; i++)
+            json_object_set_new(o, key, jv_to_json(item)); /* a later duplicate replaces, as in jansson */
+        /* lookups find what jansson keeps */
+        for (size_t i = 0; (key = api_jv_member(v, i, &item)) != NULL; i++) {
+            json_t *want = json_object_get(o, key), *got = jv_to_json(api_jv_get(v, key));
+            assert_true(json_equal(want, got));
+            json_decref(got);
+        }
+        return o;
+    }
+    if (api_jv_is(v, API_JV_ARRAY)) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < api_jv_size(v); i++)
+            json_array_append_new(a, jv_to_json(api_jv_at(v, i)));
+        return a;
+    }
+    if (api_jv_is(v, API_JV_STRING)) {
+        assert_int_equal(strlen(api_jv_string(v)), api_jv_strlen(v));
+        return json_stringn(api_jv_string(v), api_jv_strlen(v));
+    }
+    if (api_jv_is(v, API_JV_INTEGER))
+        return json_integer(api_jv_integer(v));
+    if (api_jv_is(v, API_JV_REAL))
+        return json_real(api_jv_number(v));
+    if (api_jv_is(v, API_JV_TRUE))
+        return json_true();
+    if (api_jv_is(v, API_JV_FALSE))
+        return json_false();
+    assert_true(api_jv_is(v, API_JV_NULL));
+    return json_null();
+}
+
+/* Both parsers on TEXT: the same verdict, and the same document. */
+static void parse_like_jansson(const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *want = json_loadb(text, len, 0, &jerr);
+    struct api_jdoc *doc = NULL;
+    char msg[200];
+    int rc = api_jdoc_parse(text, len, &doc, msg, sizeof(msg));
+    if ((want != NULL) != (rc == 0))
+        fail_msg("jansson %s, api_jdoc_parse %s (%s) on: %.*s", want ? "accepts" : "refuses",
+                 rc == 0 ? "accepts" : "refuses", rc == 0 ? "" : msg, (int)len, text);
+    if (want != NULL) {
+        json_t *got = jv_to_json(api_jdoc_root(doc));
+        char *a = json_dumps(want, JSON_COMPACT | JSON_SORT_KEYS), *b = json_dumps(got, JSON_COMPACT | JSON_SORT_KEYS);
+        if (strcmp(a, b) != 0)
+            fail_msg("different documents from: %.*s\njansson: %s\nours:    %s", (int)len, text, a, b);
+        free(a);
+        free(b);
+        json_decref(got);
+        json_decref(want);
+    } else {
+        assert_non_null(strstr(msg, "at byte"));
+    }
+    api_jdoc_free(doc);
+}
+
+static void json_parser_agrees_with_jansson(void **state)
+{
+    (void)state;
+    static const char *const fixed[] = {
+        "{}", "[]", " [ ] ", "{\"a\":1,\"a\":2}", "{\"a\":{\"b\":[1,2,{\"c\":null}]},\"a\":true}",
+        "[\"\\u00e9\\u20AC\\ud83d\\udc1f\\/\\b\\f\\n\\r\\t\\\"\\\\\"]", "[\"\\u0000\"]", "[\"\\ud83d\"]",
+        "[\"\\udc1f\"]", "[\"\\ud83d\\u0041\"]", "[\"\\x41\"]", "[\"\\u12\"]", "[\"a\tb\"]", "[\"\xc3\xa9\"]", "[\"\xff\"]",
+        "[\"\xc0\xaf\"]", "[\"\xed\xa0\x80\"]", "[\"\xf4\x90\x80\x80\"]", "[true,false,null]", "[tru]", "[nulll]",
+        "[1,]", "[,1]", "{\"a\"}", "{\"a\":}", "{a:1}", "{\"a\":1,}", "{\"a\":1 \"b\":2}", "\"top\"", "3", "null", "",
+        "   ", "[1] x", "[1] ", "[\"unterminated", "{\"a\":[1,2}", "[1}", "\xef\xbb\xbf[]", "[\"a\"\n,\r\"b\"\t]"};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        parse_like_jansson(fixed[i], strlen(fixed[i]));
+    /* numbers, each alone in an array: one bad one would hide the others */
+    static const char *const numbers[] = {
+        "0", "-0", "1", "-1", "9223372036854775807", "-9223372036854775808", "9223372036854775808",
+        "-9223372036854775809", "1.5", "-0.0", "1e300", "1E-300", "1e400", "-1e400", "1e-400", "0.1e1", "1e+2",
+        "1.", ".5", "01", "-01", "00", "-", "1e", "1e+", "--1", "+1", "0x10", "1.5e", "123456789012345678901234567890",
+        "0.000000000000000000000000000000000000000000000000000000000000000000000000001"};
+    for (size_t i = 0; i < sizeof(numbers) / sizeof(numbers[0]); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[%s]", numbers[i]);
+        parse_like_jansson(text, strlen(text));
+    }
+    /* a NUL byte inside the text */
+    parse_like_jansson("[\"a\0b\"]", 6);
+    parse_like_jansson("[1]\0", 4);
+    parse_like_jansson("[\"a\"\0]", 5);
+    /* ... where jansson skips one after a number or literal; this parser does not (jsonin.h) */
+    struct api_jdoc *nul_doc = NULL;
+    json_t *lenient = json_loadb("[1\0]", 4, 0, NULL);
+    assert_non_null(lenient);
+    json_decref(lenient);
+    assert_int_equal(api_jdoc_parse("[1\0]", 4, &nul_doc, NULL, 0), -1);
+    assert_int_equal(api_jdoc_parse("{\"a\":true\0}", 10, &nul_doc, NULL, 0), -1);
+    assert_null(nul_doc);
+    /* nesting: 2048 levels are fine, 2049 are not */
+    for (int depth = 2047; depth <= 2049; depth++) {
+        char *deep = malloc(2 * (size_t)depth + 1);
+        memset(deep, '[', (size_t)depth);
+        memset(deep + depth, ']', (size_t)depth);
+        parse_like_jansson(deep, 2 * (size_t)depth);
+        free(deep);
+    }
+    rnd_state = 0x13198a2e03707344ULL;
+    for (int i = 0; i < 3000; i++) {
+        json_t *doc = json_array();
+        json_array_append_new(doc, random_value(0));
+        char *text = json_dumps(doc, i % 2 ? JSON_COMPACT : JSON_INDENT(1));
+        size_t len = strlen(text);
+        parse_like_jansson(text, len);
+        for (int m = 0; m < 4 && len > 0; m++) {
+            char *mut = malloc(2 * len + 1);
+            size_t mlen = len;
+            memcpy(mut, text, len);
+            switch (rnd() % 4) {
+            case 0: mut[rnd() % len] = (char)(rnd() & 0xff); break;
+            case 1: mut[rnd() % len] = "\"\\{}[],:0-e.u \x80"[rnd() % 15]; break;
+            case 2: mlen = rnd() % len; break;
+            default: memcpy(mut + len, text, len); mlen = 2 * len; break;
+            }
+            if (memchr(mut, '\0', mlen) == NULL)
+                parse_like_jansson(mut, mlen);
+            free(mut);
+        }
+        free(text);
+        json_decref(doc);
+    }
+}
+
 int main(void)
 {
     struct api_err err;
@@ -656,6 +927,8 @@ int main(void)
         cmocka_unit_test(map_puts_gets_and_deletes_many_keys),
         cmocka_unit_test(flags_parse_values_and_report_bad_usage),
         cmocka_unit_test(json_encoding_matches_jansson_byte_for_byte),
+        cmocka_unit_test(json_writer_matches_jansson_and_rewinds),
+        cmocka_unit_test(json_parser_agrees_with_jansson),
         cmocka_unit_test_setup_teardown(server_routes_by_pattern_and_captures_raw_segments, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_answers_404_405_and_413_as_json_errors, setup_server, teardown_server),

@@ -83,22 +83,26 @@ static int all_read(void *ud, const char *sql)
     return 1;
 }
 
+/* api_pipeline_reads_only on the pipeline in TEXT. */
+static int walk_reads(const char *text)
+{
+    struct api_jdoc *doc;
+    assert_int_equal(api_jdoc_parse(text, strlen(text), &doc, NULL, 0), 0);
+    int ro = api_pipeline_reads_only(api_jdoc_root(doc), all_read, NULL);
+    api_jdoc_free(doc);
+    return ro;
+}
+
 static void the_pipeline_walk_refuses_stream_bound_requests(void **state)
 {
-    json_t *p;
     (void)state;
-    p = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}},{\"type\":\"get_autocommit\"},"
-                   "{\"type\":\"batch\",\"batch\":{\"steps\":[{\"stmt\":{\"sql\":\"select 2\"}}]}},"
-                   "{\"type\":\"sequence\",\"sql\":\"select 3\"},{\"type\":\"close\"}]",
-                   0, NULL);
-    assert_true(api_pipeline_reads_only(p, all_read, NULL));
-    json_decref(p);
-    p = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql_id\":1}}]", 0, NULL);
-    assert_false(api_pipeline_reads_only(p, all_read, NULL));
-    json_decref(p);
-    p = json_loads("[{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"}]", 0, NULL);
-    assert_false(api_pipeline_reads_only(p, all_read, NULL));
-    json_decref(p);
+    assert_true(walk_reads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 1\"}},{\"type\":\"get_autocommit\"},"
+                           "{\"type\":\"batch\",\"batch\":{\"steps\":[{\"stmt\":{\"sql\":\"select 2\"}}]}},"
+                           "{\"type\":\"sequence\",\"sql\":\"select 3\"},{\"type\":\"close\"}]"));
+    assert_false(walk_reads("[{\"type\":\"execute\",\"stmt\":{\"sql_id\":1}}]"));
+    assert_false(walk_reads("[{\"type\":\"store_sql\",\"sql_id\":1,\"sql\":\"select 1\"}]"));
+    assert_false(walk_reads("[{\"type\":\"batch\",\"batch\":{\"steps\":[{\"stmt\":{\"sql_id\":2}}]}}]"));
+    assert_false(walk_reads("{\"requests\":[]}")); /* not an array */
     assert_false(api_pipeline_reads_only(NULL, all_read, NULL));
 }
 

@@ -48,28 +48,59 @@ static int teardown(void **state)
 
 /* Runs REQUESTS (JSON text) and returns the results array; fails the test on
  * a protocol error. */
+/* agent_hrana_execute on S, its results read back as JSON (which also
+ * checks that the text it wrote is valid JSON). */
+/* TEXT as a request document (the agent's parser, api/jsonin.h); NULL if it
+ * does not parse. */
+static struct api_jdoc *jdoc(const char *text)
+{
+    struct api_jdoc *d = NULL;
+    return api_jdoc_parse(text, strlen(text), &d, NULL, 0) == 0 ? d : NULL;
+}
+
+#define JV(d) api_jdoc_root(d)
+
+static int execute_json(struct agent_hrana_stream *s, const struct api_jv *req, int version, json_t **res,
+                        struct agent_hrana_outcome *out, struct api_err *err)
+{
+    struct api_jw w = API_JW_INIT;
+    json_error_t jerr;
+    int rc = agent_hrana_execute(s, req, version, &w, out, err);
+    char *text = api_jw_finish(&w, NULL);
+    *res = NULL;
+    if (rc == API_OK) {
+        assert_non_null(text);
+        if ((*res = json_loads(text, 0, &jerr)) == NULL)
+            fail_msg("results are not JSON (%s): %s", jerr.text, text);
+    }
+    free(text);
+    return rc;
+}
+
 static json_t *run(struct fx *f, int version, const char *requests)
 {
-    json_t *req = json_loads(requests, 0, NULL), *res = NULL;
+    struct api_jdoc *req = jdoc(requests);
+    json_t *res = NULL;
     struct api_err err;
     if (req == NULL)
         fail_msg("bad test JSON: %s", requests);
-    if (agent_hrana_execute(f->s, req, version, &res, &f->out, &err) != API_OK)
+    if (execute_json(f->s, JV(req), version, &res, &f->out, &err) != API_OK)
         fail_msg("protocol error: %s", err.msg);
-    json_decref(req);
+    api_jdoc_free(req);
     return res;
 }
 
 /* Expects a protocol error whose message contains NEEDLE. */
 static void protocol_error(struct fx *f, int version, const char *requests, const char *needle)
 {
-    json_t *req = json_loads(requests, 0, NULL), *res = NULL;
+    struct api_jdoc *req = jdoc(requests);
+    json_t *res = NULL;
     struct api_err err;
-    assert_int_equal(agent_hrana_execute(f->s, req, version, &res, &f->out, &err), API_EINVAL);
+    assert_int_equal(execute_json(f->s, JV(req), version, &res, &f->out, &err), API_EINVAL);
     assert_null(res);
     if (strstr(err.msg, needle) == NULL)
         fail_msg("'%s' lacks '%s'", err.msg, needle);
-    json_decref(req);
+    api_jdoc_free(req);
 }
 
 static char *dump(const json_t *j)
@@ -376,27 +407,27 @@ static void a_budget_stops_a_long_statement_and_says_so(void **state)
     assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
 
     struct agent_hrana_stream *s = agent_hrana_stream_new(db, &lim);
-    json_t *req = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 6*7\"}}]", 0, NULL);
-    assert_int_equal(agent_hrana_execute(s, req, 2, &res, &out, &err), API_OK);
+    struct api_jdoc *req = jdoc("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select 6*7\"}}]");
+    assert_int_equal(execute_json(s, JV(req), 2, &res, &out, &err), API_OK);
     assert_json(json_object_get(RESULT(res, 0), "rows"), "[[{\"type\":\"integer\",\"value\":\"42\"}]]");
     assert_int_equal(agent_hrana_stream_gave_up(s), 0);
     json_decref(res);
-    json_decref(req);
+    api_jdoc_free(req);
     agent_hrana_stream_free(s);
 
     s = agent_hrana_stream_new(db, &lim);
-    req = json_loads("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all "
-                     "select x+1 from c) select count(*) from c\"}}]", 0, NULL);
+    req = jdoc("[{\"type\":\"execute\",\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all "
+                     "select x+1 from c) select count(*) from c\"}}]");
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
-    assert_int_equal(agent_hrana_execute(s, req, 2, &res, &out, &err), API_OK);
+    assert_int_equal(execute_json(s, JV(req), 2, &res, &out, &err), API_OK);
     clock_gettime(CLOCK_MONOTONIC, &b);
     assert_int_equal(agent_hrana_stream_gave_up(s), 1);
     assert_non_null(json_object_get(json_array_get(res, 0), "error"));
     /* stopped by the budget, far before the 5 s statement limit */
     assert_true((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 2500);
     json_decref(res);
-    json_decref(req);
+    api_jdoc_free(req);
     agent_hrana_stream_free(s);
     sqlite3_close(db);
 }
@@ -561,11 +592,14 @@ struct lines {
     size_t entries, fail_after; /* fail_after: the sink fails on that entry (0 = never) */
 };
 
-static void lines_add(struct lines *l, const json_t *entry)
+static void lines_add(struct lines *l, const char *text, size_t n)
 {
-    size_t n;
-    char *text = api_json_encode(entry, &n);
-    assert_non_null(text);
+    json_t *entry = json_loadb(text, n, 0, NULL);
+    if (entry == NULL)
+        fail_msg("a cursor entry is not JSON: %.*s", (int)n, text);
+    json_decref(entry);
+    if (memchr(text, '\n', n) != NULL)
+        fail_msg("a cursor entry holds a newline: %.*s", (int)n, text);
     if (l->len + n + 1 > l->cap) {
         l->cap = (l->len + n + 1) * 2;
         l->buf = realloc(l->buf, l->cap + 1);
@@ -574,16 +608,15 @@ static void lines_add(struct lines *l, const json_t *entry)
     l->len += n;
     l->buf[l->len++] = '\n';
     l->buf[l->len] = '\0';
-    free(text);
 }
 
-static int collect(void *ud, const json_t *entry, int64_t deadline_ms, struct api_err *err)
+static int collect(void *ud, const char *line, size_t len, int64_t deadline_ms, struct api_err *err)
 {
     struct lines *l = ud;
     assert_true(deadline_ms > 0);
     if (l->fail_after > 0 && ++l->entries >= l->fail_after)
         return api_err_set(err, API_EIO, "the client went away");
-    lines_add(l, entry);
+    lines_add(l, line, len);
     return API_OK;
 }
 
@@ -608,14 +641,20 @@ static char *buffered_lines(const char *batch, const struct agent_hrana_limits *
     struct agent_hrana_outcome out;
     struct api_err err;
     struct lines l = {0};
-    json_t *b = json_loads(batch, 0, NULL), *entries = NULL;
+    struct api_jw w = API_JW_INIT;
+    struct api_jdoc *b = jdoc(batch);
     assert_non_null(b);
-    if (agent_hrana_cursor(s, b, 3, &entries, &out, &err) != API_OK)
+    if (agent_hrana_cursor(s, JV(b), 3, &w, &out, &err) != API_OK)
         fail_msg("protocol error: %s", err.msg);
-    for (size_t i = 0; i < json_array_size(entries); i++)
-        lines_add(&l, json_array_get(entries, i));
-    json_decref(entries);
-    json_decref(b);
+    /* each line an entry of its own, as a sink gets them */
+    for (size_t at = 0; at < w.len;) {
+        const char *nl = memchr(w.p + at, '\n', w.len - at);
+        assert_non_null(nl);
+        lines_add(&l, w.p + at, (size_t)(nl - (w.p + at)));
+        at = (size_t)(nl - w.p) + 1;
+    }
+    api_jw_free(&w);
+    api_jdoc_free(b);
     agent_hrana_stream_free(s);
     sqlite3_close(db);
     return l.buf != NULL ? l.buf : strdup("");
@@ -630,12 +669,12 @@ static char *streamed_lines(const char *batch, const struct agent_hrana_limits *
     struct api_err err;
     struct lines l = {0};
     struct agent_hrana_sink sink = {.entry = collect, .ud = &l};
-    json_t *b = json_loads(batch, 0, NULL);
+    struct api_jdoc *b = jdoc(batch);
     assert_non_null(b);
-    assert_int_equal(agent_hrana_cursor_check(s, b, 3), 1);
-    if (agent_hrana_cursor_stream(s, b, 3, &sink, &out, &err) != API_OK)
+    assert_int_equal(agent_hrana_cursor_check(s, JV(b), 3), 1);
+    if (agent_hrana_cursor_stream(s, JV(b), 3, &sink, &out, &err) != API_OK)
         fail_msg("streamed cursor failed: %s", err.msg);
-    json_decref(b);
+    api_jdoc_free(b);
     agent_hrana_stream_free(s);
     sqlite3_close(db);
     return l.buf != NULL ? l.buf : strdup("");
@@ -730,14 +769,13 @@ static void a_failing_sink_stops_the_batch_and_the_connection_stays_usable(void 
     struct lines l = {.fail_after = 12};
     struct agent_hrana_sink sink = {.entry = collect, .ud = &l};
     struct api_err err;
-    json_t *b = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 "
-                           "from c where x < 1000) select x from c\"}},{\"stmt\":{\"sql\":\"create table after(x)\"}}]}",
-                           0, NULL);
-    assert_int_equal(agent_hrana_cursor_stream(f->s, b, 3, &sink, &f->out, &err), API_EIO);
+    struct api_jdoc *b = jdoc("{\"steps\":[{\"stmt\":{\"sql\":\"with recursive c(x) as (select 1 union all select x+1 "
+                              "from c where x < 1000) select x from c\"}},{\"stmt\":{\"sql\":\"create table after(x)\"}}]}");
+    assert_int_equal(agent_hrana_cursor_stream(f->s, JV(b), 3, &sink, &f->out, &err), API_EIO);
     assert_non_null(strstr(err.msg, "went away"));
     assert_int_equal(count_lines(l.buf, "\"type\":\"row\""), 10);
     assert_null(sqlite3_next_stmt(f->db, NULL)); /* nothing left running */
-    json_decref(b);
+    api_jdoc_free(b);
     free(l.buf);
     /* step 1 never ran, and the stream still works */
     json_t *res = run(f, 3, "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select count(*) from sqlite_schema where name = 'after'\"}}]");
@@ -766,21 +804,20 @@ static void cursor_check_refuses_batches_that_could_fail_midway(void **state)
         {"{\"steps\":{}}", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        json_t *b = json_loads(cases[i].batch, 0, NULL);
+        struct api_jdoc *b = jdoc(cases[i].batch);
         assert_non_null(b);
-        if (agent_hrana_cursor_check(f->s, b, 3) != cases[i].ok)
+        if (agent_hrana_cursor_check(f->s, JV(b), 3) != cases[i].ok)
             fail_msg("case %zu: %s: want %d", i, cases[i].batch, cases[i].ok);
-        json_decref(b);
+        api_jdoc_free(b);
     }
     assert_int_equal(sqlite3_exec(f->db, "create table t(x)", NULL, NULL, NULL), SQLITE_OK);
-    json_t *ro = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"begin\"}},{\"stmt\":{\"sql\":\"select * from t\"}},"
-                            "{\"stmt\":{\"sql\":\"commit\"}}]}", 0, NULL);
-    json_t *rw = json_loads("{\"steps\":[{\"stmt\":{\"sql\":\"select * from t\"}},{\"stmt\":{\"sql\":\"insert into t values (1)\"}}]}",
-                            0, NULL);
-    assert_int_equal(agent_hrana_batch_reads_only(f->db, ro), 1);
-    assert_int_equal(agent_hrana_batch_reads_only(f->db, rw), 0);
-    json_decref(ro);
-    json_decref(rw);
+    struct api_jdoc *ro = jdoc("{\"steps\":[{\"stmt\":{\"sql\":\"begin\"}},{\"stmt\":{\"sql\":\"select * from t\"}},"
+                            "{\"stmt\":{\"sql\":\"commit\"}}]}");
+    struct api_jdoc *rw = jdoc("{\"steps\":[{\"stmt\":{\"sql\":\"select * from t\"}},{\"stmt\":{\"sql\":\"insert into t values (1)\"}}]}");
+    assert_int_equal(agent_hrana_batch_reads_only(f->db, JV(ro)), 1);
+    assert_int_equal(agent_hrana_batch_reads_only(f->db, JV(rw)), 0);
+    api_jdoc_free(ro);
+    api_jdoc_free(rw);
 }
 
 int main(void)

@@ -1,0 +1,527 @@
+/* api/jsonin.c: JSON text into one read-only document (see jsonin.h). */
+#include "api/jsonin.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JSONIN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
+
+struct api_jv {
+    unsigned char type;
+    size_t n; /* a string's length; an array's items; an object's members */
+    union {
+        long long i;
+        double d;
+        const char *s;              /* a string, once parsed */
+        const struct api_jv *kids;  /* a container's first child, once parsed (objects: key, value, ...) */
+        size_t at;                  /* while parsing: a string's offset in chars, a container's first child's index */
+    } u;
+};
+
+struct api_jdoc {
+    struct api_jv *nodes; /* every value but the root's own slot is some container's child */
+    size_t nnodes, cap;
+    char *chars; /* string texts, each NUL-terminated */
+    size_t nchars, ccap;
+    const struct api_jv *root;
+};
+
+struct parser {
+    const unsigned char *start, *p, *end;
+    struct api_jdoc *doc;
+    struct api_jv *stack; /* children of the containers being parsed, innermost last */
+    size_t sn, scap;
+    char *msg;
+    size_t msg_cap;
+};
+
+static int fail(struct parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(struct parser *ps, const char *fmt, ...)
+{
+    char what[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    if (ps->msg != NULL && ps->msg_cap > 0)
+        snprintf(ps->msg, ps->msg_cap, "%s at byte %zu", what, (size_t)(ps->p - ps->start));
+    return -1;
+}
+
+static void skip_ws(struct parser *ps)
+{
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+        ps->p++;
+}
+
+static int push(struct parser *ps, const struct api_jv *v)
+{
+    if (ps->sn == ps->scap) {
+        size_t cap = ps->scap ? ps->scap * 2 : 64;
+        struct api_jv *ns = realloc(ps->stack, cap * sizeof(*ns));
+        if (ns == NULL)
+            return fail(ps, "out of memory");
+        ps->stack = ns;
+        ps->scap = cap;
+    }
+    ps->stack[ps->sn++] = *v;
+    return 0;
+}
+
+/* Moves the stack's top COUNT values into the document, in order; the
+ * index of the first in *FIRST. */
+static int settle(struct parser *ps, size_t count, size_t *first)
+{
+    struct api_jdoc *d = ps->doc;
+    if (d->nnodes + count > d->cap) {
+        size_t cap = d->cap ? d->cap : 32;
+        while (cap < d->nnodes + count)
+            cap *= 2;
+        struct api_jv *nn = realloc(d->nodes, cap * sizeof(*nn));
+        if (nn == NULL)
+            return fail(ps, "out of memory");
+        d->nodes = nn;
+        d->cap = cap;
+    }
+    *first = d->nnodes;
+    memcpy(d->nodes + d->nnodes, ps->stack + ps->sn - count, count * sizeof(*d->nodes));
+    d->nnodes += count;
+    ps->sn -= count;
+    return 0;
+}
+
+static int room_for_chars(struct parser *ps, size_t more)
+{
+    struct api_jdoc *d = ps->doc;
+    if (d->nchars + more <= d->ccap)
+        return 0;
+    size_t cap = d->ccap ? d->ccap : 64;
+    while (cap < d->nchars + more)
+        cap *= 2;
+    char *nc = realloc(d->chars, cap);
+    if (nc == NULL)
+        return fail(ps, "out of memory");
+    d->chars = nc;
+    d->ccap = cap;
+    return 0;
+}
+
+static int hex4(const unsigned char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i], h;
+        if (c >= '0' && c <= '9')
+            h = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            h = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            h = c - 'A' + 10;
+        else
+            return -1;
+        v = v << 4 | h;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The length of the valid UTF-8 sequence at P (before END), or 0. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0];
+    size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || (size_t)(end - p) < len)
+        return 0;
+    for (size_t k = 1; k < len; k++)
+        if ((p[k] & 0xc0) != 0x80)
+            return 0;
+    if (len == 2 && c < 0xc2)
+        return 0;
+    if (len == 3) {
+        unsigned cp = ((c & 0x0fu) << 12) | ((p[1] & 0x3fu) << 6) | (p[2] & 0x3fu);
+        if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+    }
+    if (len == 4) {
+        unsigned cp = ((c & 0x07u) << 18) | ((p[1] & 0x3fu) << 12) | ((p[2] & 0x3fu) << 6) | (p[3] & 0x3fu);
+        if (cp < 0x10000 || cp > 0x10ffff)
+            return 0;
+    }
+    return len;
+}
+
+/* A string at P (its opening quote) into the document's chars. */
+static int parse_string(struct parser *ps, struct api_jv *out)
+{
+    struct api_jdoc *d;
+    size_t off;
+
+    ps->p++;
+    /* decoded text is never longer than its source: room for all of it at once */
+    const unsigned char *q = memchr(ps->p, '"', (size_t)(ps->end - ps->p));
+    size_t bound = q != NULL ? (size_t)(q - ps->p) : (size_t)(ps->end - ps->p);
+    if (room_for_chars(ps, bound + 1) != 0)
+        return -1;
+    d = ps->doc;
+    off = d->nchars;
+    for (;;) {
+        const unsigned char *run = ps->p;
+        while (ps->p < ps->end && *ps->p >= 0x20 && *ps->p < 0x80 && *ps->p != '"' && *ps->p != '\\')
+            ps->p++;
+        if (room_for_chars(ps, (size_t)(ps->p - run) + 5) != 0)
+            return -1;
+        memcpy(d->chars + d->nchars, run, (size_t)(ps->p - run));
+        d->nchars += (size_t)(ps->p - run);
+        if (ps->p >= ps->end)
+            return fail(ps, "premature end of input in a string");
+        unsigned char c = *ps->p;
+        if (c == '"') {
+            ps->p++;
+            break;
+        }
+        if (c < 0x20)
+            return fail(ps, "control character 0x%x in a string", c);
+        if (c >= 0x80) {
+            size_t n = utf8_len(ps->p, ps->end);
+            if (n == 0)
+                return fail(ps, "invalid UTF-8 in a string");
+            memcpy(d->chars + d->nchars, ps->p, n);
+            d->nchars += n;
+            ps->p += n;
+            continue;
+        }
+        /* an escape */
+        if (ps->end - ps->p < 2)
+            return fail(ps, "premature end of input in a string");
+        c = ps->p[1];
+        ps->p += 2;
+        const char *simple = strchr("\"\\/bfnrt", c);
+        if (c != '\0' && simple != NULL) {
+            static const char decoded[] = "\"\\/\b\f\n\r\t";
+            d->chars[d->nchars++] = decoded[simple - "\"\\/bfnrt"];
+            continue;
+        }
+        if (c != 'u')
+            return fail(ps, "invalid escape '\\%c' in a string", c >= 0x20 && c < 0x7f ? c : '?');
+        unsigned cp, lo;
+        if (ps->end - ps->p < 4 || hex4(ps->p, &cp) != 0)
+            return fail(ps, "invalid \\u escape in a string");
+        ps->p += 4;
+        if (cp >= 0xdc00 && cp <= 0xdfff)
+            return fail(ps, "invalid Unicode '\\u%04X' (a low surrogate alone)", cp);
+        if (cp >= 0xd800 && cp <= 0xdbff) {
+            if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' || hex4(ps->p + 2, &lo) != 0 ||
+                lo < 0xdc00 || lo > 0xdfff)
+                return fail(ps, "invalid Unicode '\\u%04X' (a high surrogate alone)", cp);
+            ps->p += 6;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        if (cp == 0)
+            return fail(ps, "\\u0000 is not allowed in a string");
+        char *o = d->chars + d->nchars;
+        if (cp < 0x80) {
+            o[0] = (char)cp;
+            d->nchars += 1;
+        } else if (cp < 0x800) {
+            o[0] = (char)(0xc0 | cp >> 6);
+            o[1] = (char)(0x80 | (cp & 0x3f));
+            d->nchars += 2;
+        } else if (cp < 0x10000) {
+            o[0] = (char)(0xe0 | cp >> 12);
+            o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+            o[2] = (char)(0x80 | (cp & 0x3f));
+            d->nchars += 3;
+        } else {
+            o[0] = (char)(0xf0 | cp >> 18);
+            o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+            o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+            o[3] = (char)(0x80 | (cp & 0x3f));
+            d->nchars += 4;
+        }
+    }
+    if (room_for_chars(ps, 1) != 0)
+        return -1;
+    d->chars[d->nchars++] = '\0';
+    out->type = API_JV_STRING;
+    out->n = d->nchars - 1 - off;
+    out->u.at = off;
+    return 0;
+}
+
+static int parse_number(struct parser *ps, struct api_jv *out)
+{
+    const unsigned char *s = ps->p, *p = ps->p;
+    int is_real = 0;
+    char small[64], *buf = small;
+
+    if (p < ps->end && *p == '-')
+        p++;
+    if (p >= ps->end || !(*p >= '0' && *p <= '9'))
+        return fail(ps, "invalid number");
+    if (*p == '0') {
+        p++; /* "01": the 1 is what no container accepts next */
+    } else {
+        while (p < ps->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < ps->end && *p == '.') {
+        is_real = 1;
+        p++;
+        if (p >= ps->end || !(*p >= '0' && *p <= '9'))
+            return fail(ps, "invalid number (no digits after '.')");
+        while (p < ps->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < ps->end && (*p == 'e' || *p == 'E')) {
+        is_real = 1;
+        p++;
+        if (p < ps->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= ps->end || !(*p >= '0' && *p <= '9'))
+            return fail(ps, "invalid number (no digits in the exponent)");
+        while (p < ps->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    size_t n = (size_t)(p - s);
+    if (n >= sizeof(small) && (buf = malloc(n + 1)) == NULL)
+        return fail(ps, "out of memory");
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    errno = 0;
+    if (is_real) {
+        out->type = API_JV_REAL;
+        out->u.d = strtod(buf, NULL);
+        if (!isfinite(out->u.d)) {
+            if (buf != small)
+                free(buf);
+            return fail(ps, "real number overflow");
+        }
+    } else {
+        out->type = API_JV_INTEGER;
+        out->u.i = strtoll(buf, NULL, 10);
+        if (errno == ERANGE) {
+            if (buf != small)
+                free(buf);
+            return fail(ps, "too big %sinteger", *s == '-' ? "negative " : "");
+        }
+    }
+    if (buf != small)
+        free(buf);
+    out->n = 0;
+    ps->p = p;
+    return 0;
+}
+
+static int parse_value(struct parser *ps, int depth, struct api_jv *out);
+
+static int parse_container(struct parser *ps, int depth, struct api_jv *out)
+{
+    int is_object = *ps->p == '{';
+    char close = is_object ? '}' : ']';
+    size_t base = ps->sn, count = 0, first;
+    struct api_jv v;
+
+    if (depth >= JSONIN_MAX_DEPTH)
+        return fail(ps, "maximum parsing depth reached");
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+    } else {
+        for (;;) {
+            if (is_object) {
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p != '"')
+                    return fail(ps, count == 0 ? "string or '}' expected" : "string expected");
+                if (parse_string(ps, &v) != 0 || push(ps, &v) != 0)
+                    return -1;
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p != ':')
+                    return fail(ps, "':' expected");
+                ps->p++;
+            }
+            if (parse_value(ps, depth + 1, &v) != 0 || push(ps, &v) != 0)
+                return -1;
+            count++;
+            skip_ws(ps);
+            if (ps->p < ps->end && *ps->p == ',') {
+                ps->p++;
+                continue;
+            }
+            if (ps->p < ps->end && *ps->p == close) {
+                ps->p++;
+                break;
+            }
+            return fail(ps, "',' or '%c' expected", close);
+        }
+    }
+    if (settle(ps, ps->sn - base, &first) != 0)
+        return -1;
+    out->type = is_object ? API_JV_OBJECT : API_JV_ARRAY;
+    out->n = count;
+    out->u.at = first;
+    return 0;
+}
+
+static int literal(struct parser *ps, const char *word, unsigned char type, struct api_jv *out)
+{
+    size_t n = strlen(word);
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0)
+        return fail(ps, "invalid token");
+    ps->p += n;
+    out->type = type;
+    out->n = 0;
+    out->u.i = 0;
+    return 0;
+}
+
+static int parse_value(struct parser *ps, int depth, struct api_jv *out)
+{
+    skip_ws(ps);
+    if (ps->p >= ps->end)
+        return fail(ps, "premature end of input");
+    switch (*ps->p) {
+    case '{':
+    case '[':
+        return parse_container(ps, depth, out);
+    case '"':
+        return parse_string(ps, out);
+    case 't':
+        return literal(ps, "true", API_JV_TRUE, out);
+    case 'f':
+        return literal(ps, "false", API_JV_FALSE, out);
+    case 'n':
+        return literal(ps, "null", API_JV_NULL, out);
+    default:
+        if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9'))
+            return parse_number(ps, out);
+        return fail(ps, "invalid token");
+    }
+}
+
+int api_jdoc_parse(const char *text, size_t len, struct api_jdoc **out, char *msg, size_t msg_cap)
+{
+    struct api_jdoc *d = calloc(1, sizeof(*d));
+    struct parser ps = {.start = (const unsigned char *)text, .p = (const unsigned char *)text,
+                        .end = (const unsigned char *)text + len, .doc = d, .msg = msg, .msg_cap = msg_cap};
+    struct api_jv root;
+    size_t at;
+
+    *out = NULL;
+    if (d == NULL)
+        return fail(&ps, "out of memory");
+    skip_ws(&ps);
+    if (ps.p >= ps.end || (*ps.p != '{' && *ps.p != '[')) {
+        fail(&ps, ps.p >= ps.end ? "premature end of input" : "'[' or '{' expected");
+        goto failed;
+    }
+    if (parse_value(&ps, 0, &root) != 0 || push(&ps, &root) != 0 || settle(&ps, 1, &at) != 0)
+        goto failed;
+    skip_ws(&ps);
+    if (ps.p != ps.end) {
+        fail(&ps, "end of file expected");
+        goto failed;
+    }
+    /* offsets into pointers, now that nothing moves */
+    for (size_t i = 0; i < d->nnodes; i++) {
+        struct api_jv *v = &d->nodes[i];
+        if (v->type == API_JV_STRING)
+            v->u.s = d->chars + v->u.at;
+        else if (v->type == API_JV_OBJECT || v->type == API_JV_ARRAY)
+            v->u.kids = v->n > 0 ? d->nodes + v->u.at : NULL;
+    }
+    d->root = &d->nodes[at];
+    free(ps.stack);
+    *out = d;
+    return 0;
+failed:
+    free(ps.stack);
+    api_jdoc_free(d);
+    return -1;
+}
+
+void api_jdoc_free(struct api_jdoc *doc)
+{
+    if (doc == NULL)
+        return;
+    free(doc->nodes);
+    free(doc->chars);
+    free(doc);
+}
+
+const struct api_jv *api_jdoc_root(const struct api_jdoc *doc)
+{
+    return doc != NULL ? doc->root : NULL;
+}
+
+int api_jv_is(const struct api_jv *v, enum api_jv_type type)
+{
+    return v != NULL && v->type == type;
+}
+
+int api_jv_is_number(const struct api_jv *v)
+{
+    return v != NULL && (v->type == API_JV_INTEGER || v->type == API_JV_REAL);
+}
+
+int api_jv_is_boolean(const struct api_jv *v)
+{
+    return v != NULL && (v->type == API_JV_TRUE || v->type == API_JV_FALSE);
+}
+
+const struct api_jv *api_jv_get(const struct api_jv *obj, const char *key)
+{
+    if (obj == NULL || obj->type != API_JV_OBJECT)
+        return NULL;
+    size_t klen = strlen(key);
+    for (size_t i = obj->n; i-- > 0;) {
+        const struct api_jv *k = &obj->u.kids[2 * i];
+        if (k->n == klen && memcmp(k->u.s, key, klen) == 0)
+            return k + 1;
+    }
+    return NULL;
+}
+
+const char *api_jv_member(const struct api_jv *obj, size_t i, const struct api_jv **value)
+{
+    if (obj == NULL || obj->type != API_JV_OBJECT || i >= obj->n)
+        return NULL;
+    *value = &obj->u.kids[2 * i + 1];
+    return obj->u.kids[2 * i].u.s;
+}
+
+size_t api_jv_size(const struct api_jv *v)
+{
+    return v != NULL && v->type == API_JV_ARRAY ? v->n : 0;
+}
+
+const struct api_jv *api_jv_at(const struct api_jv *arr, size_t i)
+{
+    return arr != NULL && arr->type == API_JV_ARRAY && i < arr->n ? &arr->u.kids[i] : NULL;
+}
+
+const char *api_jv_string(const struct api_jv *v)
+{
+    return v != NULL && v->type == API_JV_STRING ? v->u.s : NULL;
+}
+
+size_t api_jv_strlen(const struct api_jv *v)
+{
+    return v != NULL && v->type == API_JV_STRING ? v->n : 0;
+}
+
+long long api_jv_integer(const struct api_jv *v)
+{
+    return v != NULL && v->type == API_JV_INTEGER ? v->u.i : 0;
+}
+
+double api_jv_number(const struct api_jv *v)
+{
+    if (v == NULL)
+        return 0;
+    return v->type == API_JV_INTEGER ? (double)v->u.i : v->type == API_JV_REAL ? v->u.d : 0;
+}
