@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/names.h"
+
 #define JSONIN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
 
 struct api_jv {
@@ -77,6 +79,9 @@ static int push(struct parser *ps, const struct api_jv *v)
 static int settle(struct parser *ps, size_t count, size_t *first)
 {
     struct api_jdoc *d = ps->doc;
+    *first = d->nnodes;
+    if (count == 0)
+        return 0; /* an empty container: nothing to move (and maybe no array yet) */
     if (d->nnodes + count > d->cap) {
         size_t cap = d->cap ? d->cap : 32;
         while (cap < d->nnodes + count)
@@ -87,7 +92,6 @@ static int settle(struct parser *ps, size_t count, size_t *first)
         d->nodes = nn;
         d->cap = cap;
     }
-    *first = d->nnodes;
     memcpy(d->nodes + d->nnodes, ps->stack + ps->sn - count, count * sizeof(*d->nodes));
     d->nnodes += count;
     ps->sn -= count;
@@ -114,16 +118,10 @@ static int hex4(const unsigned char *p, unsigned *out)
 {
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
-        unsigned c = p[i], h;
-        if (c >= '0' && c <= '9')
-            h = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            h = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            h = c - 'A' + 10;
-        else
+        int h = api_hex_digit(p[i]);
+        if (h < 0)
             return -1;
-        v = v << 4 | h;
+        v = v << 4 | (unsigned)h;
     }
     *out = v;
     return 0;
