@@ -107,21 +107,25 @@ void api_copy_text(char *dst, size_t cap, const char *src, size_t len)
     dst[len] = '\0';
 }
 
+int api_hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 int api_hex64_parse(const char *s, size_t len, uint64_t *out)
 {
     uint64_t v = 0;
     if (s == NULL || len != 16)
         return -1;
     for (size_t i = 0; i < 16; i++) {
-        unsigned char c = (unsigned char)s[i];
-        int d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            d = c - 'A' + 10;
-        else
+        int d = api_hex_digit((unsigned char)s[i]);
+        if (d < 0)
             return -1;
         v = v << 4 | (uint64_t)d;
     }

@@ -31,6 +31,8 @@ void api_hex64_format(uint64_t v, char out[17]);
  * with a NUL: what snprintf(dst, cap, "%.*s", len, src) does, without
  * printf's cost on every request. */
 void api_copy_text(char *dst, size_t cap, const char *src, size_t len);
+/* The value of hex digit C (either case), or -1. */
+int api_hex_digit(int c);
 /* Parses exactly 16 hex digits (either case); returns 0 on success, -1 otherwise. */
 int api_hex64_parse(const char *s, size_t len, uint64_t *out);
 

@@ -197,30 +197,6 @@ int api_resp_set_body(struct api_resp *resp, const char *content_type, const voi
     return API_OK;
 }
 
-int api_resp_set_json(struct api_resp *resp, int status, json_t *doc)
-{
-    char *text;
-    size_t len = 0;
-    char *ct;
-
-    if (doc == NULL)
-        return API_ENOMEM;
-    text = api_json_encode(doc, &len);
-    json_decref(doc);
-    if (text == NULL || (ct = strdup("application/json")) == NULL) {
-        free(text);
-        return API_ENOMEM;
-    }
-    /* the encoded text becomes the body as it is: no copy */
-    free(resp->content_type);
-    free(resp->body);
-    resp->content_type = ct;
-    resp->body = text;
-    resp->body_len = len;
-    resp->status = status;
-    return API_OK;
-}
-
 int api_resp_take_body(struct api_resp *resp, const char *content_type, char *body, size_t len)
 {
     char *ct = strdup(content_type);
@@ -231,6 +207,24 @@ int api_resp_take_body(struct api_resp *resp, const char *content_type, char *bo
     resp->content_type = ct;
     resp->body = body;
     resp->body_len = len;
+    return API_OK;
+}
+
+int api_resp_set_json(struct api_resp *resp, int status, json_t *doc)
+{
+    size_t len = 0;
+    char *text;
+
+    if (doc == NULL)
+        return API_ENOMEM;
+    text = api_json_encode(doc, &len);
+    json_decref(doc);
+    /* the encoded text becomes the body as it is: no copy */
+    if (text == NULL || api_resp_take_body(resp, "application/json", text, len) != API_OK) {
+        free(text);
+        return API_ENOMEM;
+    }
+    resp->status = status;
     return API_OK;
 }
 

@@ -1446,8 +1446,9 @@ static int cursor_batch(struct agent_hrana_stream *s, const struct api_jv *batch
     return rc;
 }
 
-int agent_hrana_cursor(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *lines,
-                       struct agent_hrana_outcome *out, struct api_err *err)
+/* cursor_batch with the entries going to LINES (buffered) or SINK (streamed). */
+static int run_cursor(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *lines,
+                      const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out, struct api_err *err)
 {
     int rc;
 
@@ -1455,30 +1456,27 @@ int agent_hrana_cursor(struct agent_hrana_stream *s, const struct api_jv *batch,
     s->response_bytes = 0;
     s->active = 1;
     s->lines = lines;
+    s->sink = sink;
     rc = cursor_batch(s, batch, version, out, err);
     s->lines = NULL;
+    s->sink = NULL;
     s->active = 0;
     out->in_txn = !sqlite3_get_autocommit(s->db);
     scratch_trim();
     return rc;
 }
 
+int agent_hrana_cursor(struct agent_hrana_stream *s, const struct api_jv *batch, int version, struct api_jw *lines,
+                       struct agent_hrana_outcome *out, struct api_err *err)
+{
+    return run_cursor(s, batch, version, lines, NULL, out, err);
+}
+
 int agent_hrana_cursor_stream(struct agent_hrana_stream *s, const struct api_jv *batch, int version,
                               const struct agent_hrana_sink *sink, struct agent_hrana_outcome *out,
                               struct api_err *err)
 {
-    int rc;
-
-    memset(out, 0, sizeof(*out));
-    s->response_bytes = 0;
-    s->active = 1;
-    s->sink = sink;
-    rc = cursor_batch(s, batch, version, out, err);
-    s->sink = NULL;
-    s->active = 0;
-    out->in_txn = !sqlite3_get_autocommit(s->db);
-    scratch_trim();
-    return rc;
+    return run_cursor(s, batch, version, NULL, sink, out, err);
 }
 
 /* ------------------------------------------------------------------ */
