@@ -40,6 +40,7 @@
 
 #include "api/jsonout.h"
 #include "api/log.h"
+#include "api/names.h"
 #include "api/server_loop.h"
 #include "api/workq.h"
 
@@ -179,21 +180,17 @@ void api_resp_free(struct api_resp *resp)
 
 int api_resp_set_body(struct api_resp *resp, const char *content_type, const void *body, size_t len)
 {
-    char *ct = strdup(content_type), *b = malloc(len + 1);
+    char *b = malloc(len + 1);
 
-    if (ct == NULL || b == NULL) {
-        free(ct);
-        free(b);
+    if (b == NULL)
         return API_ENOMEM;
-    }
     if (len > 0)
         memcpy(b, body, len);
     b[len] = '\0';
-    free(resp->content_type);
-    free(resp->body);
-    resp->content_type = ct;
-    resp->body = b;
-    resp->body_len = len;
+    if (api_resp_take_body(resp, content_type, b, len) != API_OK) {
+        free(b);
+        return API_ENOMEM;
+    }
     return API_OK;
 }
 
@@ -847,17 +844,6 @@ const char *api_req_param(const struct api_req *r, const char *name, size_t *len
     return NULL;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int api_req_query(const struct api_req *r, const char *name, char *out, size_t cap)
 {
     const h2o_req_t *req = r->req;
@@ -879,7 +865,7 @@ int api_req_query(const struct api_req *r, const char *name, char *out, size_t c
                     c = ' ';
                 } else if (c == '%') {
                     int hi, lo;
-                    if (pe - v < 3 || (hi = hexval(v[1])) < 0 || (lo = hexval(v[2])) < 0)
+                    if (pe - v < 3 || (hi = api_hex_digit(v[1])) < 0 || (lo = api_hex_digit(v[2])) < 0)
                         return -1;
                     c = hi * 16 + lo;
                     v += 2;

@@ -406,6 +406,15 @@ static void put_text(struct api_jw *w, const char *s, size_t len)
     free(clean);
 }
 
+/* S as a JSON string (put_text), or null when S is NULL. */
+static void put_text_or_null(struct api_jw *w, const char *s)
+{
+    if (s != NULL)
+        put_text(w, s, strlen(s));
+    else
+        api_jw_null(w);
+}
+
 /* An in-band error, {"message","code"}, into EW. */
 static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...)
@@ -827,15 +836,9 @@ static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_
         const char *name = sqlite3_column_name(st, c), *decl = sqlite3_column_decltype(st, c);
         api_jw_object(&tl_scratch.cols);
         api_jw_key(&tl_scratch.cols, "name");
-        if (name != NULL)
-            put_text(&tl_scratch.cols, name, strlen(name));
-        else
-            api_jw_null(&tl_scratch.cols);
+        put_text_or_null(&tl_scratch.cols, name);
         api_jw_key(&tl_scratch.cols, "decltype");
-        if (decl != NULL)
-            put_text(&tl_scratch.cols, decl, strlen(decl));
-        else
-            api_jw_null(&tl_scratch.cols);
+        put_text_or_null(&tl_scratch.cols, decl);
         api_jw_object_end(&tl_scratch.cols);
     }
     api_jw_array_end(&tl_scratch.cols);
@@ -1150,10 +1153,7 @@ static int describe(struct agent_hrana_stream *s, const struct api_jv *req, stru
         const char *name = sqlite3_bind_parameter_name(st, i);
         api_jw_object(w);
         api_jw_key(w, "name");
-        if (name != NULL)
-            put_text(w, name, strlen(name));
-        else
-            api_jw_null(w);
+        put_text_or_null(w, name);
         api_jw_object_end(w);
     }
     api_jw_array_end(w);
@@ -1165,10 +1165,7 @@ static int describe(struct agent_hrana_stream *s, const struct api_jv *req, stru
         api_jw_key(w, "name");
         put_text(w, name ? name : "", name ? strlen(name) : 0);
         api_jw_key(w, "decltype");
-        if (decl != NULL)
-            put_text(w, decl, strlen(decl));
-        else
-            api_jw_null(w);
+        put_text_or_null(w, decl);
         api_jw_object_end(w);
     }
     api_jw_array_end(w);
