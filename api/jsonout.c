@@ -8,12 +8,20 @@
 
 #define JSONOUT_MAX_DEPTH 2048
 
-static int reserve(struct api_jw *w, size_t more)
+static int grow(struct api_jw *w, size_t more);
+
+/* Room for MORE bytes and a NUL; the common case inline, growing apart. */
+static inline int reserve(struct api_jw *w, size_t more)
+{
+    if (__builtin_expect(!w->failed && w->len + more + 1 <= w->cap, 1))
+        return 0;
+    return grow(w, more);
+}
+
+static int grow(struct api_jw *w, size_t more)
 {
     if (w->failed)
         return -1;
-    if (w->len + more + 1 <= w->cap)
-        return 0;
     size_t cap = w->cap ? w->cap : 512;
     while (cap < w->len + more + 1)
         cap *= 2;

@@ -248,15 +248,11 @@ static int lexical_reads(void *ud, const char *sql)
     return api_sql_reads_only(sql);
 }
 
-void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out)
+void api_pipeline_inspect_doc(const struct api_jv *root, struct api_pipeline_info *out)
 {
-    struct api_jdoc *doc = NULL;
-    const struct api_jv *root;
     memset(out, 0, sizeof(*out));
-    if (api_jdoc_parse(body, len, &doc, NULL, 0) != 0 || !api_jv_is(root = api_jdoc_root(doc), API_JV_OBJECT)) {
-        api_jdoc_free(doc);
+    if (!api_jv_is(root, API_JV_OBJECT))
         return;
-    }
     out->parsed = 1;
     const char *baton = api_jv_string(api_jv_get(root, "baton"));
     if (baton != NULL) {
@@ -270,6 +266,15 @@ void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline
     const char *last = n ? api_jv_string(api_jv_get(api_jv_at(requests, n - 1), "type")) : NULL;
     out->ends_with_close = last != NULL && strcmp(last, "close") == 0;
     out->reads_only = api_jv_is(requests, API_JV_ARRAY) && api_pipeline_reads_only(requests, lexical_reads, NULL);
+}
+
+void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out)
+{
+    struct api_jdoc *doc = NULL;
+    memset(out, 0, sizeof(*out));
+    if (api_jdoc_parse(body, len, &doc, NULL, 0) != 0)
+        return;
+    api_pipeline_inspect_doc(api_jdoc_root(doc), out);
     api_jdoc_free(doc);
 }
 

@@ -58,5 +58,7 @@ struct api_pipeline_info {
 void api_pipeline_inspect(const char *body, size_t len, struct api_pipeline_info *out);
 /* The same, always through the full parser (the reference; exposed for tests). */
 void api_pipeline_inspect_full(const char *body, size_t len, struct api_pipeline_info *out);
+/* The same for a body already parsed (ROOT: its top value). */
+void api_pipeline_inspect_doc(const struct api_jv *root, struct api_pipeline_info *out);
 
 #endif

@@ -589,6 +589,7 @@ struct pipeline_job {
     int quorum;  /* durability quorum: acknowledge once a replica holds the write */
     int recheck; /* served here only if the lease is ours once the job runs (adopting) */
     char client_region[8]; /* whose writes these are, for placement */
+    struct api_jdoc *doc;  /* the body parsed (job_doc), once: on the loop for a read in place */
 };
 
 static void finish_error(struct api_pending *p, const struct api_err *err)
@@ -618,10 +619,20 @@ static struct api_resp *unserved_resp(const struct api_err *err)
 
 static void pipeline_job_free(struct pipeline_job *j)
 {
+    api_jdoc_free(j->doc);
     forward_job_free(j->fwd);
     free(j->body);
     free(j->token);
     free(j);
+}
+
+/* J's body as a document, parsed on first use and kept with the job; NULL
+ * (with the parser's message in MSG) if it is not JSON. */
+static const struct api_jv *job_doc(struct pipeline_job *j, char *msg, size_t msg_cap)
+{
+    if (j->doc == NULL && api_jdoc_parse(j->body, j->body_len, &j->doc, msg, msg_cap) != 0)
+        return NULL;
+    return api_jdoc_root(j->doc);
 }
 
 static void exec_pragma(sqlite3 *db, const char *sql)
@@ -709,22 +720,17 @@ static int replica_handoff(struct pipeline_job *j)
     struct agent_repl_pos pos;
     struct api_err err;
     sqlite3 *db;
-    struct api_jdoc *doc = NULL;
-    api_jdoc_parse(j->body, j->body_len, &doc, NULL, 0);
-    const struct api_jv *root = api_jdoc_root(doc), *requests = api_jv_get(root, "requests"),
+    const struct api_jv *root = job_doc(j, NULL, 0), *requests = api_jv_get(root, "requests"),
                         *baton = api_jv_get(root, "baton");
     int local = 0;
 
-    if (doc == NULL || !api_jv_is(requests, API_JV_ARRAY)) {
-        api_jdoc_free(doc);
+    if (!api_jv_is(requests, API_JV_ARRAY))
         return 0; /* the executor reports the protocol error */
-    }
     /* interactive transactions (batons) always live on the primary */
     if (!api_jv_is(baton, API_JV_STRING) && ends_with_close(requests) &&
         agent_repl_ensure(a->repl, j->tenant, AGENT_ROLE_REPLICA, &err) == API_OK &&
         agent_repl_position(a->repl, j->tenant, &pos) == 0 && pos.loaded && agent_store_exists(a->store, j->tenant)) {
         if (j->min_txid > pos.txid && !j->waited) {
-            api_jdoc_free(doc);
             j->waited = 1;
             agent_repl_wait_txid(a->repl, j->tenant, j->min_txid, a->cfg.catchup_timeout_ms, rerun_after_wait, j);
             return 1;
@@ -732,7 +738,6 @@ static int replica_handoff(struct pipeline_job *j)
         local = j->min_txid <= pos.txid && agent_store_conn(a->store, j->tenant, &db, &err) == API_OK &&
                 agent_hrana_reads_only(db, requests);
     }
-    api_jdoc_free(doc);
     if (!local) {
         send_to_primary(j);
         return 1;
@@ -913,8 +918,7 @@ static void pipeline_job(void *arg)
     struct agent_hrana_outcome outcome;
     struct agent_hrana_stream *hs = NULL;
     struct agent_stream *st = NULL;
-    struct api_jdoc *doc = NULL;
-    const struct api_jv *requests, *baton;
+    const struct api_jv *root, *requests, *baton;
     struct api_jw results = API_JW_INIT;
     char jerr[160];
     struct api_err err;
@@ -941,13 +945,12 @@ static void pipeline_job(void *arg)
     }
     struct agent_repl_pos before, after;
     agent_repl_position(a->repl, j->tenant, &before);
-    if (api_jdoc_parse(j->body, j->body_len, &doc, jerr, sizeof(jerr)) != 0 ||
-        !api_jv_is(api_jdoc_root(doc), API_JV_OBJECT)) {
-        api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s", doc == NULL ? jerr : "wrong type");
+    if ((root = job_doc(j, jerr, sizeof(jerr))) == NULL || !api_jv_is(root, API_JV_OBJECT)) {
+        api_err_set(&err, API_EBADJSON, "pipeline body is not a JSON object: %s", root == NULL ? jerr : "wrong type");
         goto fail;
     }
-    requests = api_jv_get(api_jdoc_root(doc), j->cursor ? "batch" : "requests");
-    baton = api_jv_get(api_jdoc_root(doc), "baton");
+    requests = api_jv_get(root, j->cursor ? "batch" : "requests");
+    baton = api_jv_get(root, "baton");
     if (j->cursor && !api_jv_is(requests, API_JV_OBJECT)) {
         api_err_set(&err, API_EINVAL, "cursor body needs a \"batch\" object");
         goto fail;
@@ -1026,7 +1029,6 @@ static void pipeline_job(void *arg)
         if (rc == API_OK)
             atomic_fetch_add(&a->pipelines, 1);
         api_jw_free(&results);
-        api_jdoc_free(doc);
         pipeline_job_free(j);
         return;
     }
@@ -1078,13 +1080,11 @@ static void pipeline_job(void *arg)
         }
     }
     maintain_after_write(a, j, &before, &after);
-    api_jdoc_free(doc);
     pipeline_job_free(j);
     return;
 fail:
     finish_error(j->pending, &err);
     api_jw_free(&results);
-    api_jdoc_free(doc);
     pipeline_job_free(j);
 }
 
@@ -1109,6 +1109,8 @@ fail:
  * cores serve.
  */
 #define IN_PLACE_BUDGET_US 200
+/* a larger body (a long statement, many arguments) is parsed by its worker, not on the loop */
+#define IN_PLACE_MAX_BODY (64u << 10)
 
 struct in_place {
     struct pipeline_job *j;
@@ -1128,8 +1130,7 @@ static void in_place_read(void *arg)
     struct agent_stmt_cache *stmts = NULL;
     struct agent_repl_pos pos;
     struct api_err err;
-    struct api_jdoc *doc = NULL;
-    const struct api_jv *requests;
+    const struct api_jv *requests = api_jv_get(api_jdoc_root(j->doc), "requests"); /* parsed by try_read_in_place */
     struct api_jw results = API_JW_INIT;
     sqlite3 *db;
 
@@ -1137,13 +1138,9 @@ static void in_place_read(void *arg)
         !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
         !agent_store_conn_if_open(a->store, j->tenant, &db, &stmts))
         return;
-    api_jdoc_parse(j->body, j->body_len, &doc, NULL, 0);
-    requests = api_jv_get(api_jdoc_root(doc), "requests");
     if (!api_jv_is(requests, API_JV_ARRAY) || !ends_with_close(requests) ||
-        (hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL) {
-        api_jdoc_free(doc);
+        (hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL)
         return;
-    }
     /* The scanner found only statements that read; the authorizer refuses
      * any write all the same (a write here would commit on the loop and
      * need the log's sync): such a statement fails, and a worker runs the
@@ -1162,11 +1159,9 @@ static void in_place_read(void *arg)
         log_error("tenant=%s: a read run in place wrote", j->tenant); /* cannot happen: the authorizer */
     if (rc != API_OK || gave_up || outcome.wrote || outcome.failed) {
         api_jw_free(&results);
-        api_jdoc_free(doc);
         atomic_fetch_add(&a->reads_in_place_declined, 1);
         return;
     }
-    api_jdoc_free(doc);
     struct api_jw body = API_JW_INIT;
     put_baton_head(&body, "");
     api_jw_key(&body, "results");
@@ -1203,9 +1198,13 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
         tl_in_place_turn = turn;
         tl_in_place_count = 0;
     }
-    if (tl_in_place_count >= a->cfg.inline_reads)
+    if (tl_in_place_count >= a->cfg.inline_reads || j->body_len > IN_PLACE_MAX_BODY)
         return 0;
-    api_pipeline_inspect(j->body, j->body_len, &info);
+    /* parsed here once: the read in place, or the worker after it, reads this document */
+    const struct api_jv *root = job_doc(j, NULL, 0);
+    if (root == NULL)
+        return 0; /* the worker reports the error */
+    api_pipeline_inspect_doc(root, &info);
     if (!info.parsed || info.has_baton || !info.ends_with_close || !info.reads_only)
         return 0;
     tl_in_place_count++;
