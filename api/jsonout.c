@@ -292,9 +292,8 @@ void api_jw_array_end(struct api_jw *w)
     close_container(w, ']');
 }
 
-void api_jw_key(struct api_jw *w, const char *key)
+void api_jw_keyn(struct api_jw *w, const char *key, size_t n)
 {
-    size_t n = strlen(key);
     before_value(w);
     if (reserve(w, n + 3) != 0)
         return;

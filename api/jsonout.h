@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -56,8 +57,14 @@ void api_jw_object(struct api_jw *w);
 void api_jw_object_end(struct api_jw *w);
 void api_jw_array(struct api_jw *w);
 void api_jw_array_end(struct api_jw *w);
-/* KEY is written as it is: a constant of plain ASCII that needs no escape. */
-void api_jw_key(struct api_jw *w, const char *key);
+/* KEY (N bytes) is written as it is: a constant of plain ASCII that needs
+ * no escape. api_jw_key takes a NUL-terminated one; inline, so a literal's
+ * length is known when compiling. */
+void api_jw_keyn(struct api_jw *w, const char *key, size_t n);
+static inline void api_jw_key(struct api_jw *w, const char *key)
+{
+    api_jw_keyn(w, key, strlen(key));
+}
 
 /* S (N bytes, valid UTF-8: the caller checks) as a JSON string. */
 void api_jw_string(struct api_jw *w, const char *s, size_t n);
