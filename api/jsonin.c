@@ -159,11 +159,6 @@ static int parse_string(struct parser *ps, struct api_jv *out)
     size_t off;
 
     ps->p++;
-    /* decoded text is never longer than its source: room for all of it at once */
-    const unsigned char *q = memchr(ps->p, '"', (size_t)(ps->end - ps->p));
-    size_t bound = q != NULL ? (size_t)(q - ps->p) : (size_t)(ps->end - ps->p);
-    if (room_for_chars(ps, bound + 1) != 0)
-        return -1;
     d = ps->doc;
     off = d->nchars;
     for (;;) {

@@ -831,6 +831,39 @@ static void put_baton_head(struct api_jw *w, const char *baton)
     api_jw_null(w);
 }
 
+/* The reply to a pipeline whose RESULTS (agent_hrana_execute's array)
+ * are written, freed here: {"baton":..,"base_url":null,"results":[..]};
+ * for a cursor (RESULTS: its entry lines) text/plain, the baton line first.
+ * NULL on OOM. */
+static struct api_resp *pipeline_reply(const char *baton, int cursor, struct api_jw *results)
+{
+    struct api_jw body = API_JW_INIT;
+    struct api_resp *resp;
+    size_t len;
+    char *text;
+
+    put_baton_head(&body, baton);
+    if (cursor) {
+        api_jw_object_end(&body);
+        api_jw_append(&body, "\n", 1);
+        api_jw_append(&body, results->p ? results->p : "", results->len);
+    } else {
+        api_jw_key(&body, "results");
+        api_jw_raw(&body, results->p ? results->p : "", results->len);
+        api_jw_object_end(&body);
+    }
+    api_jw_free(results);
+    text = api_jw_finish(&body, &len);
+    resp = api_resp_new(200);
+    if (text == NULL || resp == NULL ||
+        api_resp_take_body(resp, cursor ? "text/plain" : "application/json", text, len) != API_OK) {
+        free(text);
+        api_resp_free(resp);
+        return NULL;
+    }
+    return resp;
+}
+
 /* 1 if J's cursor BATCH may stream on DB (see above). */
 static int cursor_streamable(const struct pipeline_job *j, sqlite3 *db, struct agent_hrana_stream *hs,
                              const struct api_jv *batch)
@@ -1052,29 +1085,10 @@ static void pipeline_job(void *arg)
         goto fail;
     }
     {
-        /* a pipeline: {"baton":..,"base_url":null,"results":[..]}; a cursor:
-         * text/plain, one JSON object per line, the baton line first */
-        struct api_jw body = API_JW_INIT;
-        put_baton_head(&body, next_baton);
-        if (j->cursor) {
-            api_jw_object_end(&body);
-            api_jw_append(&body, "\n", 1);
-            api_jw_append(&body, results.p ? results.p : "", results.len);
-        } else {
-            api_jw_key(&body, "results");
-            api_jw_raw(&body, results.p ? results.p : "", results.len);
-            api_jw_object_end(&body);
-        }
-        api_jw_free(&results);
-        size_t len;
-        char *text = api_jw_finish(&body, &len);
-        struct api_resp *resp = api_resp_new(200);
-        if (text != NULL && resp != NULL &&
-            api_resp_take_body(resp, j->cursor ? "text/plain" : "application/json", text, len) == API_OK) {
+        struct api_resp *resp = pipeline_reply(next_baton, j->cursor, &results);
+        if (resp != NULL) {
             finish_with_position(a, j, resp, &before, &after);
         } else {
-            free(text);
-            api_resp_free(resp);
             api_err_set(&err, API_ENOMEM, "out of memory");
             finish_error(j->pending, &err);
         }
@@ -1097,8 +1111,9 @@ fail:
  * idle: no hop to a worker thread and back, which on a small VM costs more
  * than a point read (a wake-up each way; measured over 1,000 tenants: agent
  * CPU per read 89 -> 48 µs at one connection). Only what cannot block runs
- * there: a body the cheap scanner finds to be plain statements ending in
- * "close" (no baton, no cursor), the tenant loaded in its role, its
+ * there: a body (parsed on the loop, kept with the job) of statements that
+ * read by their text (api_pipeline_inspect_doc), ending in "close" (no
+ * baton, no cursor), the tenant loaded in its role, its
  * connection already open in the slot, writes refused by the authorizer,
  * no busy waiting, and at most IN_PLACE_BUDGET_US of SQLite: a read that runs
  * longer is stopped and goes to a worker like any other request, as does
@@ -1130,7 +1145,8 @@ static void in_place_read(void *arg)
     struct agent_stmt_cache *stmts = NULL;
     struct agent_repl_pos pos;
     struct api_err err;
-    const struct api_jv *requests = api_jv_get(api_jdoc_root(j->doc), "requests"); /* parsed by try_read_in_place */
+    /* parsed by try_read_in_place, which found plain reads ending in "close" */
+    const struct api_jv *requests = api_jv_get(api_jdoc_root(j->doc), "requests");
     struct api_jw results = API_JW_INIT;
     sqlite3 *db;
 
@@ -1138,10 +1154,9 @@ static void in_place_read(void *arg)
         !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
         !agent_store_conn_if_open(a->store, j->tenant, &db, &stmts))
         return;
-    if (!api_jv_is(requests, API_JV_ARRAY) || !ends_with_close(requests) ||
-        (hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL)
+    if ((hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL)
         return;
-    /* The scanner found only statements that read; the authorizer refuses
+    /* The SQL text looked read-only; the authorizer refuses
      * any write all the same (a write here would commit on the loop and
      * need the log's sync): such a statement fails, and a worker runs the
      * request again. */
@@ -1162,20 +1177,9 @@ static void in_place_read(void *arg)
         atomic_fetch_add(&a->reads_in_place_declined, 1);
         return;
     }
-    struct api_jw body = API_JW_INIT;
-    put_baton_head(&body, "");
-    api_jw_key(&body, "results");
-    api_jw_raw(&body, results.p, results.len);
-    api_jw_object_end(&body);
-    api_jw_free(&results);
-    size_t len;
-    char *text = api_jw_finish(&body, &len);
-    struct api_resp *resp = api_resp_new(200);
-    if (text == NULL || resp == NULL || api_resp_take_body(resp, "application/json", text, len) != API_OK) {
-        free(text);
-        api_resp_free(resp);
+    struct api_resp *resp = pipeline_reply("", 0, &results);
+    if (resp == NULL)
         return; /* out of memory: a worker tries */
-    }
     /* POS still holds: commits, applies and snapshots of the tenant run on its slot, held here */
     atomic_fetch_add(&a->pipelines, 1);
     atomic_fetch_add(&a->reads_in_place, 1);
@@ -2149,7 +2153,8 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
         (rc = load_internal_token(a, &itok, err)) != API_OK ||
         (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, AGENT_SLOTS_PER_WORKER * cfg->workers, worker_exit, &a->workers, err)) != API_OK ||
+        (rc = api_workq_new(cfg->workers, AGENT_SLOTS_PER_WORKER * cfg->workers, worker_exit, &a->workers,
+                            err)) != API_OK ||
         (rc = api_workq_new(cfg->workers, 0, worker_exit, &a->forwarders, err)) != API_OK)
         goto fail;
     /* A tenant's cached connection lives in its slot (store.c), so a few

@@ -415,6 +415,21 @@ static void put_text_or_null(struct api_jw *w, const char *s)
         api_jw_null(w);
 }
 
+/* ST's result columns, [{"name","decltype"}, ...] (null where SQLite has none). */
+static void put_columns(struct api_jw *w, sqlite3_stmt *st)
+{
+    api_jw_array(w);
+    for (int c = 0; c < sqlite3_column_count(st); c++) {
+        api_jw_object(w);
+        api_jw_key(w, "name");
+        put_text_or_null(w, sqlite3_column_name(st, c));
+        api_jw_key(w, "decltype");
+        put_text_or_null(w, sqlite3_column_decltype(st, c));
+        api_jw_object_end(w);
+    }
+    api_jw_array_end(w);
+}
+
 /* An in-band error, {"message","code"}, into EW. */
 static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...)
@@ -436,7 +451,8 @@ static void put_error(struct api_jw *ew, const char *code, const char *fmt, ...)
 static void put_sqlite_error(struct agent_hrana_stream *s, struct api_jw *ew, int at_prepare)
 {
     if (s->timed_out) {
-        put_error(ew, "STMT_TIMEOUT", "statement exceeded the time limit of %lld ms", (long long)s->limits.stmt_timeout_ms);
+        put_error(ew, "STMT_TIMEOUT", "statement exceeded the time limit of %lld ms",
+                  (long long)s->limits.stmt_timeout_ms);
         return;
     }
     int ext = sqlite3_extended_errcode(s->db);
@@ -706,7 +722,8 @@ static int prepare_one(struct agent_hrana_stream *s, const char *sql, sqlite3_st
 
 /* Binds args/named_args of STMT_OBJ. Returns API_OK (with *INBAND set and
  * the error written to EW for an argument error) or a protocol error. */
-static int bind_args(sqlite3_stmt *st, const struct api_jv *stmt_obj, struct api_jw *ew, int *inband, struct api_err *err)
+static int bind_args(sqlite3_stmt *st, const struct api_jv *stmt_obj, struct api_jw *ew, int *inband,
+                     struct api_err *err)
 {
     const struct api_jv *args = api_jv_get(stmt_obj, "args"), *named = api_jv_get(stmt_obj, "named_args");
     size_t nargs = api_jv_size(args), nnamed = api_jv_size(named);
@@ -766,8 +783,8 @@ static int emit_line(struct agent_hrana_stream *s, struct api_err *err)
         return api_err_set(err, API_ENOMEM, "out of memory");
     if (s->sink != NULL) {
         int64_t wait = s->limits.stmt_timeout_ms > 0 ? s->limits.stmt_timeout_ms : AGENT_HRANA_CURSOR_STALL_MS;
-        return s->sink->entry(s->sink->ud, tl_scratch.line.p, tl_scratch.line.len, s->deadline_ms > 0 ? s->deadline_ms : now_ms() + wait,
-                              err);
+        int64_t deadline = s->deadline_ms > 0 ? s->deadline_ms : now_ms() + wait;
+        return s->sink->entry(s->sink->ud, tl_scratch.line.p, tl_scratch.line.len, deadline, err);
     }
     api_jw_append(s->lines, tl_scratch.line.p, tl_scratch.line.len);
     api_jw_append(s->lines, "\n", 1);
@@ -805,8 +822,9 @@ struct stmt_done {
  * drops its step_begin and rows too, a streamed one has sent them. The
  * response size cap applies except under a sink, whose error (and a
  * protocol error) is returned. */
-static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_obj, struct api_jw *w, struct api_jw *ew,
-                        struct stmt_done *done, struct agent_hrana_outcome *out, struct api_err *err)
+static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_obj, struct api_jw *w,
+                        struct api_jw *ew, struct stmt_done *done, struct agent_hrana_outcome *out,
+                        struct api_err *err)
 {
     const char *sql = NULL;
     sqlite3_stmt *st = NULL;
@@ -831,17 +849,7 @@ static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_
     }
     int ncols = sqlite3_column_count(st);
     api_jw_reset(&tl_scratch.cols);
-    api_jw_array(&tl_scratch.cols);
-    for (int c = 0; c < ncols; c++) {
-        const char *name = sqlite3_column_name(st, c), *decl = sqlite3_column_decltype(st, c);
-        api_jw_object(&tl_scratch.cols);
-        api_jw_key(&tl_scratch.cols, "name");
-        put_text_or_null(&tl_scratch.cols, name);
-        api_jw_key(&tl_scratch.cols, "decltype");
-        put_text_or_null(&tl_scratch.cols, decl);
-        api_jw_object_end(&tl_scratch.cols);
-    }
-    api_jw_array_end(&tl_scratch.cols);
+    put_columns(&tl_scratch.cols, st);
     struct api_jw *dest = w != NULL ? w : s->lines; /* what an error rewinds (NULL under a sink) */
     if (dest != NULL)
         api_jw_mark(dest, &mark);
@@ -1134,8 +1142,8 @@ static int execute_sequence(struct agent_hrana_stream *s, const char *sql, struc
 
 /* Describes REQ's statement: its result object to W (*OK 1), or its
  * in-band error to EW; or a protocol error. */
-static int describe(struct agent_hrana_stream *s, const struct api_jv *req, struct api_jw *w, struct api_jw *ew, int *ok,
-                    struct api_err *err)
+static int describe(struct agent_hrana_stream *s, const struct api_jv *req, struct api_jw *w, struct api_jw *ew,
+                    int *ok, struct api_err *err)
 {
     const char *sql;
     sqlite3_stmt *st;
@@ -1158,17 +1166,7 @@ static int describe(struct agent_hrana_stream *s, const struct api_jv *req, stru
     }
     api_jw_array_end(w);
     api_jw_key(w, "cols");
-    api_jw_array(w);
-    for (int c = 0; c < sqlite3_column_count(st); c++) {
-        const char *name = sqlite3_column_name(st, c), *decl = sqlite3_column_decltype(st, c);
-        api_jw_object(w);
-        api_jw_key(w, "name");
-        put_text(w, name ? name : "", name ? strlen(name) : 0);
-        api_jw_key(w, "decltype");
-        put_text_or_null(w, decl);
-        api_jw_object_end(w);
-    }
-    api_jw_array_end(w);
+    put_columns(w, st);
     api_jw_key(w, "is_explain");
     api_jw_bool(w, sqlite3_stmt_isexplain(st) != 0);
     api_jw_key(w, "is_readonly");
@@ -1322,8 +1320,8 @@ static int execute_one(struct agent_hrana_stream *s, const struct api_jv *req, i
     return API_OK;
 }
 
-int agent_hrana_execute(struct agent_hrana_stream *s, const struct api_jv *requests, int version, struct api_jw *results,
-                        struct agent_hrana_outcome *out, struct api_err *err)
+int agent_hrana_execute(struct agent_hrana_stream *s, const struct api_jv *requests, int version,
+                        struct api_jw *results, struct agent_hrana_outcome *out, struct api_err *err)
 {
     int rc = API_OK;
 
@@ -1360,7 +1358,8 @@ static int stmt_well_formed(struct agent_hrana_stream *s, const struct api_jv *s
     char msg[256];
     const struct api_jv *v;
 
-    if (!api_jv_is(stmt_obj, API_JV_OBJECT) || (want != NULL && !api_jv_is(want, API_JV_NULL) && !api_jv_is_boolean(want)))
+    if (!api_jv_is(stmt_obj, API_JV_OBJECT) ||
+        (want != NULL && !api_jv_is(want, API_JV_NULL) && !api_jv_is_boolean(want)))
         return 0;
     if (stmt_sql(s, stmt_obj, &sql, &err) != API_OK)
         return 0;
