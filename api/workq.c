@@ -28,7 +28,7 @@ struct api_workq {
     struct slot *slots;
     size_t nslots;
     struct slot *ready_head, *ready_tail;
-    size_t nready;
+    size_t nready; /* written under mu, read atomically by a spinning thread */
     pthread_t *threads;
     size_t nthreads;
     size_t cap;     /* at most this many active */
@@ -38,7 +38,9 @@ struct api_workq {
     size_t sleeping;
     size_t waking; /* signalled, not yet awake */
     int watching;  /* a sleeping thread waits with a timeout */
-    int stopping;
+    int stopping; /* written under mu, read atomically by a spinning thread */
+    int spinning; /* a thread busy-waits for a job (api_workq_set_spin) */
+    int64_t spin_ns;
     void (*on_exit)(void);
     void (*slot_exit)(void);
 };
@@ -67,7 +69,7 @@ static void ready_push(struct api_workq *q, struct slot *s)
     else
         q->ready_head = s;
     q->ready_tail = s;
-    q->nready++;
+    __atomic_store_n(&q->nready, q->nready + 1, __ATOMIC_RELEASE);
 }
 
 static struct slot *ready_pop(struct api_workq *q)
@@ -76,17 +78,18 @@ static struct slot *ready_pop(struct api_workq *q)
     q->ready_head = s->next_ready;
     if (q->ready_head == NULL)
         q->ready_tail = NULL;
-    q->nready--;
+    __atomic_store_n(&q->nready, q->nready - 1, __ATOMIC_RELEASE);
     s->state = SLOT_RUNNING;
     return s;
 }
 
 /* With Q->mu held: wake one sleeping thread if a ready slot would otherwise
  * wait for a running one to finish while the cap allows another, or, at the
- * cap, if no sleeping thread watches the ready slots yet (it will). */
+ * cap, if no sleeping thread watches the ready slots yet (it will). A
+ * spinning thread takes the first ready slot itself. */
 static void maybe_wake(struct api_workq *q)
 {
-    if (q->nready <= q->waking || q->sleeping <= q->waking)
+    if (q->nready <= q->waking + (size_t)q->spinning || q->sleeping <= q->waking)
         return;
     if (q->active + q->waking < q->cap || (!q->watching && q->waking == 0)) {
         q->waking++;
@@ -133,6 +136,31 @@ static void run_slot(struct api_workq *q, struct slot *s)
     }
 }
 
+/*
+ * With Q->mu held on entry and on return: busy-wait, unlocked, for a ready
+ * slot for up to spin_ns. Why: on a VM an idle vCPU halts, and a job
+ * submitted to a sleeping thread waits for the host to wake that vCPU
+ * (100-300 us measured here, against ~10 us of work). Only when no other
+ * thread runs a job, so at light load, where the spin takes a CPU no job
+ * needs; and one thread at a time. maybe_wake counts the spinner as a
+ * thread on its way, so a submit does not also wake a sleeper.
+ */
+static void spin_for_job(struct api_workq *q)
+{
+    q->spinning = 1;
+    pthread_mutex_unlock(&q->mu);
+    int64_t until = now_ns() + q->spin_ns;
+    for (unsigned n = 1;
+         __atomic_load_n(&q->nready, __ATOMIC_ACQUIRE) == 0 && !__atomic_load_n(&q->stopping, __ATOMIC_ACQUIRE);
+         n++) {
+        api_cpu_relax();
+        if (n % 32 == 0 && now_ns() >= until)
+            break;
+    }
+    pthread_mutex_lock(&q->mu);
+    q->spinning = 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct api_workq *q = arg;
@@ -154,6 +182,11 @@ static void *worker_main(void *arg)
         }
         if (q->stopping && q->nready == 0 && q->running == 0)
             break;
+        if (q->spin_ns > 0 && !q->spinning && !q->stopping && q->nready == 0 && q->running == 0) {
+            spin_for_job(q);
+            if (may_take(q) || q->stopping)
+                continue;
+        }
         q->sleeping++;
         if (q->nready > 0 && !q->watching) {
             /* the cap holds ready slots back: watch for one that waits too long */
@@ -219,6 +252,13 @@ void api_workq_set_active_cap(struct api_workq *q, size_t cap, int64_t overdue_u
     pthread_mutex_lock(&q->mu);
     q->cap = cap == 0 || cap > q->nthreads ? q->nthreads : cap;
     q->overdue_ns = (overdue_us > 0 ? overdue_us : 1) * 1000;
+    pthread_mutex_unlock(&q->mu);
+}
+
+void api_workq_set_spin(struct api_workq *q, int64_t spin_us)
+{
+    pthread_mutex_lock(&q->mu);
+    q->spin_ns = spin_us > 0 ? spin_us * 1000 : 0;
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -340,7 +380,7 @@ void api_workq_free(struct api_workq *q)
     if (q == NULL)
         return;
     pthread_mutex_lock(&q->mu);
-    q->stopping = 1;
+    __atomic_store_n(&q->stopping, 1, __ATOMIC_RELEASE); /* read by a spinning thread */
     q->cap = q->nthreads; /* drain with every thread */
     pthread_cond_broadcast(&q->cv);
     pthread_mutex_unlock(&q->mu);

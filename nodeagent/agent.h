@@ -30,6 +30,8 @@ struct agent_config {
     size_t active_workers; /* of WORKERS, how many run SQLite at once (0: one per core) */
     size_t loops;          /* event loops serving HTTP (0: one per core, at most 8) */
     size_t inline_reads;   /* short reads run on the event loop, at most this many per loop turn (0: never) */
+    int64_t loop_spin_us;   /* a loop busy-waits this long for the one reply it awaits (-1: default by cores) */
+    int64_t worker_spin_us; /* an idle worker busy-waits this long for a next job (-1: default by cores) */
     size_t max_open;
     int cache_kib;
     size_t max_body;

@@ -33,7 +33,7 @@ int main(int argc, char **argv)
     const char *log_level = "info", *catchup = NULL, *tenant_wait = NULL;
     char data_dir[512];
     int64_t workers = 8, active_workers = 0, inline_reads = 16, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
-            quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000;
+            quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000, loop_spin_us = -1, worker_spin_us = -1;
     struct api_err err;
     int rc;
 
@@ -55,6 +55,12 @@ int main(int argc, char **argv)
          "event loops serving HTTP, each on its own thread (default: one per core, at most 8)", 0},
         {"inline-reads", API_FLAG_INT, &inline_reads, 0,
          "short reads run on the event loop instead of a worker, at most this many per loop turn (default 16; 0: never)", 0},
+        {"loop-spin-us", API_FLAG_INT, &loop_spin_us, 0,
+         "an event loop awaiting one worker reply and nothing else busy-waits this long for it before sleeping "
+         "(default 500 with 2 or more cores, else 0: never)", 0},
+        {"worker-spin-us", API_FLAG_INT, &worker_spin_us, 0,
+         "an idle worker, when no other runs, busy-waits this long for a next job before sleeping "
+         "(default 150 with 2 or more cores, else 0: never)", 0},
         {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
         {"max-body", API_FLAG_SIZE, &cfg.max_body, 0, "request body limit in bytes (default 8 MiB)", 0},
@@ -84,7 +90,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "shoal-agent: %s\n", err.msg);
         return 2;
     }
-    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || active_workers < 0 || active_workers > 256 || loops < 0 || loops > 64 || inline_reads < 0 || inline_reads > 1024 || max_open < 1 ||
+    if (cfg.lease_ttl_s < 2 || cfg.lease_ttl_s > 3600 || workers < 1 || workers > 256 || active_workers < 0 || active_workers > 256 || loops < 0 || loops > 64 || loop_spin_us < -1 || loop_spin_us > 100000 || worker_spin_us < -1 || worker_spin_us > 100000 || inline_reads < 0 || inline_reads > 1024 || max_open < 1 ||
         cache_kib < 16 || stmt_timeout_ms < 0 || max_lag_s < 1 || quorum_timeout_ms < 1 || pull_wait_ms < 10 ||
         pull_wait_ms > 60000 || traffic_interval_ms < 100 || traffic_interval_ms > 3600000 ||
         (cfg.log_keep_bytes != 0 && cfg.log_keep_bytes < 4096)) {
@@ -95,6 +101,8 @@ int main(int argc, char **argv)
     cfg.active_workers = (size_t)active_workers;
     cfg.inline_reads = (size_t)inline_reads;
     cfg.loops = (size_t)loops;
+    cfg.loop_spin_us = loop_spin_us;
+    cfg.worker_spin_us = worker_spin_us;
     cfg.max_open = (size_t)max_open;
     cfg.cache_kib = (int)cache_kib;
     cfg.stmt_timeout_ms = stmt_timeout_ms;

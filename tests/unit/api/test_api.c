@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -148,9 +149,16 @@ struct slow_job {
     char word[16];
 };
 
+/* "hold" replies once released (at most 10 s): a reply outstanding for as
+ * long as a test wants. */
+static atomic_int hold_released;
+
 static void slow_job(void *arg)
 {
     struct slow_job *j = arg;
+    if (strcmp(j->word, "hold") == 0)
+        for (int i = 0; i < 10000 && !atomic_load(&hold_released); i++)
+            usleep(1000);
     struct api_resp *resp = api_resp_new(202);
     api_resp_add_header(resp, "x-worker", "yes");
     api_resp_set_json(resp, 202, json_pack("{s:s}", "word", j->word));
@@ -266,7 +274,7 @@ static void *run_loop(void *arg)
     return NULL;
 }
 
-static int setup_server_with_loops(void **state, size_t loops)
+static int setup_server_with_loops(void **state, size_t loops, int64_t spin_us)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     struct api_server_config cfg = {.listen = "127.0.0.1:0", .max_body = 1024, .cors = 1};
@@ -280,6 +288,8 @@ static int setup_server_with_loops(void **state, size_t loops)
     api_server_route(f->server, "GET", "/stream/{mode}", on_stream, f);
     api_server_route(f->server, "GET", "/whoami", on_whoami, f);
     api_server_set_loops(f->server, loops, NULL);
+    api_server_set_spin(f->server, spin_us);
+    api_workq_set_spin(f->workers, spin_us);
     snprintf(f->base, sizeof(f->base), "%s", api_server_url(f->server));
     assert_int_equal(pthread_create(&f->loop, NULL, run_loop, f->server), 0);
     f->http = api_http_client_new();
@@ -287,14 +297,21 @@ static int setup_server_with_loops(void **state, size_t loops)
     return 0;
 }
 
+/* One loop and a pool that both spin far longer than any test (10 s),
+ * so every wait for a worker's reply is a spin. */
+static int setup_server_spinning(void **state)
+{
+    return setup_server_with_loops(state, 1, 10 * 1000 * 1000);
+}
+
 static int setup_server(void **state)
 {
-    return setup_server_with_loops(state, 1);
+    return setup_server_with_loops(state, 1, 0);
 }
 
 static int setup_server_3_loops(void **state)
 {
-    return setup_server_with_loops(state, 3);
+    return setup_server_with_loops(state, 3, 0);
 }
 
 static int teardown_server(void **state)
@@ -436,6 +453,36 @@ static int raw_request(struct fixture *f, const char *path)
     n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
     assert_int_equal(write(fd, req, (size_t)n), n);
     return fd;
+}
+
+/* A loop spinning for one outstanding reply still serves its other
+ * connections, and the reply still arrives. */
+static void server_spinning_for_a_reply_serves_other_connections(void **state)
+{
+    struct fixture *f = *state;
+    char buf[1024];
+    size_t len = 0;
+    ssize_t n;
+    json_t *doc;
+
+    atomic_store(&hold_released, 0);
+    int fd = raw_request(f, "/slow/hold");
+    for (int i = 0; i < 20; i++) { /* the loop spins for /slow/hold meanwhile */
+        assert_int_equal(request(f, "GET", "/v1/tenants/abc", NULL, &doc, NULL), 200);
+        assert_string_equal(json_string_value(json_object_get(doc, "id")), "abc");
+        json_decref(doc);
+    }
+    atomic_store(&hold_released, 1);
+    while (len < sizeof(buf) - 1 && (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) {
+        len += (size_t)n;
+        buf[len] = '\0';
+        if (strstr(buf, "\"hold\"") != NULL)
+            break;
+    }
+    close(fd);
+    buf[len] = '\0';
+    assert_non_null(strstr(buf, "HTTP/1.1 202"));
+    assert_non_null(strstr(buf, "{\"word\":\"hold\"}"));
 }
 
 static void server_streams_replies_written_on_worker_threads(void **state)
@@ -942,6 +989,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(server_stream_tells_the_worker_when_the_client_leaves, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_stream_write_times_out_when_the_client_stops_reading, setup_server,
+                                        teardown_server),
+        /* a loop and workers that spin for replies and jobs */
+        cmocka_unit_test_setup_teardown(server_spinning_for_a_reply_serves_other_connections, setup_server_spinning,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_sends_replies_finished_on_worker_threads, setup_server_spinning,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_streams_replies_written_on_worker_threads, setup_server_spinning,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_stream_tells_the_worker_when_the_client_leaves, setup_server_spinning,
                                         teardown_server),
         /* the same with three event loops */
         cmocka_unit_test_setup_teardown(server_spreads_connections_over_its_loops, setup_server_3_loops,

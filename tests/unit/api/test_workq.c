@@ -4,7 +4,9 @@
  * threads and is freed once per slot, the active cap, blocking sections,
  * the watcher that keeps a job blocking unannounced from stalling others,
  * draining at free (including jobs submitted by running jobs), and jobs run
- * on the caller's thread (api_workq_try_run) keeping their slot's order.
+ * on the caller's thread (api_workq_try_run) keeping their slot's order,
+ * and the spinning thread (api_workq_set_spin) that takes the next job
+ * itself without a sleeper being woken, and lets free end at once.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -339,6 +341,72 @@ static void try_run_keeps_a_slots_order_and_state(void **state)
     assert_int_equal(atomic_load(&inline_nested_ok), 1);
 }
 
+/* ---- spinning ---- */
+
+struct who_state {
+    atomic_ulong thread[2];
+    atomic_int done;
+};
+
+struct who_job {
+    struct who_state *s;
+    int i;
+};
+
+static void who_job_run(void *arg)
+{
+    struct who_job *j = arg;
+    atomic_store(&j->s->thread[j->i], (unsigned long)pthread_self());
+    atomic_fetch_add(&j->s->done, 1);
+}
+
+static void wait_done(atomic_int *done, int n)
+{
+    for (int i = 0; i < 10000 && atomic_load(done) < n; i++)
+        pause_us(1000);
+    assert_int_equal(atomic_load(done), n);
+}
+
+static void a_spinning_thread_takes_the_next_job_itself(void **state)
+{
+    struct api_workq *q;
+    struct api_err err;
+    struct who_state s = {0};
+    struct who_job a = {&s, 0}, b = {&s, 1};
+    (void)state;
+
+    assert_int_equal(api_workq_new(4, 0, NULL, &q, &err), API_OK);
+    api_workq_set_spin(q, 10 * 1000 * 1000); /* 10 s: far longer than the test */
+    api_workq_submit(q, 1, who_job_run, &a);
+    wait_done(&s.done, 1);
+    pause_us(20000); /* A's thread, the only one that ran, spins now */
+    api_workq_submit(q, 2, who_job_run, &b); /* another slot: any thread may take it */
+    wait_done(&s.done, 2);
+    /* the spinner took it: with no spin a sleeper would be woken instead
+     * (glibc wakes the longest waiter, never A's thread, the newest) */
+    assert_true(atomic_load(&s.thread[0]) == atomic_load(&s.thread[1]));
+
+    /* jobs submitted faster than one thread runs them still all run, in
+     * order per key, with a spinner among the threads */
+    struct order_state o = {0};
+    for (int seq = 1; seq <= PER_KEY; seq++)
+        for (int k = 0; k < NKEYS; k++) {
+            struct order_job *j = malloc(sizeof(*j));
+            *j = (struct order_job){.s = &o, .key = k, .seq = seq};
+            api_workq_submit(q, (uint64_t)k, order_job_run, j);
+            if (seq % 100 == 0)
+                pause_us(5000); /* let the pool go idle and a thread spin */
+        }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    api_workq_free(q); /* must not wait out the 10 s spin */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(t1.tv_sec - t0.tv_sec < 5);
+    assert_int_equal(atomic_load(&o.done), NKEYS * PER_KEY);
+    assert_int_equal(atomic_load(&o.overlaps), 0);
+    assert_int_equal(atomic_load(&o.out_of_order), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +416,7 @@ int main(void)
         cmocka_unit_test(a_job_blocking_unannounced_stalls_others_only_briefly),
         cmocka_unit_test(free_runs_jobs_that_running_jobs_submit),
         cmocka_unit_test(try_run_keeps_a_slots_order_and_state),
+        cmocka_unit_test(a_spinning_thread_takes_the_next_job_itself),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
