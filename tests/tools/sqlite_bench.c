@@ -6,18 +6,37 @@
  * one sync per commit (a primary syncs its replication log at each commit;
  * here synchronous=FULL syncs the WAL instead).
  *
- *   sqlite_bench DB read|insert THREADS SECONDS
+ * With DATABASES > 1 the statements go round-robin over that many
+ * databases (DB.0, DB.1, ...), as the agent's over as many tenants: one
+ * connection per database, shared by the threads under a mutex. This is the
+ * baseline for many tenants: a commit to one of a thousand databases costs
+ * more than to one hot one, because each database's log is short and grows
+ * at every commit, so its sync also commits the file system's journal.
+ *
+ *   sqlite_bench DB read|insert THREADS SECONDS [DATABASES]
  * Prints {"requests":N,"ok":N,"failed":N,"seconds":S,"rate":R,"p50_ms":X,"p99_ms":Y}.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <sqlite3.h>
 
 #define ROWS 1000
+
+/* DATABASES > 1: shared connections */
+struct shared_db {
+    pthread_mutex_t mu;
+    sqlite3 *db;
+    sqlite3_stmt *st;
+};
+static struct shared_db *shared;
+static int nshared;
+static atomic_uint next_db;
 
 struct worker {
     pthread_t th;
@@ -49,30 +68,51 @@ static sqlite3 *open_db(const char *path)
     return db;
 }
 
-static void *run(void *arg)
+static sqlite3_stmt *prepare(sqlite3 *db, int insert)
 {
-    struct worker *w = arg;
-    sqlite3 *db = open_db(w->path);
     sqlite3_stmt *st;
-    const char *sql = w->insert ? "INSERT INTO kv(v) VALUES (?)" : "SELECT v FROM kv WHERE k = ?";
-    char val[101];
-    memset(val, 'x', 100);
-    val[100] = '\0';
+    const char *sql = insert ? "INSERT INTO kv(v) VALUES (?)" : "SELECT v FROM kv WHERE k = ?";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         fprintf(stderr, "sqlite_bench: %s\n", sqlite3_errmsg(db));
         exit(1);
     }
+    return st;
+}
+
+/* One statement on statement ST; 0 if it failed. */
+static int step_once(struct worker *w, sqlite3_stmt *st, const char *val)
+{
+    if (w->insert)
+        sqlite3_bind_text(st, 1, val, 100, SQLITE_STATIC);
+    else
+        sqlite3_bind_int(st, 1, 1 + (int)(rand_r(&w->seed) % ROWS));
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        (void)sqlite3_column_text(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE;
+}
+
+static void *run(void *arg)
+{
+    struct worker *w = arg;
+    sqlite3 *db = nshared > 1 ? NULL : open_db(w->path);
+    sqlite3_stmt *st = db != NULL ? prepare(db, w->insert) : NULL;
+    char val[101];
+    memset(val, 'x', 100);
+    val[100] = '\0';
     for (double t = now_s(); t < w->deadline;) {
-        if (w->insert)
-            sqlite3_bind_text(st, 1, val, 100, SQLITE_STATIC);
-        else
-            sqlite3_bind_int(st, 1, 1 + (int)(rand_r(&w->seed) % ROWS));
-        int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-            (void)sqlite3_column_text(st, 0);
-        if (rc != SQLITE_DONE)
+        int ok;
+        if (db != NULL) {
+            ok = step_once(w, st, val);
+        } else {
+            struct shared_db *d = &shared[atomic_fetch_add(&next_db, 1) % (unsigned)nshared];
+            pthread_mutex_lock(&d->mu);
+            ok = step_once(w, d->st, val);
+            pthread_mutex_unlock(&d->mu);
+        }
+        if (!ok)
             w->failed++;
-        sqlite3_reset(st);
         double e = now_s();
         if (w->n == w->cap && (w->lat = realloc(w->lat, (w->cap = w->cap ? w->cap * 2 : 4096) * sizeof(double))) == NULL)
             exit(1);
@@ -84,29 +124,12 @@ static void *run(void *arg)
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
+/* The table with ROWS rows, if PATH has fewer. */
+static sqlite3 *open_seeded(const char *path)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-int main(int argc, char **argv)
-{
-    if (argc != 5) {
-        fprintf(stderr, "usage: sqlite_bench DB read|insert THREADS SECONDS\n");
-        return 2;
-    }
-    int threads = atoi(argv[3]), insert = strcmp(argv[2], "insert") == 0;
-    double secs = atof(argv[4]);
-    if (threads < 1)
-        return 2;
-    sqlite3 *db = open_db(argv[1]);
-    sqlite3_exec(db,
-                 "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT);"
-                 "INSERT INTO kv(v) SELECT hex(randomblob(8)) FROM generate_series(1, 1000) WHERE (SELECT count(*) FROM kv) = 0",
-                 NULL, NULL, NULL);
-    /* generate_series may be missing from the system library: fill the table by hand then */
+    sqlite3 *db = open_db(path);
     sqlite3_stmt *cnt;
+    sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)", NULL, NULL, NULL);
     sqlite3_prepare_v2(db, "SELECT count(*) FROM kv", -1, &cnt, NULL);
     sqlite3_step(cnt);
     int have = sqlite3_column_int(cnt, 0);
@@ -116,6 +139,45 @@ int main(int argc, char **argv)
         for (int i = have; i < ROWS; i++)
             sqlite3_exec(db, "INSERT INTO kv(v) VALUES (hex(randomblob(8)))", NULL, NULL, NULL);
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    }
+    return db;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: sqlite_bench DB read|insert THREADS SECONDS [DATABASES]\n");
+        return 2;
+    }
+    int threads = atoi(argv[3]), insert = strcmp(argv[2], "insert") == 0;
+    double secs = atof(argv[4]);
+    nshared = argc == 6 ? atoi(argv[5]) : 1;
+    if (threads < 1 || nshared < 1 || nshared > 100000)
+        return 2;
+    sqlite3 *db = NULL;
+    if (nshared == 1) {
+        db = open_seeded(argv[1]);
+    } else {
+        struct rlimit rl; /* three files per database: the database, its log and its shared memory */
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if ((shared = calloc((size_t)nshared, sizeof(*shared))) == NULL)
+            return 1;
+        for (int i = 0; i < nshared; i++) {
+            char path[4096];
+            snprintf(path, sizeof(path), "%s.%d", argv[1], i);
+            pthread_mutex_init(&shared[i].mu, NULL);
+            shared[i].db = open_seeded(path);
+            shared[i].st = prepare(shared[i].db, insert);
+        }
     }
     struct worker *ws = calloc((size_t)threads, sizeof(*ws));
     double t0 = now_s();
@@ -148,5 +210,11 @@ int main(int argc, char **argv)
     free(all);
     free(ws);
     sqlite3_close(db);
+    for (int i = 0; i < nshared && shared != NULL; i++) {
+        sqlite3_finalize(shared[i].st);
+        sqlite3_close(shared[i].db);
+        pthread_mutex_destroy(&shared[i].mu);
+    }
+    free(shared);
     return 0;
 }
