@@ -82,8 +82,8 @@ const char *api_server_url(const struct api_server *s);
  * Call before api_server_run. */
 void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void));
 
-/* A loop waiting for exactly one deferred reply (a worker's) and nothing
- * else busy-waits for it up to SPIN_US microseconds before it sleeps in
+/* A loop waiting for exactly one deferred reply marked api_pending_soon,
+ * and nothing else, busy-waits for it up to SPIN_US microseconds before it sleeps in
  * epoll_wait; 0 (the default) never spins. Saves the wake-up of an idle
  * CPU per reply at light load; under load replies find the loop awake.
  * Call before api_server_run. */
@@ -148,6 +148,10 @@ void api_reply_empty(struct api_req *r, int status);
  * until then an HTTP/1 connection is kept polled but not read (server.c,
  * "Parking"), and only those hand it back to h2o. */
 struct api_pending *api_req_defer(struct api_req *r);
+/* Loop thread, right after api_req_defer: P's reply is due soon (a
+ * worker's job of microseconds to a commit's sync), so the loop may spin
+ * for it (api_server_set_spin). Not for long polls or network round trips. */
+void api_pending_soon(struct api_pending *p);
 /* Sends RESP (taken) for the deferred request, or drops it if the client is gone. Thread-safe. */
 void api_pending_finish(struct api_pending *p, struct api_resp *resp);
 /* The same from the loop thread, without a trip through the message queue:

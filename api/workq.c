@@ -140,10 +140,10 @@ static void run_slot(struct api_workq *q, struct slot *s)
  * With Q->mu held on entry and on return: busy-wait, unlocked, for a ready
  * slot for up to spin_ns. Why: on a VM an idle vCPU halts, and a job
  * submitted to a sleeping thread waits for the host to wake that vCPU
- * (100-300 us measured here, against ~10 us of work). Only when no other
- * thread runs a job, so at light load, where the spin takes a CPU no job
- * needs; and one thread at a time. maybe_wake counts the spinner as a
- * thread on its way, so a submit does not also wake a sleeper.
+ * (100-200 us measured here; see api/server.c, spin_for_reply). Only when
+ * no other thread runs a job, so at light load, where the spin takes a CPU
+ * no job needs; and one thread at a time. maybe_wake counts the spinner as
+ * a thread on its way, so a submit does not also wake a sleeper.
  */
 static void spin_for_job(struct api_workq *q)
 {

@@ -1827,8 +1827,10 @@ static void on_pipeline(struct api_req *r, void *ud)
         if (serve_here && park_if_fenced(a, r, auth.tenant, j))
             return;
         j->pending = api_req_defer(r);
-        if (!try_read_in_place(a, j))
+        if (!try_read_in_place(a, j)) {
+            api_pending_soon(j->pending);
             api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
+        }
         return;
     }
     if (!leased_elsewhere) {

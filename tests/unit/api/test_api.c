@@ -174,6 +174,7 @@ static void on_deferred(struct api_req *r, void *ud)
     const char *w = api_req_param(r, "word", &len);
     snprintf(j->word, sizeof(j->word), "%.*s", (int)len, w);
     j->p = api_req_defer(r);
+    api_pending_soon(j->p);
     api_workq_submit(f->workers, 1, slow_job, j);
 }
 
@@ -244,6 +245,7 @@ static void on_stream(struct api_req *r, void *ud)
     const char *w = api_req_param(r, "mode", &len);
     snprintf(j->word, sizeof(j->word), "%.*s", (int)len, w);
     j->p = api_req_defer(r);
+    api_pending_soon(j->p);
     api_workq_submit(f->workers, 2, stream_job, j);
 }
 
