@@ -30,13 +30,23 @@ struct api_jdoc {
     char *chars; /* string texts, each NUL-terminated */
     size_t nchars, ccap;
     const struct api_jv *root;
+    /* A small text's nodes and chars start in the same allocation as the
+     * document, sized for it: one malloc per parse instead of five
+     * (INLINE_TEXT_MAX). Growing beyond moves them to their own. */
+    int nodes_inline, chars_inline;
 };
+
+/* texts up to this size get their first nodes and chars with the document */
+#define INLINE_TEXT_MAX 4096
+/* the parser's stack starts on the C stack */
+#define LOCAL_STACK 32
 
 struct parser {
     const unsigned char *start, *p, *end;
     struct api_jdoc *doc;
     struct api_jv *stack; /* children of the containers being parsed, innermost last */
     size_t sn, scap;
+    int stack_heap; /* stack was allocated (else it is the caller's LOCAL_STACK array) */
     char *msg;
     size_t msg_cap;
 };
@@ -64,11 +74,14 @@ static int push(struct parser *ps, const struct api_jv *v)
 {
     if (ps->sn == ps->scap) {
         size_t cap = ps->scap ? ps->scap * 2 : 64;
-        struct api_jv *ns = realloc(ps->stack, cap * sizeof(*ns));
+        struct api_jv *ns = ps->stack_heap ? realloc(ps->stack, cap * sizeof(*ns)) : malloc(cap * sizeof(*ns));
         if (ns == NULL)
             return fail(ps, "out of memory");
+        if (!ps->stack_heap)
+            memcpy(ns, ps->stack, ps->sn * sizeof(*ns));
         ps->stack = ns;
         ps->scap = cap;
+        ps->stack_heap = 1;
     }
     ps->stack[ps->sn++] = *v;
     return 0;
@@ -86,11 +99,14 @@ static int settle(struct parser *ps, size_t count, size_t *first)
         size_t cap = d->cap ? d->cap : 32;
         while (cap < d->nnodes + count)
             cap *= 2;
-        struct api_jv *nn = realloc(d->nodes, cap * sizeof(*nn));
+        struct api_jv *nn = d->nodes_inline ? malloc(cap * sizeof(*nn)) : realloc(d->nodes, cap * sizeof(*nn));
         if (nn == NULL)
             return fail(ps, "out of memory");
+        if (d->nodes_inline)
+            memcpy(nn, d->nodes, d->nnodes * sizeof(*nn));
         d->nodes = nn;
         d->cap = cap;
+        d->nodes_inline = 0;
     }
     memcpy(d->nodes + d->nnodes, ps->stack + ps->sn - count, count * sizeof(*d->nodes));
     d->nnodes += count;
@@ -106,11 +122,14 @@ static int room_for_chars(struct parser *ps, size_t more)
     size_t cap = d->ccap ? d->ccap : 64;
     while (cap < d->nchars + more)
         cap *= 2;
-    char *nc = realloc(d->chars, cap);
+    char *nc = d->chars_inline ? malloc(cap) : realloc(d->chars, cap);
     if (nc == NULL)
         return fail(ps, "out of memory");
+    if (d->chars_inline)
+        memcpy(nc, d->chars, d->nchars);
     d->chars = nc;
     d->ccap = cap;
+    d->chars_inline = 0;
     return 0;
 }
 
@@ -396,11 +415,41 @@ static int parse_value(struct parser *ps, int depth, struct api_jv *out)
     }
 }
 
+/* A document with room, in the same allocation, for the nodes and chars a
+ * text of LEN bytes needs at most when it is small: a value takes at least
+ * two bytes of text with its separator (one more for the root), and a
+ * string's text, NUL included, is never longer than its quoted source. */
+static struct api_jdoc *new_doc(size_t len)
+{
+    size_t nodes = 0, chars = 0;
+    if (len <= INLINE_TEXT_MAX) {
+        nodes = len / 2 + 2;
+        chars = len + 8; /* room_for_chars asks for a little more than it uses */
+    }
+    size_t head = (sizeof(struct api_jdoc) + _Alignof(struct api_jv) - 1) / _Alignof(struct api_jv) *
+                  _Alignof(struct api_jv);
+    char *block = malloc(head + nodes * sizeof(struct api_jv) + chars);
+    if (block == NULL)
+        return NULL;
+    struct api_jdoc *d = (struct api_jdoc *)block;
+    memset(d, 0, sizeof(*d));
+    if (nodes > 0) {
+        d->nodes = (struct api_jv *)(block + head);
+        d->cap = nodes;
+        d->chars = block + head + nodes * sizeof(struct api_jv);
+        d->ccap = chars;
+        d->nodes_inline = d->chars_inline = 1;
+    }
+    return d;
+}
+
 int api_jdoc_parse(const char *text, size_t len, struct api_jdoc **out, char *msg, size_t msg_cap)
 {
-    struct api_jdoc *d = calloc(1, sizeof(*d));
+    struct api_jdoc *d = new_doc(len);
+    struct api_jv local[LOCAL_STACK];
     struct parser ps = {.start = (const unsigned char *)text, .p = (const unsigned char *)text,
-                        .end = (const unsigned char *)text + len, .doc = d, .msg = msg, .msg_cap = msg_cap};
+                        .end = (const unsigned char *)text + len, .doc = d, .stack = local, .scap = LOCAL_STACK,
+                        .msg = msg, .msg_cap = msg_cap};
     struct api_jv root;
     size_t at;
 
@@ -428,11 +477,13 @@ int api_jdoc_parse(const char *text, size_t len, struct api_jdoc **out, char *ms
             v->u.kids = v->n > 0 ? d->nodes + v->u.at : NULL;
     }
     d->root = &d->nodes[at];
-    free(ps.stack);
+    if (ps.stack_heap)
+        free(ps.stack);
     *out = d;
     return 0;
 failed:
-    free(ps.stack);
+    if (ps.stack_heap)
+        free(ps.stack);
     api_jdoc_free(d);
     return -1;
 }
@@ -441,8 +492,10 @@ void api_jdoc_free(struct api_jdoc *doc)
 {
     if (doc == NULL)
         return;
-    free(doc->nodes);
-    free(doc->chars);
+    if (!doc->nodes_inline)
+        free(doc->nodes);
+    if (!doc->chars_inline)
+        free(doc->chars);
     free(doc);
 }
 

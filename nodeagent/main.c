@@ -9,6 +9,7 @@
 #include "api/log.h"
 #include "api/names.h"
 #include "nodeagent/agent.h"
+#include "nodeagent/store.h"
 
 static void stop(void *agent)
 {
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
     struct api_err err;
     int rc;
 
+    agent_store_process_init();
     agent_config_init(&cfg);
     struct api_flag flags[] = {
         {"node", API_FLAG_STRING, &cfg.node, 1, "this node's name (a DNS label)", 0},

@@ -56,6 +56,11 @@ static struct conn_cache **cache_ref(void)
     return local != NULL ? (struct conn_cache **)local : &tl_cache;
 }
 
+void agent_store_process_init(void)
+{
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); /* SQLITE_MISUSE once SQLite runs: then as it was */
+}
+
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err)
 {
     struct agent_store *st = calloc(1, sizeof(*st));

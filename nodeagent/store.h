@@ -28,6 +28,13 @@ struct agent_store_config {
     int cache_kib;              /* SQLite page cache per open tenant */
 };
 
+/* Once per process, before any other SQLite call: turns SQLite's memory
+ * statistics off. They take one global mutex on every allocation of every
+ * connection (nine per point read, from all threads alike), and Shoal
+ * never reads them. Later calls, or calls after SQLite started, change
+ * nothing. */
+void agent_store_process_init(void);
+
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err);
 /* FN(UD, tenant, db) runs on every connection the store opens, after its
  * pragmas (replication installs its capture hook there). Set before use. */

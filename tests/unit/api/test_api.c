@@ -937,6 +937,23 @@ static void json_parser_agrees_with_jansson(void **state)
         parse_like_jansson(deep, 2 * (size_t)depth);
         free(deep);
     }
+    /* the densest texts around the size whose nodes and chars come with
+     * the document (jsonin.c, INLINE_TEXT_MAX 4096): numbers, empty
+     * strings, members, escapes; each one, below and above */
+    static const char *const units[] = {"1,", "\"\",", "{\"\":0},", "[],", "\"\\u00e9\\n\",", "\"\\ud83d\\udc1f\","};
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++)
+        for (size_t want = 4080; want <= 4112; want += 4) {
+            size_t ul = strlen(units[u]), n = 1;
+            char *text = malloc(want + 2 * ul + 8);
+            text[0] = '[';
+            while (n + ul < want) {
+                memcpy(text + n, units[u], ul);
+                n += ul;
+            }
+            text[n - 1] = ']'; /* the last unit's comma */
+            parse_like_jansson(text, n);
+            free(text);
+        }
     rnd_state = 0x13198a2e03707344ULL;
     for (int i = 0; i < 3000; i++) {
         json_t *doc = json_array();

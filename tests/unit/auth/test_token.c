@@ -1,5 +1,6 @@
 /* Unit tests for api/token.c: signing and strict verification of data-plane
- * tokens, key files, the admin token and bearer parsing. */
+ * tokens, key files, the admin token and bearer parsing; and the data
+ * plane's per-thread cache of verified tokens (api/dataplane.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "api/dataplane.h"
 #include "api/token.h"
 
 static unsigned char pk[32], sk[64], pk2[32], sk2[64];
@@ -188,11 +190,58 @@ static void admin_token_comparison_and_bearer_parsing(void **state)
     assert_int_equal(api_bearer_token("Bearerabc", 9, &tok, &len), -1);
 }
 
+/* The cache changes only the cost: a cached token is still refused with
+ * another key, once expired, or when any byte differs, even with the same
+ * signature (the part the cache hashes); thousands of tokens, more than a
+ * set holds, all verify again after eviction. */
+static void cached_verification_answers_as_the_uncached(void **state)
+{
+    struct api_token_claims c;
+    struct api_err err;
+    (void)state;
+    char *tok = sign("cached", API_ACCESS_RW, NOW + 60);
+    size_t len = strlen(tok);
+    for (int i = 0; i < 2; i++) { /* a fill, then a hit */
+        assert_int_equal(api_dp_verify_cached(pk, tok, len, NOW, &c, &err), API_OK);
+        assert_string_equal(c.tenant, "cached");
+        assert_int_equal(c.exp, NOW + 60);
+    }
+    assert_int_equal(api_dp_verify_cached(pk2, tok, len, NOW, &c, &err), API_EUNAUTHORIZED);
+    assert_int_equal(api_dp_verify_cached(pk, tok, len, NOW + 60, &c, &err), API_EUNAUTHORIZED);
+    assert_non_null(strstr(err.msg, "expired"));
+    assert_int_equal(api_dp_verify_cached(pk, tok, len, NOW, &c, &err), API_OK); /* still cached, still valid */
+    char *forged = strdup(tok);
+    char *dot = strchr(forged, '.') + 1; /* a payload byte: the signature, the hashed tail, stays */
+    *dot = *dot == 'A' ? 'B' : 'A';
+    assert_int_not_equal(api_dp_verify_cached(pk, forged, len, NOW, &c, &err), API_OK);
+    assert_int_equal(api_dp_verify_cached(pk, tok, len - 1, NOW, &c, &err) == API_OK, 0); /* a prefix */
+    free(forged);
+
+    enum { N = 6000 }; /* more tokens than the cache's 4,096 slots */
+    char **many = calloc(N, sizeof(*many));
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < N; i++) {
+            char name[32];
+            snprintf(name, sizeof(name), "t%d", i);
+            if (round == 0)
+                many[i] = sign(name, i % 2 ? API_ACCESS_RO : API_ACCESS_RW, NOW + 60);
+            assert_int_equal(api_dp_verify_cached(pk, many[i], strlen(many[i]), NOW, &c, &err), API_OK);
+            assert_string_equal(c.tenant, name);
+            assert_int_equal(c.access, i % 2 ? API_ACCESS_RO : API_ACCESS_RW);
+        }
+    for (int i = 0; i < N; i++)
+        free(many[i]);
+    free(many);
+    free(tok);
+    api_dp_thread_exit();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(signed_tokens_verify_with_their_claims),
         cmocka_unit_test(expired_tokens_are_refused),
+        cmocka_unit_test(cached_verification_answers_as_the_uncached),
         cmocka_unit_test(tampered_or_foreign_tokens_are_refused),
         cmocka_unit_test(malformed_tokens_and_alg_none_are_refused),
         cmocka_unit_test(signing_refuses_bad_tenant_ids),
