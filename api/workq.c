@@ -41,6 +41,9 @@ struct api_workq {
     int stopping; /* written under mu, read atomically by a spinning thread */
     int spinning; /* a thread busy-waits for a job (api_workq_set_spin) */
     int64_t spin_ns;
+    int64_t idle_since_ns; /* when the pool's threads last ran out of jobs (0: not idle) */
+    int64_t gap_ns;        /* average time from then to the next submit */
+    uint64_t spins;        /* spins started */
     void (*on_exit)(void);
     void (*slot_exit)(void);
 };
@@ -142,12 +145,16 @@ static void run_slot(struct api_workq *q, struct slot *s)
  * submitted to a sleeping thread waits for the host to wake that vCPU
  * (100-200 us measured here; see api/server.c, spin_for_reply). Only when
  * no other thread runs a job, so at light load, where the spin takes a CPU
- * no job needs; and one thread at a time. maybe_wake counts the spinner as
- * a thread on its way, so a submit does not also wake a sleeper.
+ * no job needs; only while jobs have been coming within spin_ns of the pool
+ * running out (gap_ns, measured at submit, so a sleeper's wake-up does not
+ * count): writes spaced a millisecond apart would otherwise cost a whole
+ * spin each, for nothing; and one thread at a time. maybe_wake counts the spinner as a thread on its way, so a
+ * submit does not also wake a sleeper.
  */
 static void spin_for_job(struct api_workq *q)
 {
     q->spinning = 1;
+    q->spins++;
     pthread_mutex_unlock(&q->mu);
     int64_t until = now_ns() + q->spin_ns;
     for (unsigned n = 1;
@@ -175,14 +182,16 @@ static void *worker_main(void *arg)
             maybe_wake(q);
             run_slot(q, s);
             q->active--;
-            q->running--;
+            if (--q->running == 0 && q->spin_ns > 0)
+                q->idle_since_ns = now_ns();
             if (q->stopping && q->running == 0)
                 pthread_cond_broadcast(&q->cv); /* the others may be waiting for the last jobs to submit more */
             continue;
         }
         if (q->stopping && q->nready == 0 && q->running == 0)
             break;
-        if (q->spin_ns > 0 && !q->spinning && !q->stopping && q->nready == 0 && q->running == 0) {
+        if (q->spin_ns > 0 && !q->spinning && !q->stopping && q->nready == 0 && q->running == 0 &&
+            q->gap_ns < q->spin_ns) {
             spin_for_job(q);
             if (may_take(q) || q->stopping)
                 continue;
@@ -262,6 +271,14 @@ void api_workq_set_spin(struct api_workq *q, int64_t spin_us)
     pthread_mutex_unlock(&q->mu);
 }
 
+uint64_t api_workq_spins(struct api_workq *q)
+{
+    pthread_mutex_lock(&q->mu);
+    uint64_t n = q->spins;
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
 void api_workq_set_slot_exit(struct api_workq *q, void (*slot_exit)(void))
 {
     q->slot_exit = slot_exit;
@@ -283,6 +300,10 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
     else
         s->head = j;
     s->tail = j;
+    if (q->idle_since_ns != 0) { /* the first job after the pool ran out */
+        q->gap_ns += (now_ns() - q->idle_since_ns - q->gap_ns) / 4;
+        q->idle_since_ns = 0;
+    }
     if (s->state == SLOT_IDLE) {
         ready_push(q, s);
         maybe_wake(q);

@@ -9,6 +9,7 @@
  * itself without a sleeper being woken, and lets free end at once.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -407,6 +408,42 @@ static void a_spinning_thread_takes_the_next_job_itself(void **state)
     assert_int_equal(atomic_load(&o.out_of_order), 0);
 }
 
+/* Jobs spaced further apart than the spin stop it; jobs that come as soon
+ * as the last one ends bring it back. */
+static void spinning_follows_how_soon_jobs_come(void **state)
+{
+    struct api_workq *q;
+    struct api_err err;
+    struct who_state s = {0};
+    struct who_job j = {&s, 0};
+    (void)state;
+
+    assert_int_equal(api_workq_new(2, 0, NULL, &q, &err), API_OK);
+    api_workq_set_spin(q, 5000); /* 5 ms */
+    int done = 0;
+    for (int i = 0; i < 12; i++) { /* 50 ms apart */
+        api_workq_submit(q, 1, who_job_run, &j);
+        wait_done(&s.done, ++done);
+        pause_us(50000);
+    }
+    uint64_t spins = api_workq_spins(q);
+    for (int i = 0; i < 5; i++) {
+        api_workq_submit(q, 1, who_job_run, &j);
+        wait_done(&s.done, ++done);
+        pause_us(50000);
+    }
+    assert_true(api_workq_spins(q) == spins); /* the average gap is far above 5 ms now */
+    for (int i = 0; i < 200; i++) { /* back to back: the next as soon as the last is done */
+        api_workq_submit(q, 1, who_job_run, &j);
+        ++done;
+        for (int k = 0; k < 10000000 && atomic_load(&s.done) < done; k++)
+            sched_yield();
+        assert_int_equal(atomic_load(&s.done), done);
+    }
+    assert_true(api_workq_spins(q) > spins + 100);
+    api_workq_free(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -417,6 +454,7 @@ int main(void)
         cmocka_unit_test(free_runs_jobs_that_running_jobs_submit),
         cmocka_unit_test(try_run_keeps_a_slots_order_and_state),
         cmocka_unit_test(a_spinning_thread_takes_the_next_job_itself),
+        cmocka_unit_test(spinning_follows_how_soon_jobs_come),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
