@@ -48,6 +48,13 @@ struct api_workq {
     void (*slot_exit)(void);
 };
 
+/* A thread spins while the next job has lately come within this many spins
+ * of the pool running out: the gap, measured at submit, includes the
+ * submitting loop's own wake-up (100-200 us here) when the job's request
+ * came after a quiet moment, so a client that waits for each reply shows
+ * gaps of one to two spins. */
+#define SPIN_GAP_FACTOR 3
+
 /* how long api_workq_try_run waits for another thread's job in place */
 #define TRY_RUN_WAIT_NS 50000
 
@@ -145,10 +152,9 @@ static void run_slot(struct api_workq *q, struct slot *s)
  * submitted to a sleeping thread waits for the host to wake that vCPU
  * (100-200 us measured here; see api/server.c, spin_for_reply). Only when
  * no other thread runs a job, so at light load, where the spin takes a CPU
- * no job needs; only while jobs have been coming within spin_ns of the pool
- * running out (gap_ns, measured at submit, so a sleeper's wake-up does not
- * count): writes spaced a millisecond apart would otherwise cost a whole
- * spin each, for nothing; and one thread at a time. maybe_wake counts the spinner as a thread on its way, so a
+ * no job needs; only while jobs have been coming soon after the pool ran
+ * out (gap_ns, SPIN_GAP_FACTOR): writes spaced a millisecond apart would
+ * otherwise cost a whole spin each, for nothing; and one thread at a time. maybe_wake counts the spinner as a thread on its way, so a
  * submit does not also wake a sleeper.
  */
 static void spin_for_job(struct api_workq *q)
@@ -191,7 +197,7 @@ static void *worker_main(void *arg)
         if (q->stopping && q->nready == 0 && q->running == 0)
             break;
         if (q->spin_ns > 0 && !q->spinning && !q->stopping && q->nready == 0 && q->running == 0 &&
-            q->gap_ns < q->spin_ns) {
+            q->gap_ns < SPIN_GAP_FACTOR * q->spin_ns) {
             spin_for_job(q);
             if (may_take(q) || q->stopping)
                 continue;
