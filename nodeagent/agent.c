@@ -1520,6 +1520,49 @@ static int park_if_fenced(struct agent *a, struct api_req *r, const char *tenant
     return 1;
 }
 
+/* Loop thread, J deferred (its tenant led here): queues J on its tenant's
+ * slot, or parks it if the tenant is fenced by now. The look and the queueing
+ * happen under a->mu, as on_fence sets the fence and queues its job, so a
+ * request is either ahead of the fence's job or parked: a request that
+ * found no fence when on_pipeline looked may meet one here when another
+ * event loop fenced meanwhile. */
+static void submit_write(struct agent *a, struct api_req *r, struct pipeline_job *j)
+{
+    struct parked *p = NULL;
+    for (;;) {
+        pthread_mutex_lock(&a->mu);
+        struct local_tenant *lt = api_map_get(a->local, j->tenant);
+        if (lt == NULL || lt->fenced_until == 0) {
+            api_workq_submit(a->workers, tenant_key(j->tenant), pipeline_job, j);
+            pthread_mutex_unlock(&a->mu);
+            if (p != NULL) {
+                forward_job_free(p->fj);
+                free(p);
+            }
+            return;
+        }
+        if (p != NULL) {
+            p->next = lt->parked;
+            lt->parked = p;
+            pthread_mutex_unlock(&a->mu);
+            return;
+        }
+        pthread_mutex_unlock(&a->mu);
+        /* allocated outside the lock; then look again */
+        if ((p = calloc(1, sizeof(*p))) == NULL || (p->fj = make_forward_job(a, r, "")) == NULL) {
+            struct api_err err;
+            free(p);
+            api_err_set(&err, API_ENOMEM, "out of memory");
+            finish_error(j->pending, &err);
+            pipeline_job_free(j);
+            return;
+        }
+        p->pj = j;
+        p->since = api_now_ms();
+        p->fj->pending = j->pending;
+    }
+}
+
 /* Ends ID's fence and releases what it held: run here (RESUME_HERE), sent
  * to the primary at HOLDER_URL, or, with neither, failed with 503. Any
  * thread that does not hold a->mu. */
@@ -1640,22 +1683,30 @@ static void on_fence(struct api_req *r, void *ud)
         return;
     }
     snprintf(j->tenant, sizeof(j->tenant), "%.*s", (int)strcspn(tenant, "/"), tenant);
+    j->a = a;
+    j->asked_ms = api_now_ms();
+    char id[sizeof(j->tenant)];
+    memcpy(id, j->tenant, sizeof(id));
+    /* The fence and its job's place in the tenant's queue are set together
+     * under a->mu, as submit_write checks for a fence and queues a request:
+     * with several event loops, a write that found no fence is queued ahead
+     * of this job (inside the position it reports) and any later one is
+     * parked. */
     pthread_mutex_lock(&a->mu);
     struct local_tenant *lt = api_map_get(a->local, j->tenant);
     int holding = lt != NULL && lt->holding;
-    if (holding)
+    if (holding) {
         lt->fenced_until = api_now_ms() + ttl;
+        j->pending = api_req_defer(r);
+        api_workq_submit(a->workers, tenant_key(j->tenant), fence_job, j);
+    }
     pthread_mutex_unlock(&a->mu);
     if (!holding) {
         free(j);
         api_reply_errorf(r, API_ENOTPRIMARY, "node '%s' is not the primary of tenant '%s'", a->cfg.node, tenant);
         return;
     }
-    log_info("tenant fenced for a handover tenant=%s ttl_ms=%lld", j->tenant, (long long)ttl);
-    j->a = a;
-    j->asked_ms = api_now_ms();
-    j->pending = api_req_defer(r);
-    api_workq_submit(a->workers, tenant_key(j->tenant), fence_job, j);
+    log_info("tenant fenced for a handover tenant=%s ttl_ms=%lld", id, (long long)ttl);
 }
 
 /* DELETE /internal/tenants/{tenant}/fence: the handover aborted; resume. */
@@ -1836,7 +1887,10 @@ static void on_pipeline(struct api_req *r, void *ud)
         j->pending = api_req_defer(r);
         if (!try_read_in_place(a, j)) {
             api_pending_soon(j->pending);
-            api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
+            if (serve_here)
+                submit_write(a, r, j);
+            else
+                api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
         }
         return;
     }
