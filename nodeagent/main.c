@@ -61,7 +61,8 @@ int main(int argc, char **argv)
          "an event loop awaiting one worker reply and nothing else busy-waits this long for it before sleeping "
          "(default 500 with 2 or more cores, else 0: never)", 0},
         {"worker-spin-us", API_FLAG_INT, &worker_spin_us, 0,
-         "an idle worker, when no other runs, busy-waits this long for a next job before sleeping "
+         "an idle worker, when no other runs and jobs lately came soon after one another, busy-waits this long for "
+         "the next job before sleeping "
          "(default 150 with 2 or more cores, else 0: never)", 0},
         {"max-open", API_FLAG_INT, &max_open, 0, "open tenant databases, and replication logs, at most (default 1000 each)", 0},
         {"cache-kib", API_FLAG_INT, &cache_kib, 0, "page cache per open tenant in KiB (default 256)", 0},
