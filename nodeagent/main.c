@@ -33,7 +33,7 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info", *catchup = NULL, *tenant_wait = NULL;
     char data_dir[512];
-    int64_t workers = 8, active_workers = 0, inline_reads = 16, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+    int64_t workers = 8, active_workers = 0, inline_reads = 64, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000, loop_spin_us = -1, worker_spin_us = -1;
     struct api_err err;
     int rc;
@@ -56,7 +56,7 @@ int main(int argc, char **argv)
         {"loops", API_FLAG_INT, &loops, 0,
          "event loops serving HTTP, each on its own thread (default: one per core, at most 8)", 0},
         {"inline-reads", API_FLAG_INT, &inline_reads, 0,
-         "short reads run on the event loop instead of a worker, at most this many per loop turn (default 16; 0: never)", 0},
+         "short reads run on the event loop instead of a worker, at most this many per loop turn (default 64; 0: never)", 0},
         {"loop-spin-us", API_FLAG_INT, &loop_spin_us, 0,
          "an event loop awaiting one worker reply and nothing else busy-waits this long for it before sleeping "
          "(default 500 with 2 or more cores, else 0: never)", 0},
