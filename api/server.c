@@ -1197,13 +1197,6 @@ void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void
     s->loop_exit = loop_exit;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* How long one spin waits on `posted` before the loop polls its sockets. */
 #define SPIN_POLL_NS 10000
 
@@ -1226,10 +1219,10 @@ static int64_t mono_ns(void)
 static void spin_for_reply(struct api_server *s, int64_t until)
 {
     uint64_t seen = __atomic_load_n(&s->posted, __ATOMIC_ACQUIRE);
-    int64_t now = mono_ns(), stop = now + SPIN_POLL_NS < until ? now + SPIN_POLL_NS : until;
+    int64_t now = api_now_ns(), stop = now + SPIN_POLL_NS < until ? now + SPIN_POLL_NS : until;
     for (unsigned n = 1; __atomic_load_n(&s->posted, __ATOMIC_ACQUIRE) == seen; n++) {
         api_cpu_relax();
-        if (n % 32 == 0 && mono_ns() >= stop)
+        if (n % 32 == 0 && api_now_ns() >= stop)
             break;
     }
 }
@@ -1243,9 +1236,9 @@ static void loop_until_stopped(struct api_server *s)
         if (s->spin_ns > 0 && s->awaiting == 1) {
             if (spun_for != s->deferrals) {
                 spun_for = s->deferrals;
-                spin_until = mono_ns() + s->spin_ns;
+                spin_until = api_now_ns() + s->spin_ns;
             }
-            if (mono_ns() < spin_until) {
+            if (api_now_ns() < spin_until) {
                 spin_for_reply(s, spin_until);
                 h2o_evloop_run(s->loop, 0);
                 continue;

@@ -62,7 +62,7 @@ static __thread struct api_workq *tl_q;
 static __thread struct slot *tl_slot;
 static __thread int tl_blocked; /* nesting depth of api_workq_block_begin */
 
-static int64_t now_ns(void)
+int64_t api_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -73,7 +73,7 @@ static void ready_push(struct api_workq *q, struct slot *s)
 {
     s->state = SLOT_READY;
     s->next_ready = NULL;
-    s->ready_since_ns = q->cap < q->nthreads ? now_ns() : 0; /* only the cap makes a slot wait */
+    s->ready_since_ns = q->cap < q->nthreads ? api_now_ns() : 0; /* only the cap makes a slot wait */
     if (q->ready_tail != NULL)
         q->ready_tail->next_ready = s;
     else
@@ -114,7 +114,7 @@ static int may_take(struct api_workq *q)
         return 0;
     if (q->active < q->cap)
         return 1;
-    return now_ns() - q->ready_head->ready_since_ns >= q->overdue_ns;
+    return api_now_ns() - q->ready_head->ready_since_ns >= q->overdue_ns;
 }
 
 static void run_slot(struct api_workq *q, struct slot *s)
@@ -154,20 +154,21 @@ static void run_slot(struct api_workq *q, struct slot *s)
  * no other thread runs a job, so at light load, where the spin takes a CPU
  * no job needs; only while jobs have been coming soon after the pool ran
  * out (gap_ns, SPIN_GAP_FACTOR): writes spaced a millisecond apart would
- * otherwise cost a whole spin each, for nothing; and one thread at a time. maybe_wake counts the spinner as a thread on its way, so a
- * submit does not also wake a sleeper.
+ * otherwise cost a whole spin each, for nothing; and one thread at a time.
+ * maybe_wake counts the spinner as a thread on its way, so a submit does
+ * not also wake a sleeper.
  */
 static void spin_for_job(struct api_workq *q)
 {
     q->spinning = 1;
     q->spins++;
     pthread_mutex_unlock(&q->mu);
-    int64_t until = now_ns() + q->spin_ns;
+    int64_t until = api_now_ns() + q->spin_ns;
     for (unsigned n = 1;
          __atomic_load_n(&q->nready, __ATOMIC_ACQUIRE) == 0 && !__atomic_load_n(&q->stopping, __ATOMIC_ACQUIRE);
          n++) {
         api_cpu_relax();
-        if (n % 32 == 0 && now_ns() >= until)
+        if (n % 32 == 0 && api_now_ns() >= until)
             break;
     }
     pthread_mutex_lock(&q->mu);
@@ -189,7 +190,7 @@ static void *worker_main(void *arg)
             run_slot(q, s);
             q->active--;
             if (--q->running == 0 && q->spin_ns > 0)
-                q->idle_since_ns = now_ns();
+                q->idle_since_ns = api_now_ns();
             if (q->stopping && q->running == 0)
                 pthread_cond_broadcast(&q->cv); /* the others may be waiting for the last jobs to submit more */
             continue;
@@ -248,7 +249,7 @@ int api_workq_new(size_t nthreads, size_t nslots, void (*on_exit)(void), struct 
     q->on_exit = on_exit;
     pthread_mutex_init(&q->mu, NULL);
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the watcher's deadline is on now_ns's clock */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the watcher's deadline is on api_now_ns's clock */
     pthread_cond_init(&q->cv, &ca);
     pthread_condattr_destroy(&ca);
     for (size_t i = 0; i < nthreads; i++) {
@@ -307,7 +308,7 @@ void api_workq_submit(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
         s->head = j;
     s->tail = j;
     if (q->idle_since_ns != 0) { /* the first job after the pool ran out */
-        q->gap_ns += (now_ns() - q->idle_since_ns - q->gap_ns) / 4;
+        q->gap_ns += (api_now_ns() - q->idle_since_ns - q->gap_ns) / 4;
         q->idle_since_ns = 0;
     }
     if (s->state == SLOT_IDLE) {
@@ -336,10 +337,10 @@ int api_workq_try_run(struct api_workq *q, uint64_t key, api_job_fn fn, void *ar
         if (!wait)
             return 0;
         if (deadline == 0)
-            deadline = now_ns() + TRY_RUN_WAIT_NS;
-        while (__atomic_load_n(&s->in_place, __ATOMIC_ACQUIRE) && now_ns() < deadline) {
+            deadline = api_now_ns() + TRY_RUN_WAIT_NS;
+        while (__atomic_load_n(&s->in_place, __ATOMIC_ACQUIRE) && api_now_ns() < deadline) {
         }
-        if (now_ns() >= deadline)
+        if (api_now_ns() >= deadline)
             return 0;
     }
     s->state = SLOT_RUNNING; /* no pool thread takes the slot now */

@@ -87,13 +87,16 @@ void api_workq_free(struct api_workq *q);
 
 /* An idle pool thread busy-waits up to SPIN_US microseconds for the next
  * job before it sleeps, when no other pool thread runs a job, none spins
- * already, and jobs have lately come within SPIN_US of the pool running
- * out of them; 0 (the default) never spins. Saves the wake-up of an
+ * already, and jobs have lately come within three spins of the pool
+ * running out of them; 0 (the default) never spins. Saves the wake-up of an
  * idle CPU per job at light load (see api_server_set_spin). Call before
  * the first submit. */
 void api_workq_set_spin(struct api_workq *q, int64_t spin_us);
 /* How many spins have started (for tests and metrics). */
 uint64_t api_workq_spins(struct api_workq *q);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t api_now_ns(void);
 
 /* A pause instruction for busy-wait loops. */
 static inline void api_cpu_relax(void)

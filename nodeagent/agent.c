@@ -77,7 +77,6 @@ struct agent {
     unsigned char pk[API_TOKEN_PUBLIC_BYTES];
     int lock_fd;
     int started_clean; /* the previous run stopped cleanly (no crash recovery needed) */
-    int64_t loop_spin_us, worker_spin_us; /* chosen from cfg's */
     struct api_etcd *etcd;
     struct agent_store *store;
     struct agent_session *session;
@@ -174,6 +173,13 @@ static void worker_exit(void)
  * with 125 or 500 us). */
 #define AGENT_LOOP_SPIN_US 500
 #define AGENT_WORKER_SPIN_US 150
+
+/* A spin flag's value: FLAG if given (not -1), else DEFAULT_US with two or
+ * more cores; with one a spin only delays what it waits for. */
+static int64_t spin_us(int64_t flag, int64_t default_us)
+{
+    return flag >= 0 ? flag : sysconf(_SC_NPROCESSORS_ONLN) > 1 ? default_us : 0;
+}
 
 static uint64_t tenant_key(const char *id)
 {
@@ -1489,46 +1495,12 @@ struct parked {
 
 #define PARKED_MAX_MS 10000
 
-/* On the loop thread: parks J (and defers R) when TENANT is FENCED (its
- * local record's fenced_until was set when the caller looked). */
-static int park_if_fenced(struct agent *a, struct api_req *r, const char *tenant, int fenced, struct pipeline_job *j)
-{
-    struct local_tenant *lt;
-    struct parked *p;
-    int64_t now = api_now_ms();
-    if (!fenced)
-        return 0;
-    if ((p = calloc(1, sizeof(*p))) == NULL || (p->fj = make_forward_job(a, r, "")) == NULL) {
-        free(p);
-        pipeline_job_free(j);
-        api_reply_errorf(r, API_ENOMEM, "out of memory");
-        return 1;
-    }
-    p->pj = j;
-    p->since = now;
-    j->pending = api_req_defer(r);
-    p->fj->pending = j->pending;
-    pthread_mutex_lock(&a->mu);
-    lt = api_map_get(a->local, tenant);
-    if (lt != NULL) {
-        p->next = lt->parked;
-        lt->parked = p;
-    }
-    pthread_mutex_unlock(&a->mu);
-    if (lt == NULL) { /* gone meanwhile: run it normally */
-        forward_job_free(p->fj);
-        free(p);
-        api_workq_submit(a->workers, tenant_key(tenant), pipeline_job, j);
-    }
-    return 1;
-}
-
 /* Loop thread, J deferred (its tenant led here): queues J on its tenant's
- * slot, or parks it if the tenant is fenced by now. The look and the queueing
- * happen under a->mu, as on_fence sets the fence and queues its job, so a
- * request is either ahead of the fence's job or parked: a request that
- * found no fence when on_pipeline looked may meet one here when another
- * event loop fenced meanwhile. */
+ * slot, or parks it if the tenant is fenced: it runs here if the handover
+ * aborts, or goes to the new primary. The look and the queueing happen
+ * under a->mu, as on_fence sets the fence and queues its job, so a request
+ * is either ahead of the fence's job or parked, whichever event loop took
+ * it. */
 static void submit_write(struct agent *a, struct api_req *r, struct pipeline_job *j)
 {
     struct parked *p = NULL;
@@ -1536,6 +1508,7 @@ static void submit_write(struct agent *a, struct api_req *r, struct pipeline_job
         pthread_mutex_lock(&a->mu);
         struct local_tenant *lt = api_map_get(a->local, j->tenant);
         if (lt == NULL || lt->fenced_until == 0) {
+            api_pending_soon(j->pending); /* a parked one may wait for seconds: no spin for it */
             api_workq_submit(a->workers, tenant_key(j->tenant), pipeline_job, j);
             pthread_mutex_unlock(&a->mu);
             if (p != NULL) {
@@ -1824,10 +1797,9 @@ static void on_pipeline(struct api_req *r, void *ud)
         return;
     }
     /* Our own record first: a tenant this agent leads needs nothing from
-     * the cluster view (a 1.5 KB copy and two lookups under its lock, a
-     * tenth of a read in place over 1,000 tenants). Past its TTL a fence
-     * still holds until expire_fences has checked etcd: only a lease that
-     * is still ours may take writes again. */
+     * the cluster view (a 1.5 KB copy and two lookups under its lock). Past
+     * its TTL a fence still holds until expire_fences has checked etcd: only
+     * a lease that is still ours may take writes again. */
     pthread_mutex_lock(&a->mu);
     lt = api_map_get(a->local, auth.tenant);
     serve_here = lt != NULL && lt->holding;
@@ -1885,15 +1857,15 @@ static void on_pipeline(struct api_req *r, void *ud)
             }
         }
         j->recheck = adopting;
-        if (serve_here && park_if_fenced(a, r, auth.tenant, fenced, j))
-            return;
         j->pending = api_req_defer(r);
-        if (!try_read_in_place(a, j)) {
+        /* a fenced tenant runs nothing, not even a read in place */
+        if (!(serve_here && fenced) && try_read_in_place(a, j))
+            return;
+        if (serve_here) {
+            submit_write(a, r, j);
+        } else {
             api_pending_soon(j->pending);
-            if (serve_here)
-                submit_write(a, r, j);
-            else
-                api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
+            api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
         }
         return;
     }
@@ -2249,10 +2221,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         api_workq_set_active_cap(a->workers,
                                  cfg->active_workers > 0 ? cfg->active_workers : cores > 0 ? (size_t)cores : 1, 1000);
         api_workq_set_slot_exit(a->workers, agent_store_thread_exit);
-        /* with one core a spin only delays what it waits for */
-        a->loop_spin_us = cfg->loop_spin_us >= 0 ? cfg->loop_spin_us : cores > 1 ? AGENT_LOOP_SPIN_US : 0;
-        a->worker_spin_us = cfg->worker_spin_us >= 0 ? cfg->worker_spin_us : cores > 1 ? AGENT_WORKER_SPIN_US : 0;
-        api_workq_set_spin(a->workers, a->worker_spin_us);
+        api_workq_set_spin(a->workers, spin_us(cfg->worker_spin_us, AGENT_WORKER_SPIN_US));
         api_workq_set_slot_exit(a->forwarders, agent_store_thread_exit);
     }
     {
@@ -2284,7 +2253,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_etcd_new(cfg->etcd, &a->etcd, err)) != API_OK)
         goto fail;
     api_server_set_loops(a->server, loops_wanted(cfg), loop_exit);
-    api_server_set_spin(a->server, a->loop_spin_us);
+    api_server_set_spin(a->server, spin_us(cfg->loop_spin_us, AGENT_LOOP_SPIN_US));
     snprintf(a->url, sizeof(a->url), "%s", cfg->advertise_url ? cfg->advertise_url : api_server_url(a->server));
     {
         struct api_cluster_node n;
