@@ -51,6 +51,23 @@ void api_map_free(struct api_map *m, void (*free_value)(void *))
     free(m);
 }
 
+/* The bucket hash: api_hash_str with its bits mixed. Callers partition
+ * keys by the low bits of api_hash_str (a worker slot is key % slots, and
+ * each slot keeps its own map of its tenants), so the raw low bits of all
+ * keys in such a map are alike: with 64 slots, a slot's 16 tenants shared
+ * one bucket of 64 and every lookup walked the chain. The mix
+ * (splitmix64's finalizer) spreads every input bit over the low ones. */
+static unsigned long long key_hash(const char *key, size_t len)
+{
+    unsigned long long h = api_hash_str(key, len);
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h;
+}
+
 static struct entry **find(const struct api_map *m, const char *key, unsigned long long h)
 {
     struct entry **pp = &m->buckets[h & (m->nbuckets - 1)];
@@ -61,7 +78,7 @@ static struct entry **find(const struct api_map *m, const char *key, unsigned lo
 
 void *api_map_get(const struct api_map *m, const char *key)
 {
-    struct entry **pp = find(m, key, api_hash_str(key, strlen(key)));
+    struct entry **pp = find(m, key, key_hash(key, strlen(key)));
     return *pp ? (*pp)->value : NULL;
 }
 
@@ -88,7 +105,7 @@ static void grow(struct api_map *m)
 void *api_map_put(struct api_map *m, const char *key, void *value, int *err_oom)
 {
     size_t klen = strlen(key);
-    unsigned long long h = api_hash_str(key, klen);
+    unsigned long long h = key_hash(key, klen);
     struct entry **pp = find(m, key, h), *e;
 
     if (err_oom != NULL)
@@ -115,7 +132,7 @@ void *api_map_put(struct api_map *m, const char *key, void *value, int *err_oom)
 
 void *api_map_del(struct api_map *m, const char *key)
 {
-    struct entry **pp = find(m, key, api_hash_str(key, strlen(key)));
+    struct entry **pp = find(m, key, key_hash(key, strlen(key)));
     struct entry *e = *pp;
     void *v;
 
@@ -126,6 +143,19 @@ void *api_map_del(struct api_map *m, const char *key)
     free(e);
     m->len--;
     return v;
+}
+
+size_t api_map_longest_chain(const struct api_map *m)
+{
+    size_t longest = 0;
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        size_t n = 0;
+        for (const struct entry *e = m->buckets[i]; e != NULL; e = e->next)
+            n++;
+        if (n > longest)
+            longest = n;
+    }
+    return longest;
 }
 
 size_t api_map_len(const struct api_map *m)

@@ -20,6 +20,8 @@ void *api_map_put(struct api_map *m, const char *key, void *value, int *err_oom)
 /* Removes KEY; returns its value or NULL. */
 void *api_map_del(struct api_map *m, const char *key);
 size_t api_map_len(const struct api_map *m);
+/* The most entries one bucket holds (a test's look at the hash's spread). */
+size_t api_map_longest_chain(const struct api_map *m);
 /* Calls FN for each entry (order unspecified); FN must not modify the map. */
 void api_map_foreach(const struct api_map *m, void (*fn)(void *ud, const char *key, void *value), void *ud);
 

@@ -94,6 +94,28 @@ static void map_puts_gets_and_deletes_many_keys(void **state)
     api_map_free(m, NULL);
 }
 
+/* A worker slot's map holds the tenants whose api_hash_str is alike in
+ * its low bits (slot = hash % slots): they must still spread over the
+ * buckets, or each lookup walks one long chain. */
+static void map_spreads_keys_alike_in_their_low_hash_bits(void **state)
+{
+    struct api_map *m = api_map_new();
+    char key[32];
+    int oom, found = 0;
+    (void)state;
+    for (long i = 0; found < 400; i++) {
+        snprintf(key, sizeof(key), "d%ld", i);
+        if ((api_hash_str(key, strlen(key)) & 63) != 5) /* one slot of 64 */
+            continue;
+        assert_null(api_map_put(m, key, (void *)(i + 1), &oom));
+        found++;
+        if (found == 16) /* a slot's share of 1,000 tenants: the map has not grown yet */
+            assert_true(api_map_longest_chain(m) <= 4);
+    }
+    assert_true(api_map_longest_chain(m) <= 8);
+    api_map_free(m, NULL);
+}
+
 /* ---- flags ---- */
 
 static void flags_parse_values_and_report_bad_usage(void **state)
@@ -991,6 +1013,7 @@ int main(void)
         cmocka_unit_test(error_codes_map_to_statuses_and_json_codes),
         cmocka_unit_test(error_wrap_prefixes_context_and_keeps_code),
         cmocka_unit_test(map_puts_gets_and_deletes_many_keys),
+        cmocka_unit_test(map_spreads_keys_alike_in_their_low_hash_bits),
         cmocka_unit_test(flags_parse_values_and_report_bad_usage),
         cmocka_unit_test(json_encoding_matches_jansson_byte_for_byte),
         cmocka_unit_test(json_writer_matches_jansson_and_rewinds),
