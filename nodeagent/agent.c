@@ -1151,9 +1151,13 @@ fail:
 /* a larger body (a long statement, many arguments) is parsed by its worker, not on the loop */
 #define IN_PLACE_MAX_BODY (64u << 10)
 
+/* What a read in place leaves for its loop to send once the slot is
+ * released: the reply and the position the read saw. */
 struct in_place {
     struct pipeline_job *j;
     int answered;
+    struct api_resp *resp;
+    struct agent_repl_pos pos;
 };
 
 static void in_place_read(void *arg)
@@ -1204,12 +1208,13 @@ static void in_place_read(void *arg)
     struct api_resp *resp = pipeline_reply("", 0, &results);
     if (resp == NULL)
         return; /* out of memory: a worker tries */
-    /* POS still holds: commits, applies and snapshots of the tenant run on its slot, held here */
-    atomic_fetch_add(&a->pipelines, 1);
-    atomic_fetch_add(&a->reads_in_place, 1);
-    api_pending_direct(1);
-    finish_with_position(a, j, resp, &pos, &pos);
-    api_pending_direct(0);
+    /* POS is what the read saw: commits, applies and snapshots of the
+     * tenant run on its slot, held here. The reply is sent after the slot
+     * is released (try_read_in_place): its write to the socket is most of
+     * a read's time, and another loop reading the same tenant waits for
+     * the slot, not for our client's socket. */
+    run->resp = resp;
+    run->pos = pos;
     run->answered = 1;
 }
 
@@ -1239,6 +1244,11 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
     struct in_place run = {.j = j};
     if (!api_workq_try_run(a->workers, tenant_key(j->tenant), in_place_read, &run) || !run.answered)
         return 0;
+    atomic_fetch_add(&a->pipelines, 1);
+    atomic_fetch_add(&a->reads_in_place, 1);
+    api_pending_direct(1);
+    finish_with_position(a, j, run.resp, &run.pos, &run.pos);
+    api_pending_direct(0);
     pipeline_job_free(j);
     return 1;
 }
