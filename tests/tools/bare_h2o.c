@@ -1,6 +1,6 @@
 /*
- * tests/tools/bare_h2o.c: the "bare h2o" baseline of ops/bench/dataplane and
- * ops/bench/router. A libh2o (evloop) HTTP/1.1 server on 127.0.0.1 that
+ * tests/tools/bare_h2o.c: the "bare h2o" baseline of ops/bench/dataplane.
+ * A libh2o (evloop) HTTP/1.1 server on 127.0.0.1 that
  * answers every request with the same small Hrana pipeline reply, with no
  * routing, auth, JSON parsing or SQLite: what the same HTTP stack costs with
  * nothing behind it.
@@ -9,9 +9,9 @@
  *                             stops it.
  * LOOPS (default 1) event loops, each on its own thread, shaped as the
  * agent's (api/server.c): the first accepts every connection and hands
- * each to a loop in turn. One loop is the faster baseline on a box shared
- * with the load generator; two show what the agent's thread shape alone
- * costs there.
+ * each to a loop in turn. On a 2-core box shared with the load generator
+ * one loop is usually the faster (the bench takes whichever is); two show
+ * what the agent's thread shape alone costs there.
  */
 #include <arpa/inet.h>
 #include <errno.h>
