@@ -2258,6 +2258,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         if (rc != API_OK)
             goto fail;
         agent_store_set_on_open(a->store, agent_repl_on_open, a->repl);
+        agent_store_set_owned(a->store, agent_repl_owns_file, a->repl);
     }
     if ((rc = api_server_new(&scfg, &a->server, err)) != API_OK || (rc = add_routes(a, err)) != API_OK ||
         (rc = api_etcd_new(cfg->etcd, &a->etcd, err)) != API_OK)

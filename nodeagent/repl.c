@@ -1237,6 +1237,13 @@ void agent_repl_on_open(void *ud, const char *tenant, sqlite3 *db)
         sqlite3_wal_hook(db, wal_hook, t); /* also turns SQLite's auto-checkpoint off */
 }
 
+int agent_repl_owns_file(void *ud, const char *tenant)
+{
+    struct agent_repl *r = ud;
+    struct rt *t = repl_rt_get(r, tenant, 0);
+    return t != NULL && t->loaded == AGENT_ROLE_PRIMARY;
+}
+
 /* The WAL generation may have ended since the last capture (the last
  * connection closed, checkpointed and deleted it): then the file holds
  * every page and the index is stale. WALFD may be -1 (no WAL file). */

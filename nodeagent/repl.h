@@ -116,6 +116,9 @@ int agent_repl_create(struct agent_repl *r, const char *tenant, struct api_err *
 
 /* The store's on_open callback: installs the capture hook on primaries. */
 void agent_repl_on_open(void *ud, const char *tenant, sqlite3 *db);
+/* The store's owned callback (store.h): 1 for a tenant loaded as primary
+ * (its file is in WAL mode and no other process may touch it), else 0. */
+int agent_repl_owns_file(void *ud, const char *tenant);
 
 struct agent_repl_pos {
     enum agent_role role; /* declared */

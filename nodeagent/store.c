@@ -29,6 +29,8 @@ struct agent_store {
     int cache_kib;
     void (*on_open)(void *, const char *, sqlite3 *);
     void *on_open_ud;
+    int (*owned)(void *, const char *);
+    void *owned_ud;
 };
 
 struct cached {
@@ -88,6 +90,12 @@ void agent_store_set_on_open(struct agent_store *st, void (*fn)(void *, const ch
     st->on_open_ud = ud;
 }
 
+void agent_store_set_owned(struct agent_store *st, int (*fn)(void *, const char *), void *ud)
+{
+    st->owned = fn;
+    st->owned_ud = ud;
+}
+
 void agent_store_free(struct agent_store *st)
 {
     if (st == NULL)
@@ -118,7 +126,8 @@ static int open_db(const struct agent_store *st, const char *tenant, const char 
 {
     sqlite3 *db = NULL;
     char pragmas[256];
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    int owned = st->owned != NULL && tenant != NULL && st->owned(st->owned_ud, tenant);
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, owned ? "unix-excl" : NULL);
 
     if (rc != SQLITE_OK) {
         int code = rc == SQLITE_CANTOPEN ? API_ENOTENANT : API_EIO;

@@ -2,7 +2,9 @@
  * tests/tools/dbtool.c: looks at tenant database files from the outside,
  * for replication tests.
  *   dbtool checksum FILE          the replication checksum of the whole file
- *   dbtool query FILE SQL         rows as tab-separated text (read-only)
+ *   dbtool query FILE SQL         rows as tab-separated text (read-only; a
+ *                                 file in WAL mode, a primary's, is read
+ *                                 from a copy: the agent holds it alone)
  *   dbtool exec FILE SQL          runs SQL read-write (to make a replica diverge)
  *   dbtool readers FILE MS SQL    reads in a loop for MS milliseconds, each
  *                                 in its own transaction; SQL must return one
@@ -71,12 +73,92 @@ static sqlite3 *open_ro(const char *path)
     return db;
 }
 
+/* 1 if PATH is in WAL mode (header bytes 18 and 19 are 2), else 0. */
+static int is_wal_file(const char *path)
+{
+    unsigned char h[20];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int wal = fd >= 0 && pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) && h[18] == 2;
+    if (fd >= 0)
+        close(fd);
+    return wal;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    char buf[65536];
+    ssize_t n;
+    int in = open(from, O_RDONLY | O_CLOEXEC), out;
+    if (in < 0)
+        return errno == ENOENT ? 0 : -1;
+    if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+        close(in);
+        return -1;
+    }
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        if (write(out, buf, (size_t)n) != n) {
+            n = -1;
+            break;
+        }
+    close(in);
+    close(out);
+    return n < 0 ? -1 : 0;
+}
+
+/* A primary's file is the agent's alone while open (SQLite's "unix-excl"
+ * VFS: one process lock, the WAL index on the agent's heap), so an outside
+ * reader cannot lock it. Queries read a copy of the file and its WAL
+ * instead, the file first: SQLite's recovery of the copied WAL keeps
+ * every commit whole. Meant for a tenant at rest, as tests read it. */
+static sqlite3 *open_query(const char *path, char *tmpdir, size_t cap)
+{
+    tmpdir[0] = 0;
+    if (!is_wal_file(path))
+        return open_ro(path);
+    char db[4200], p[4300];
+    snprintf(tmpdir, cap, "%s", "/tmp/dbtool.XXXXXX");
+    snprintf(p, sizeof(p), "%s-wal", path);
+    if (mkdtemp(tmpdir) == NULL) {
+        fprintf(stderr, "dbtool: mkdtemp: %s\n", strerror(errno));
+        exit(1);
+    }
+    snprintf(db, sizeof(db), "%s/copy.db", tmpdir);
+    char dbwal[4300];
+    snprintf(dbwal, sizeof(dbwal), "%s-wal", db);
+    if (copy_file(path, db) != 0 || copy_file(p, dbwal) != 0) {
+        fprintf(stderr, "dbtool: copying %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    sqlite3 *h = NULL;
+    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        fprintf(stderr, "dbtool: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
+        exit(1);
+    }
+    return h;
+}
+
+static void remove_copy(const char *tmpdir)
+{
+    static const char *const names[] = {"copy.db", "copy.db-wal", "copy.db-shm"};
+    char p[4300];
+    if (tmpdir[0] == 0)
+        return;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", tmpdir, names[i]);
+        unlink(p);
+    }
+    rmdir(tmpdir);
+}
+
 static int cmd_query(const char *path, const char *sql)
 {
-    sqlite3 *db = open_ro(path);
+    char tmpdir[64];
+    sqlite3 *db = open_query(path, tmpdir, sizeof(tmpdir));
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         fprintf(stderr, "dbtool: %s\n", sqlite3_errmsg(db));
+        sqlite3_close(db);
+        remove_copy(tmpdir);
         return 1;
     }
     int rc;
@@ -89,10 +171,14 @@ static int cmd_query(const char *path, const char *sql)
     }
     if (rc != SQLITE_DONE) {
         fprintf(stderr, "dbtool: %s\n", sqlite3_errmsg(db));
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        remove_copy(tmpdir);
         return 1;
     }
     sqlite3_finalize(st);
     sqlite3_close(db);
+    remove_copy(tmpdir);
     return 0;
 }
 
