@@ -73,7 +73,7 @@ static sqlite3 *open_ro(const char *path)
     return db;
 }
 
-/* 1 if PATH is in WAL mode (header bytes 18 and 19 are 2), else 0. */
+/* 1 if PATH is in WAL mode (header byte 18, the write version, is 2), else 0. */
 static int is_wal_file(const char *path)
 {
     unsigned char h[20];
@@ -105,38 +105,6 @@ static int copy_file(const char *from, const char *to)
     return n < 0 ? -1 : 0;
 }
 
-/* A primary's file is the agent's alone while open (SQLite's "unix-excl"
- * VFS: one process lock, the WAL index on the agent's heap), so an outside
- * reader cannot lock it. Queries read a copy of the file and its WAL
- * instead, the file first: SQLite's recovery of the copied WAL keeps
- * every commit whole. Meant for a tenant at rest, as tests read it. */
-static sqlite3 *open_query(const char *path, char *tmpdir, size_t cap)
-{
-    tmpdir[0] = 0;
-    if (!is_wal_file(path))
-        return open_ro(path);
-    char db[4200], p[4300];
-    snprintf(tmpdir, cap, "%s", "/tmp/dbtool.XXXXXX");
-    snprintf(p, sizeof(p), "%s-wal", path);
-    if (mkdtemp(tmpdir) == NULL) {
-        fprintf(stderr, "dbtool: mkdtemp: %s\n", strerror(errno));
-        exit(1);
-    }
-    snprintf(db, sizeof(db), "%s/copy.db", tmpdir);
-    char dbwal[4300];
-    snprintf(dbwal, sizeof(dbwal), "%s-wal", db);
-    if (copy_file(path, db) != 0 || copy_file(p, dbwal) != 0) {
-        fprintf(stderr, "dbtool: copying %s: %s\n", path, strerror(errno));
-        exit(1);
-    }
-    sqlite3 *h = NULL;
-    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-        fprintf(stderr, "dbtool: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
-        exit(1);
-    }
-    return h;
-}
-
 static void remove_copy(const char *tmpdir)
 {
     static const char *const names[] = {"copy.db", "copy.db-wal", "copy.db-shm"};
@@ -148,6 +116,38 @@ static void remove_copy(const char *tmpdir)
         unlink(p);
     }
     rmdir(tmpdir);
+}
+
+/* A primary's file is the agent's alone while open (SQLite's "unix-excl"
+ * VFS: one process lock, the WAL index on the agent's heap), so an outside
+ * reader cannot lock it. Queries read a copy of the file and its WAL
+ * instead, the file first: SQLite's recovery of the copied WAL keeps
+ * every commit whole. Meant for a tenant at rest, as tests read it. */
+static sqlite3 *open_query(const char *path, char *tmpdir, size_t cap)
+{
+    tmpdir[0] = 0;
+    if (!is_wal_file(path))
+        return open_ro(path);
+    char db[4200], wal[4300], copy_wal[4300];
+    snprintf(tmpdir, cap, "%s", "/tmp/dbtool.XXXXXX");
+    if (mkdtemp(tmpdir) == NULL) {
+        fprintf(stderr, "dbtool: mkdtemp: %s\n", strerror(errno));
+        exit(1);
+    }
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    snprintf(db, sizeof(db), "%s/copy.db", tmpdir);
+    snprintf(copy_wal, sizeof(copy_wal), "%s-wal", db);
+    if (copy_file(path, db) != 0 || copy_file(wal, copy_wal) != 0) {
+        fprintf(stderr, "dbtool: copying %s: %s\n", path, strerror(errno));
+        remove_copy(tmpdir);
+        exit(1);
+    }
+    sqlite3 *h = NULL;
+    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        fprintf(stderr, "dbtool: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
+        exit(1);
+    }
+    return h;
 }
 
 static int cmd_query(const char *path, const char *sql)
