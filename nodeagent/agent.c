@@ -1171,16 +1171,21 @@ static void in_place_read(void *arg)
     struct agent_hrana_outcome outcome;
     struct agent_hrana_stream *hs;
     struct agent_stmt_cache *stmts = NULL;
-    struct agent_repl_pos pos;
+    struct agent_repl_pos pos = {0};
     struct api_err err;
     /* parsed by try_read_in_place, which found plain reads ending in "close" */
     const struct api_jv *requests = api_jv_get(api_jdoc_root(j->doc), "requests");
     struct api_jw results = API_JW_INIT;
     sqlite3 *db;
+    void **rec;
 
-    if (!agent_repl_ready(a->repl, j->tenant, j->replica ? AGENT_ROLE_REPLICA : AGENT_ROLE_PRIMARY, &pos) ||
-        !pos.loaded || (j->replica && j->min_txid > pos.txid) ||
-        !agent_store_conn_if_open(a->store, j->tenant, &db, &stmts))
+    if (!agent_store_conn_if_open(a->store, j->tenant, &db, &stmts, &rec))
+        return;
+    /* the tenant's replication record, kept beside its connection */
+    if (*rec == NULL && (*rec = agent_repl_tenant(a->repl, j->tenant)) == NULL)
+        return;
+    if (!agent_repl_ready_txid(*rec, j->replica ? AGENT_ROLE_REPLICA : AGENT_ROLE_PRIMARY, &pos.txid) ||
+        (j->replica && j->min_txid > pos.txid))
         return;
     if ((hs = agent_hrana_stream_new_cached(db, &limits, stmts)) == NULL)
         return;

@@ -1910,15 +1910,17 @@ fail:
 /* ------------------------------------------------------------------ */
 /* roles                                                               */
 
-int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want, struct agent_repl_pos *pos)
+struct agent_repl_tenant *agent_repl_tenant(struct agent_repl *r, const char *tenant)
 {
-    struct rt *t = repl_rt_get(r, tenant, 0);
-    if (t == NULL)
-        return 0;
+    return (struct agent_repl_tenant *)repl_rt_get(r, tenant, 0);
+}
+
+int agent_repl_ready_txid(struct agent_repl_tenant *rec, enum agent_role want, uint64_t *txid)
+{
+    struct rt *t = (struct rt *)rec;
     pthread_mutex_lock(&t->mu);
     int ready = t->loaded == want && (want != AGENT_ROLE_PRIMARY || (t->want == AGENT_ROLE_PRIMARY && !t->broken));
-    if (ready)
-        position_locked(t, pos);
+    *txid = t->txid;
     pthread_mutex_unlock(&t->mu);
     return ready;
 }

@@ -96,11 +96,17 @@ void agent_repl_forget(struct agent_repl *r, const char *tenant);
  * brings its files into the declared role's journal mode. Cheap once done.
  * API_ENOTPRIMARY if asked for a primary that is not (or not yet) one. */
 int agent_repl_ensure(struct agent_repl *r, const char *tenant, enum agent_role want, struct api_err *err);
+/* TENANT's record for agent_repl_ready_txid, NULL if this node has never
+ * seen it. Records live until agent_repl_free, so a caller may keep the
+ * pointer (a read in place keeps it beside the tenant's connection and
+ * skips the lookup and the table's lock). Any thread. */
+struct agent_repl_tenant;
+struct agent_repl_tenant *agent_repl_tenant(struct agent_repl *r, const char *tenant);
 /* 1 if agent_repl_ensure(WANT) would succeed at once, without loading or
- * switching anything, and then *POS as agent_repl_position gives it. Any
- * thread; never blocks on files. */
-struct agent_repl_pos;
-int agent_repl_ready(struct agent_repl *r, const char *tenant, enum agent_role want, struct agent_repl_pos *pos);
+ * switching anything; *TXID is then the committed (primary) or applied
+ * (replica) position. Any thread; one lock, the tenant's own; never blocks
+ * on files. */
+int agent_repl_ready_txid(struct agent_repl_tenant *t, enum agent_role want, uint64_t *txid);
 
 /* Declares TENANT's durability on its primary: with QUORUM set, the
  * records of its next commits ask replicas to sync before acknowledging.

@@ -9,12 +9,15 @@
 
 #define STMT_CACHE_MAX 64
 
+/* An entry stays while its statement is taken (ST NULL): giving it back
+ * then costs no copy of the text and no allocation (the comparison finds
+ * the text still in the CPU's cache). */
 struct entry {
     uint64_t hash;
     size_t len;
     char *sql;
-    sqlite3_stmt *st;
-    uint64_t used; /* last give, for LRU */
+    sqlite3_stmt *st; /* NULL while taken */
+    uint64_t used;    /* last take or give, for LRU */
 };
 
 struct agent_stmt_cache {
@@ -55,10 +58,10 @@ sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql,
     uint64_t h = api_hash_str(sql, len);
     for (size_t i = 0; i < c->n; i++) {
         struct entry *e = &c->e[i];
-        if (e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
+        if (e->st != NULL && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
             sqlite3_stmt *st = e->st;
-            free(e->sql);
-            c->e[i] = c->e[--c->n];
+            e->st = NULL;
+            e->used = ++c->clock;
             return st;
         }
     }
@@ -71,11 +74,24 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
 
     if (st == NULL)
         return;
-    if (!sqlite3_stmt_readonly(st) || sqlite3_reset(st) != SQLITE_OK || (copy = malloc(len + 1)) == NULL) {
+    if (!sqlite3_stmt_readonly(st) || sqlite3_reset(st) != SQLITE_OK) {
         sqlite3_finalize(st);
         return;
     }
     sqlite3_clear_bindings(st);
+    /* taken from here: the entry whose text it was prepared from waits for it */
+    uint64_t h = api_hash_str(sql, len);
+    for (size_t i = 0; i < c->n; i++) {
+        struct entry *e = &c->e[i];
+        if (e->st == NULL && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
+            e->st = st;
+            return;
+        }
+    }
+    if ((copy = malloc(len + 1)) == NULL) {
+        sqlite3_finalize(st);
+        return;
+    }
     memcpy(copy, sql, len);
     copy[len] = '\0';
     if (c->n == c->cap) {
@@ -85,8 +101,7 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
                 lru = i;
         drop(c, lru);
     }
-    c->e[c->n++] = (struct entry){.hash = api_hash_str(sql, len), .len = len, .sql = copy, .st = st,
-                                  .used = ++c->clock};
+    c->e[c->n++] = (struct entry){.hash = h, .len = len, .sql = copy, .st = st, .used = ++c->clock};
 }
 
 void *agent_stmt_cache_user(const struct agent_stmt_cache *c)
@@ -104,5 +119,8 @@ int agent_stmt_cache_set_user(struct agent_stmt_cache *c, void *user)
 
 size_t agent_stmt_cache_size(const struct agent_stmt_cache *c)
 {
-    return c->n;
+    size_t held = 0;
+    for (size_t i = 0; i < c->n; i++)
+        held += c->e[i].st != NULL;
+    return held;
 }

@@ -28,8 +28,8 @@ struct agent_stmt_cache;
 struct agent_stmt_cache *agent_stmt_cache_new(size_t cap);
 /* Finalizes every cached statement and frees the cache. Accepts NULL. */
 void agent_stmt_cache_free(struct agent_stmt_cache *c);
-/* Removes and returns the statement prepared from exactly SQL (LEN bytes),
- * reset and with no bindings, or NULL. */
+/* Takes out and returns the statement prepared from exactly SQL (LEN
+ * bytes), reset and with no bindings, or NULL. */
 sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql, size_t len);
 /* Gives ST, prepared from SQL, back to the cache, or finalizes it when it can
  * write or cannot be kept. The least recently used entry makes room. */

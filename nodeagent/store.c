@@ -37,6 +37,7 @@ struct cached {
     struct cached *prev, *next; /* LRU: head = most recent */
     sqlite3 *db;
     struct agent_stmt_cache *stmts; /* created on first use; freed before db closes */
+    void *tag;                      /* agent_store_conn_if_open's caller's */
     char tenant[64];
 };
 
@@ -305,7 +306,7 @@ static void use_cached(struct conn_cache *c, struct cached *e, sqlite3 **out, st
 }
 
 int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3 **out,
-                             struct agent_stmt_cache **stmts)
+                             struct agent_stmt_cache **stmts, void ***tag)
 {
     struct conn_cache *c = *cache_ref();
     struct cached *e;
@@ -313,6 +314,7 @@ int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3
     if (c == NULL || (e = api_map_get(c->by_tenant, tenant)) == NULL)
         return 0;
     use_cached(c, e, out, stmts);
+    *tag = &e->tag;
     return 1;
 }
 

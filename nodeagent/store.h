@@ -92,9 +92,11 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
 #define AGENT_STORE_BUSY_MS 5000
 struct agent_stmt_cache;
 /* agent_store_conn_stmts without opening: 1 if this slot has TENANT's
- * connection open (then *OUT and *STMTS as there), 0 if not. */
+ * connection open (then *OUT and *STMTS as there, and *TAG a pointer the
+ * caller may keep with the connection: NULL when it opened, dropped with
+ * it), 0 if not. */
 int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3 **out,
-                             struct agent_stmt_cache **stmts);
+                             struct agent_stmt_cache **stmts, void ***tag);
 /* agent_store_conn, and in *STMTS (may be NULL) the connection's cache of prepared
  * statements (nodeagent/stmtcache.h), with the same lifetime. */
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
