@@ -526,6 +526,53 @@ static void read_only_streams_refuse_every_write(void **state)
     json_decref(res);
 }
 
+/* A statement taken out leaves its entry behind: given back it fills that
+ * entry (the same statement comes out again, the count does not grow); the
+ * same text taken twice at once gives a second statement, and both go back;
+ * a statement whose entry was pushed out while it was taken still goes back
+ * as a new entry. */
+static void statement_cache_entries_wait_for_their_taken_statements(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    sqlite3_stmt *a, *b, *again;
+    const char *q = "select 1", *r = "select 2", *t = "select 3";
+    struct agent_stmt_cache *c = agent_stmt_cache_new(2);
+
+    assert_non_null(c);
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_int_equal(agent_stmt_cache_size(c), 1);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
+    assert_int_equal(agent_stmt_cache_size(c), 0);
+    assert_null(agent_stmt_cache_take(c, q, strlen(q))); /* taken: not twice */
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &b, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_int_equal(agent_stmt_cache_size(c), 1);
+    agent_stmt_cache_give(c, q, strlen(q), b); /* a second entry of the same text */
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+    again = agent_stmt_cache_take(c, q, strlen(q));
+    assert_true(again == a || again == b);
+    agent_stmt_cache_give(c, q, strlen(q), again);
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+
+    /* taken, then pushed out by two newer statements: it still goes back */
+    again = agent_stmt_cache_take(c, q, strlen(q));
+    assert_non_null(again);
+    assert_int_equal(sqlite3_prepare_v2(db, r, -1, &a, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, t, -1, &b, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, r, strlen(r), a);
+    agent_stmt_cache_give(c, t, strlen(t), b);
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+    agent_stmt_cache_give(c, q, strlen(q), again);
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), again);
+    agent_stmt_cache_give(c, q, strlen(q), again);
+    agent_stmt_cache_free(c);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK); /* no statement left behind */
+}
+
 /* A connection's statement cache: queries are prepared once and reused,
  * writes and pragmas never kept, a read-only stream on the same connection
  * still cannot write, schema changes are seen, and freeing the cache leaves
@@ -844,6 +891,7 @@ int main(void)
         T(sql_cannot_leave_its_tenant),
         T(read_only_streams_refuse_every_write),
         cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
+        cmocka_unit_test(statement_cache_entries_wait_for_their_taken_statements),
         cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
         cmocka_unit_test(streamed_cursors_have_no_size_cap_and_may_fail_after_rows),
         T(a_failing_sink_stops_the_batch_and_the_connection_stays_usable),
