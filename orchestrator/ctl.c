@@ -19,6 +19,7 @@
 
 #include <curl/curl.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "api/http.h"
 #include "api/names.h"
@@ -273,7 +274,9 @@ static const char usage_text[] =
     "  keygen DIR              create cluster.key, cluster.pub and admin.token in DIR\n"
     "\n"
     "--url defaults to $SHOAL_URL, else http://127.0.0.1:7400; --token to $SHOAL_TOKEN;\n"
-    "--router (for sql) to $SHOAL_ROUTER, else the tenant's primary. --json prints the API's JSON.\n";
+    "--router (for sql) to $SHOAL_ROUTER, else the tenant's primary. --json prints the API's JSON.\n"
+    "sql runs several statements separated by ';' one after another, stopping at the first that\n"
+    "fails (exit 1); ARGs bind to a single statement's ? placeholders.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
@@ -693,6 +696,117 @@ static int cmd_handover(struct ctl *c, int argc, char **argv)
 /* ------------------------------------------------------------------ */
 /* sql                                                                 */
 
+/* 1 if SQL[0..LEN) holds nothing but spaces, comments and ';'. */
+static int blank_sql(const char *sql, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (isspace((unsigned char)sql[i]) || sql[i] == ';')
+            continue;
+        if (sql[i] == '-' && i + 1 < len && sql[i + 1] == '-') {
+            while (i < len && sql[i] != '\n')
+                i++;
+        } else if (sql[i] == '/' && i + 1 < len && sql[i + 1] == '*') {
+            for (i += 2; i + 1 < len && !(sql[i] == '*' && sql[i + 1] == '/'); i++) {
+            }
+            i++; /* onto the '/' (or past the end of an open comment) */
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Appends SQL[0..LEN) trimmed to OUT unless it is blank; -1 if it cannot
+ * (out of memory, or text that is not UTF-8). */
+static int append_trimmed(json_t *out, const char *sql, size_t len)
+{
+    while (len > 0 && isspace((unsigned char)*sql)) {
+        sql++;
+        len--;
+    }
+    while (len > 0 && isspace((unsigned char)sql[len - 1]))
+        len--;
+    if (blank_sql(sql, len))
+        return 0;
+    return json_array_append_new(out, json_stringn(sql, len));
+}
+
+json_t *ctl_split_sql(const char *sql)
+{
+    json_t *out = json_array();
+    size_t n = strlen(sql), start = 0;
+    char *buf = malloc(n + 1);
+    if (out == NULL || buf == NULL)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        if (sql[i] != ';')
+            continue;
+        memcpy(buf, sql + start, i + 1 - start);
+        buf[i + 1 - start] = '\0';
+        if (!sqlite3_complete(buf))
+            continue; /* the ';' is inside a string, a comment or a trigger */
+        if (append_trimmed(out, sql + start, i + 1 - start) != 0)
+            goto oom;
+        start = i + 1;
+    }
+    if (append_trimmed(out, sql + start, n - start) != 0)
+        goto oom;
+    free(buf);
+    return out;
+oom:
+    free(buf);
+    json_decref(out);
+    return NULL;
+}
+
+/* The request for STMTS (ctl_split_sql): one statement with ARGS as an
+ * "execute"; several as a "batch" whose every step runs only if the one
+ * before it succeeded, as the sqlite3 shell with -bail. Steals ARGS. */
+static json_t *sql_request(const json_t *stmts, json_t *args)
+{
+    if (json_array_size(stmts) <= 1)
+        return json_pack("{s:[{s:s,s:{s:O,s:o}},{s:s}]}", "requests", "type", "execute", "stmt", "sql",
+                         json_array_get(stmts, 0), "args", args, "type", "close");
+    json_t *steps = json_array();
+    for (size_t i = 0; i < json_array_size(stmts); i++) {
+        json_t *step = json_pack("{s:{s:O}}", "stmt", "sql", json_array_get(stmts, i));
+        if (i > 0 && step != NULL)
+            json_object_set_new(step, "condition", json_pack("{s:s,s:I}", "type", "ok", "step", (json_int_t)(i - 1)));
+        json_array_append_new(steps, step);
+    }
+    json_decref(args);
+    return json_pack("{s:[{s:s,s:{s:o}},{s:s}]}", "requests", "type", "batch", "batch", "steps", steps, "type",
+                     "close");
+}
+
+/* Prints the results of a batch of NSTMTS statements (one after another,
+ * a blank line between): 0, or 1 at the first that failed. */
+static int print_batch(struct ctl *c, const json_t *result, size_t nstmts)
+{
+    const json_t *results = json_object_get(result, "step_results"), *errors = json_object_get(result, "step_errors");
+    if (c->json) {
+        print_json((json_t *)result);
+        for (size_t i = 0; i < nstmts; i++)
+            if (json_is_object(json_array_get(errors, i)))
+                return 1;
+        return 0;
+    }
+    for (size_t i = 0; i < nstmts; i++) {
+        const json_t *r = json_array_get(results, i), *e = json_array_get(errors, i);
+        if (json_is_object(e)) {
+            fprintf(stderr, "error in statement %zu of %zu: %s (%s)\n", i + 1, nstmts, str(e, "message"),
+                    str(e, "code"));
+            return 1;
+        }
+        if (!json_is_object(r))
+            break; /* not run: cannot happen after a step that succeeded */
+        if (i > 0)
+            fputc('\n', stdout);
+        ctl_print_result(stdout, r);
+    }
+    return 0;
+}
+
 static int cmd_sql(struct ctl *c, int argc, char **argv)
 {
     json_t *out = NULL, *args, *req, *body;
@@ -705,12 +819,27 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
         return usage_error("sql needs a tenant ID and an SQL statement");
     if (check_id("tenant", argv[0]) != 0)
         return 2;
+    json_t *stmts = ctl_split_sql(argv[1]);
+    if (stmts == NULL) {
+        fprintf(stderr, "shoalctl: cannot take the SQL (is it UTF-8?)\n");
+        return 1;
+    }
+    size_t nstmts = json_array_size(stmts);
+    if (nstmts == 0) {
+        json_decref(stmts);
+        return usage_error("sql needs an SQL statement, not blank text");
+    }
+    if (nstmts > 1 && argc > 2) {
+        json_decref(stmts);
+        return usage_error("arguments bind to one statement; the SQL has %zu", nstmts);
+    }
     snprintf(path, sizeof(path), "/v1/tenants/%s/tokens", argv[0]);
     body = json_pack("{s:s,s:i}", "access", "rw", "ttl_s", 300);
     st = api_call(c, "POST", path, body, &out);
     json_decref(body);
     if (st != 200 && st != 201) {
         json_decref(out);
+        json_decref(stmts);
         return 1;
     }
     token = strdup(str(out, "token"));
@@ -719,6 +848,7 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
         snprintf(path, sizeof(path), "/v1/tenants/%s", argv[0]);
         if ((st = api_call(c, "GET", path, NULL, &out)) != 200) {
             json_decref(out);
+            json_decref(stmts);
             free(token);
             return 1;
         }
@@ -727,6 +857,7 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
         json_decref(out);
         if (primary_url == NULL) {
             fprintf(stderr, "shoalctl: tenant %s has no primary right now\n", argv[0]);
+            json_decref(stmts);
             free(token);
             return 1;
         }
@@ -735,9 +866,8 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
     args = json_array();
     for (int i = 2; i < argc; i++)
         json_array_append_new(args, ctl_sql_arg(argv[i]));
-    req = json_pack("{s:[{s:s,s:{s:s,s:o}},{s:s}]}", "requests", "type", "execute", "stmt", "sql", argv[1], "args",
-                    args, "type", "close");
-    char *text = json_dumps(req, JSON_COMPACT);
+    req = sql_request(stmts, args);
+    char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     snprintf(url, sizeof(url), "%s/t/%s/v2/pipeline", base, argv[0]);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
@@ -760,11 +890,14 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
         const char *type = json_string_value(json_object_get(first, "type"));
         if (type != NULL && strcmp(type, "ok") == 0) {
             json_t *result = json_object_get(json_object_get(first, "response"), "result");
-            if (c->json)
+            if (nstmts > 1)
+                rc = print_batch(c, result, nstmts);
+            else if (c->json)
                 print_json(result);
             else
                 ctl_print_result(stdout, result);
-            rc = 0;
+            if (nstmts == 1)
+                rc = 0;
         } else if (type != NULL) {
             json_t *e = json_object_get(first, "error");
             fprintf(stderr, "error: %s (%s)\n", str(e, "message"), str(e, "code"));
@@ -777,6 +910,7 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
     free(text);
     free(token);
     free(primary_url);
+    json_decref(stmts);
     return rc;
 }
 

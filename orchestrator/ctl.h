@@ -17,6 +17,14 @@ int ctl_main(int argc, char **argv);
  * their look, NULL as null, anything else as text. New reference. */
 json_t *ctl_sql_arg(const char *arg);
 
+/* SQL split into its statements, each trimmed, as a JSON array of strings
+ * (new reference; NULL on OOM or text that is not UTF-8). SQLite's own
+ * sqlite3_complete decides where a statement ends, so a ';' inside a
+ * string, a comment or a trigger's body does not; pieces of nothing but
+ * spaces and comments are dropped; text after the last ';' counts as a
+ * statement. */
+json_t *ctl_split_sql(const char *sql);
+
 /* Prints a Hrana StmtResult as an aligned table (header, rows), then
  * "(N rows)" or "(N rows affected)". */
 void ctl_print_result(FILE *out, const json_t *result);

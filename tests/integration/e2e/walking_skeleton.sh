@@ -102,6 +102,15 @@ is "ro token can read" 42 "$(body_of "$r" | jq -r '.results[0].response.result.r
 # shoalctl, as the README shows it
 out=$(SHOAL_URL=$ORCH_URL SHOAL_TOKEN=$ADMIN_TOKEN SHOAL_ROUTER=$ROUTER_URL "$BUILD/orchestrator/shoalctl" sql acme "select 40+2")
 like "shoalctl sql prints 42" '(^|[[:space:]])42([[:space:]]|$)' "$out"
+ctl() { SHOAL_URL=$ORCH_URL SHOAL_TOKEN=$ADMIN_TOKEN SHOAL_ROUTER=$ROUTER_URL "$BUILD/orchestrator/shoalctl" "$@"; }
+out=$(ctl sql acme "create table ms(a, b text); insert into ms values (7, 'x;y'); insert into ms values (8, ''); select sum(a) || ':' || group_concat(b, '') as s from ms" 2>&1)
+like "shoalctl sql runs several statements and prints the last one's rows" '(^|[[:space:]])15:x;y([[:space:]]|$)' "$out"
+out=$(ctl sql acme "insert into ms values (1, ''); select * from no_such_table; insert into ms values (100, '')" 2>&1); rc=$?
+is "shoalctl sql stops at the first failing statement and exits 1" "1" "$rc"
+like "... naming it" 'statement 2 of 3: .*no such table: no_such_table' "$out"
+is "... after the first ran and before the third" "16" "$(ctl sql acme "select sum(a) from ms" | sed -n 2p | tr -d ' ')"
+out=$(ctl sql acme "select ?; select ?" 1 2 2>&1); rc=$?
+is "shoalctl sql refuses arguments for several statements (exit 2)" "2 shoalctl: arguments bind to one statement; the SQL has 2" "$rc $(echo "$out" | head -1)"
 
 # --- hostile input: admin API ---------------------------------------------------
 for bad in '../x' '' 'ACME' 'a.b' '-abc' 'abc-' 'ünï' "$(printf 'x%.0s' $(seq 300))" 'a/b' 'a b'; do

@@ -89,6 +89,39 @@ static void command_line_arguments_get_sql_types(void **state)
     }
 }
 
+/* shoalctl sql runs several statements: split where SQLite would end one,
+ * never inside a string, a comment or a trigger's body. */
+static void sql_splits_into_statements_where_sqlite_ends_them(void **state)
+{
+    struct {
+        const char *sql, *json;
+    } cases[] = {
+        {"select 40+2", "[\"select 40+2\"]"},
+        {"  select 1;  ", "[\"select 1;\"]"},
+        {"create table t(a); insert into t values (1);select a from t",
+         "[\"create table t(a);\", \"insert into t values (1);\", \"select a from t\"]"},
+        {"select 'a;b'; select \"c;d\"", "[\"select 'a;b';\", \"select \\\"c;d\\\"\"]"},
+        {"select 1; -- done; really\n", "[\"select 1;\"]"},
+        {"/* x; */ select 1; /* trailing; */ ;;", "[\"/* x; */ select 1;\"]"},
+        {"create trigger g after insert on t begin delete from t; insert into u values (1); end; select 2",
+         "[\"create trigger g after insert on t begin delete from t; insert into u values (1); end;\", \"select 2\"]"},
+        {"select 'open", "[\"select 'open\"]"},
+        {"", "[]"},
+        {" ; -- nothing\n ;", "[]"},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *v = ctl_split_sql(cases[i].sql);
+        assert_non_null(v);
+        char *s = json_dumps(v, JSON_ENCODE_ANY);
+        if (strcmp(s, cases[i].json) != 0)
+            fail_msg("'%s' split as %s, wanted %s", cases[i].sql, s, cases[i].json);
+        free(s);
+        json_decref(v);
+    }
+    assert_null(ctl_split_sql("select '\xff'")); /* not UTF-8 */
+}
+
 static void api_errors_become_one_readable_line(void **state)
 {
     char buf[256];
@@ -142,6 +175,7 @@ int main(void)
         cmocka_unit_test(values_of_every_type_print_readably_and_align),
         cmocka_unit_test(writes_print_the_affected_row_count),
         cmocka_unit_test(command_line_arguments_get_sql_types),
+        cmocka_unit_test(sql_splits_into_statements_where_sqlite_ends_them),
         cmocka_unit_test(api_errors_become_one_readable_line),
         cmocka_unit_test(bad_usage_exits_2_and_help_exits_0),
     };
