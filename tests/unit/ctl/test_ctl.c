@@ -59,11 +59,25 @@ static void writes_print_the_affected_row_count(void **state)
     free(out);
 }
 
+/* A table-driven case: what goes in, and the JSON that should come out. */
+struct json_case {
+    const char *input, *json;
+};
+
+/* V (taken), made from INPUT, serializes (keys sorted) as WANT. */
+static void expect_json(const char *input, json_t *v, const char *want)
+{
+    assert_non_null(v);
+    char *s = json_dumps(v, JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (strcmp(s, want) != 0)
+        fail_msg("'%s' became %s, wanted %s", input, s, want);
+    free(s);
+    json_decref(v);
+}
+
 static void command_line_arguments_get_sql_types(void **state)
 {
-    struct {
-        const char *arg, *json;
-    } cases[] = {
+    const struct json_case cases[] = {
         {"42", "{\"type\": \"integer\", \"value\": \"42\"}"},
         {"-7", "{\"type\": \"integer\", \"value\": \"-7\"}"},
         {"1.5", "{\"type\": \"float\", \"value\": 1.5}"},
@@ -79,23 +93,15 @@ static void command_line_arguments_get_sql_types(void **state)
         {"99999999999999999999", "{\"type\": \"text\", \"value\": \"99999999999999999999\"}"},
     };
     (void)state;
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        json_t *v = ctl_sql_arg(cases[i].arg);
-        char *s = json_dumps(v, JSON_SORT_KEYS);
-        if (strcmp(s, cases[i].json) != 0)
-            fail_msg("'%s' became %s, wanted %s", cases[i].arg, s, cases[i].json);
-        free(s);
-        json_decref(v);
-    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_json(cases[i].input, ctl_sql_arg(cases[i].input), cases[i].json);
 }
 
 /* shoalctl sql runs several statements: split where SQLite would end one,
  * never inside a string, a comment or a trigger's body. */
 static void sql_splits_into_statements_where_sqlite_ends_them(void **state)
 {
-    struct {
-        const char *sql, *json;
-    } cases[] = {
+    const struct json_case cases[] = {
         {"select 40+2", "[\"select 40+2\"]"},
         {"  select 1;  ", "[\"select 1;\"]"},
         {"create table t(a); insert into t values (1);select a from t",
@@ -110,15 +116,8 @@ static void sql_splits_into_statements_where_sqlite_ends_them(void **state)
         {" ; -- nothing\n ;", "[]"},
     };
     (void)state;
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        json_t *v = ctl_split_sql(cases[i].sql);
-        assert_non_null(v);
-        char *s = json_dumps(v, JSON_ENCODE_ANY);
-        if (strcmp(s, cases[i].json) != 0)
-            fail_msg("'%s' split as %s, wanted %s", cases[i].sql, s, cases[i].json);
-        free(s);
-        json_decref(v);
-    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_json(cases[i].input, ctl_split_sql(cases[i].input), cases[i].json);
     assert_null(ctl_split_sql("select '\xff'")); /* not UTF-8 */
 }
 
