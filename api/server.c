@@ -27,10 +27,10 @@
 #include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1228,10 +1228,9 @@ void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void
  * that has received no request and sent no reply for IDLE_POLL_NS sleeps
  * as before (a reply counts: a proxy's comes after its request, when an
  * instance answers; the router, one connection: 7.3k -> 16.0k reads/s,
- * p50 0.128 -> 0.043 ms). Between polls
- * it yields its CPU: a thread that is runnable there (the client on the
- * same host, the other loop's worker) runs, and a loop that polls takes
- * nothing from it. Measured with the load generator on the same 2 cores:
+ * p50 0.128 -> 0.043 ms). Between polls it yields its CPU: a thread that
+ * is runnable there (the client on the same host, the other loop's
+ * worker) runs, and a loop that polls takes nothing from it. Measured with the load generator on the same 2 cores:
  * 16 connections reading one tenant 59-66k/s without the yield, 81-98k/s
  * with it (64: 67-75k -> 95-101k; 1,000 tenants within the noise).
  */

@@ -83,12 +83,13 @@ const char *api_server_url(const struct api_server *s);
 void api_server_set_loops(struct api_server *s, size_t n, void (*loop_exit)(void));
 
 /* A loop waiting for exactly one deferred reply marked api_pending_soon,
- * and nothing else, busy-waits for it up to SPIN_US microseconds before it sleeps in
- * epoll_wait; and a loop that has just received a request or sent a reply
- * keeps polling its sockets up to min(SPIN_US, 30) µs, yielding its CPU
- * between polls (server.c, IDLE_POLL_NS). 0 (the default) never spins. Saves the wake-up of an idle
- * CPU per request or reply at light load; under load they find the loop awake.
- * Call before api_server_run. */
+ * and nothing else, busy-waits for it up to SPIN_US microseconds before it
+ * sleeps in epoll_wait; and a loop that has just received a request or
+ * sent a reply keeps polling its sockets up to min(SPIN_US, 30) µs,
+ * yielding its CPU between polls (server.c, IDLE_POLL_NS). 0 (the default)
+ * never spins. Saves the wake-up of an idle CPU per request or reply at
+ * light load; under load they find the loop awake. Call before
+ * api_server_run. */
 void api_server_set_spin(struct api_server *s, int64_t spin_us);
 
 /* Runs the loop until api_server_stop, then stops accepting and drains open

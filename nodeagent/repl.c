@@ -1241,7 +1241,12 @@ int agent_repl_owns_file(void *ud, const char *tenant)
 {
     struct agent_repl *r = ud;
     struct rt *t = repl_rt_get(r, tenant, 0);
-    return t != NULL && t->loaded == AGENT_ROLE_PRIMARY;
+    if (t == NULL)
+        return 0;
+    pthread_mutex_lock(&t->mu);
+    int primary = t->loaded == AGENT_ROLE_PRIMARY;
+    pthread_mutex_unlock(&t->mu);
+    return primary;
 }
 
 /* The WAL generation may have ended since the last capture (the last

@@ -890,14 +890,15 @@ static int cmd_sql(struct ctl *c, int argc, char **argv)
         const char *type = json_string_value(json_object_get(first, "type"));
         if (type != NULL && strcmp(type, "ok") == 0) {
             json_t *result = json_object_get(json_object_get(first, "response"), "result");
-            if (nstmts > 1)
+            if (nstmts > 1) {
                 rc = print_batch(c, result, nstmts);
-            else if (c->json)
-                print_json(result);
-            else
-                ctl_print_result(stdout, result);
-            if (nstmts == 1)
+            } else {
+                if (c->json)
+                    print_json(result);
+                else
+                    ctl_print_result(stdout, result);
                 rc = 0;
+            }
         } else if (type != NULL) {
             json_t *e = json_object_get(first, "error");
             fprintf(stderr, "error: %s (%s)\n", str(e, "message"), str(e, "code"));
