@@ -40,11 +40,13 @@
 #include "api/sqlclass.h"
 #include "api/token.h"
 #include "api/workq.h"
+#include "nodeagent/hot.h"
 #include "nodeagent/hrana.h"
 #include "nodeagent/repl.h"
 #include "nodeagent/repl_log.h"
 #include "nodeagent/repl_sum.h"
 #include "nodeagent/session.h"
+#include "nodeagent/stmtcache.h"
 #include "nodeagent/traffic.h"
 #include "nodeagent/store.h"
 #include "nodeagent/streams.h"
@@ -82,6 +84,7 @@ struct agent {
     struct agent_session *session;
     struct api_cluster *view;
     struct api_workq *workers;
+    struct agent_hot *hot; /* where each tenant's last read in place found its data (hot.h) */
     struct api_workq *forwarders; /* requests relayed to other nodes: blocking HTTP off the tenant workers */
     atomic_ullong forward_seq;
     struct api_server *server;
@@ -601,6 +604,7 @@ struct pipeline_job {
     struct forward_job *fwd; /* NULL when forwarding is not allowed (loop guard, no primary) */
     struct api_pending *pending;
     char tenant[API_NAME_MAX];
+    uint64_t key; /* tenant_key(tenant) */
     int version;
     int cursor;
     int read_only;
@@ -730,7 +734,7 @@ static void rerun_after_wait(void *arg, int reached)
 {
     struct pipeline_job *j = arg;
     (void)reached; /* the job looks at the position again */
-    api_workq_submit(j->a->workers, tenant_key(j->tenant), pipeline_job, j);
+    api_workq_submit(j->a->workers, j->key, pipeline_job, j);
 }
 
 /* On a replica: 1 if J was handed on (to the primary, or to wait for
@@ -1153,6 +1157,23 @@ fail:
 
 /* What a read in place leaves for its loop to send once the slot is
  * released: the reply and the position the read saw. */
+/* Where this read found the tenant's data, for the next request's prefetch
+ * (hot.h): its connection, its pager (the file handle's neighbour), the
+ * statement it ran, and the agent's records it went through. */
+static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_stmt_cache *stmts, void **rec)
+{
+    sqlite3_stmt *st = agent_stmt_cache_last(stmts);
+    if (agent_hot_current(a->hot, key, db, st))
+        return;
+    sqlite3_file *file = NULL;
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK)
+        file = NULL;
+    const void *addrs[AGENT_HOT_KINDS] = {[AGENT_HOT_DB] = db,           [AGENT_HOT_FILE] = file,
+                                          [AGENT_HOT_STMT] = st,         [AGENT_HOT_RECORD] = stmts,
+                                          [AGENT_HOT_RECORD2] = rec,     [AGENT_HOT_RECORD3] = *rec};
+    agent_hot_note(a->hot, key, addrs);
+}
+
 struct in_place {
     struct pipeline_job *j;
     int answered;
@@ -1221,6 +1242,7 @@ static void in_place_read(void *arg)
     run->resp = resp;
     run->pos = pos;
     run->answered = 1;
+    note_hot(a, j->key, db, stmts, rec);
 }
 
 /* On the loop, for a request J deferred for its tenant's worker: 1 if it
@@ -1247,7 +1269,7 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
         return 0;
     tl_in_place_count++;
     struct in_place run = {.j = j};
-    if (!api_workq_try_run(a->workers, tenant_key(j->tenant), in_place_read, &run) || !run.answered)
+    if (!api_workq_try_run(a->workers, j->key, in_place_read, &run) || !run.answered)
         return 0;
     atomic_fetch_add(&a->pipelines, 1);
     atomic_fetch_add(&a->reads_in_place, 1);
@@ -1488,6 +1510,7 @@ static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r,
     j->cursor = rc->cursor;
     j->quorum = quorum;
     api_copy_text(j->tenant, sizeof(j->tenant), auth->tenant, strlen(auth->tenant));
+    j->key = tenant_key(j->tenant);
     const char *cr = api_req_header(r, "shoal-client-region", &hlen);
     if (cr != NULL && hlen < sizeof(j->client_region) && api_region_valid(cr, hlen))
         api_copy_text(j->client_region, sizeof(j->client_region), cr, hlen);
@@ -1524,7 +1547,7 @@ static void submit_write(struct agent *a, struct api_req *r, struct pipeline_job
         struct local_tenant *lt = api_map_get(a->local, j->tenant);
         if (lt == NULL || lt->fenced_until == 0) {
             api_pending_soon(j->pending); /* a parked one may wait for seconds: no spin for it */
-            api_workq_submit(a->workers, tenant_key(j->tenant), pipeline_job, j);
+            api_workq_submit(a->workers, j->key, pipeline_job, j);
             pthread_mutex_unlock(&a->mu);
             if (p != NULL) {
                 forward_job_free(p->fj);
@@ -1811,6 +1834,9 @@ static void on_pipeline(struct api_req *r, void *ud)
         reply_dp_error(r, &err);
         return;
     }
+    /* from here to SQLite is parsing and checking: time for the tenant's
+     * connection and statement to come into the CPU's cache (hot.h) */
+    agent_hot_prefetch(a->hot, tenant_key(auth.tenant));
     /* Our own record first: a tenant this agent leads needs nothing from
      * the cluster view (a 1.5 KB copy and two lookups under its lock). Past
      * its TTL a fence still holds until expire_fences has checked etcd: only
@@ -1880,7 +1906,7 @@ static void on_pipeline(struct api_req *r, void *ud)
             submit_write(a, r, j);
         } else {
             api_pending_soon(j->pending);
-            api_workq_submit(a->workers, tenant_key(auth.tenant), pipeline_job, j);
+            api_workq_submit(a->workers, j->key, pipeline_job, j);
         }
         return;
     }
@@ -2290,6 +2316,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         if (rc != API_OK)
             goto fail;
     }
+    a->hot = agent_hot_new(); /* NULL (OOM) only means no prefetching */
     if ((a->traffic = agent_traffic_new()) == NULL) {
         rc = api_err_set(err, API_ENOMEM, "out of memory");
         goto fail;
@@ -2349,6 +2376,7 @@ void agent_free(struct agent *a)
     agent_session_free(a->session, 1);
     api_server_free(a->server);
     agent_store_free(a->store);
+    agent_hot_free(a->hot);
     api_etcd_free(a->etcd);
     api_map_free(a->local, free);
     api_map_free(a->dirty, NULL);

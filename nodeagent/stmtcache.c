@@ -26,6 +26,7 @@ struct agent_stmt_cache {
     uint64_t clock;
     void *user;
     int hooked;
+    sqlite3_stmt *last; /* the statement last given back */
 };
 
 struct agent_stmt_cache *agent_stmt_cache_new(size_t cap)
@@ -39,6 +40,8 @@ struct agent_stmt_cache *agent_stmt_cache_new(size_t cap)
 
 static void drop(struct agent_stmt_cache *c, size_t i)
 {
+    if (c->e[i].st == c->last)
+        c->last = NULL;
     sqlite3_finalize(c->e[i].st);
     free(c->e[i].sql);
     c->e[i] = c->e[--c->n];
@@ -85,6 +88,7 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
         struct entry *e = &c->e[i];
         if (e->st == NULL && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
             e->st = st;
+            c->last = st;
             return;
         }
     }
@@ -102,6 +106,12 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
         drop(c, lru);
     }
     c->e[c->n++] = (struct entry){.hash = h, .len = len, .sql = copy, .st = st, .used = ++c->clock};
+    c->last = st;
+}
+
+sqlite3_stmt *agent_stmt_cache_last(const struct agent_stmt_cache *c)
+{
+    return c == NULL ? NULL : c->last;
 }
 
 void *agent_stmt_cache_user(const struct agent_stmt_cache *c)

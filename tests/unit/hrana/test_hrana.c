@@ -19,6 +19,7 @@
 
 #include "api/jsonout.h"
 #include "nodeagent/hrana.h"
+#include "nodeagent/hot.h"
 #include "nodeagent/stmtcache.h"
 
 struct fx {
@@ -569,8 +570,71 @@ static void statement_cache_entries_wait_for_their_taken_statements(void **state
     assert_int_equal(agent_stmt_cache_size(c), 2);
     assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), again);
     agent_stmt_cache_give(c, q, strlen(q), again);
+    assert_ptr_equal(agent_stmt_cache_last(c), again);
     agent_stmt_cache_free(c);
     assert_int_equal(sqlite3_close(db), SQLITE_OK); /* no statement left behind */
+}
+
+/* The statement last given back is only named while the cache holds it. */
+static void statement_cache_names_its_last_statement_while_it_holds_it(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    sqlite3_stmt *a, *b;
+    const char *q = "select 1", *r = "select 2";
+    struct agent_stmt_cache *c = agent_stmt_cache_new(1);
+
+    assert_non_null(c);
+    assert_null(agent_stmt_cache_last(NULL));
+    assert_null(agent_stmt_cache_last(c));
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, r, -1, &b, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_ptr_equal(agent_stmt_cache_last(c), a);
+    agent_stmt_cache_give(c, r, strlen(r), b); /* pushes A out (one entry) */
+    assert_ptr_equal(agent_stmt_cache_last(c), b);
+    assert_ptr_equal(agent_stmt_cache_take(c, r, strlen(r)), b);
+    agent_stmt_cache_give(c, r, strlen(r), b);
+    assert_ptr_equal(agent_stmt_cache_last(c), b);
+    agent_stmt_cache_free(c);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+/* Prefetch hints: an entry answers for its own key only, a later note
+ * replaces it, and prefetching an entry whose addresses are stale (freed,
+ * never mapped) is harmless. */
+static void prefetch_hints_answer_for_their_own_tenant_only(void **state)
+{
+    (void)state;
+    struct agent_hot *h = agent_hot_new();
+    char *gone = malloc(4096);
+    int db1, db2, st1;
+    const void *addrs[AGENT_HOT_KINDS] = {[AGENT_HOT_DB] = &db1, [AGENT_HOT_STMT] = &st1,
+                                          [AGENT_HOT_FILE] = gone + 2048, [AGENT_HOT_RECORD] = (void *)64};
+
+    assert_non_null(h);
+    assert_non_null(gone);
+    assert_false(agent_hot_current(h, 7, &db1, &st1));
+    agent_hot_note(h, 7, addrs);
+    assert_true(agent_hot_current(h, 7, &db1, &st1));
+    assert_false(agent_hot_current(h, 7, &db2, &st1)); /* another connection since */
+    assert_false(agent_hot_current(h, 7, &db1, NULL));
+    assert_false(agent_hot_current(h, 7 + 4096, &db1, &st1)); /* same entry, another tenant */
+    free(gone);
+    agent_hot_prefetch(h, 7);        /* freed and unmapped addresses: nothing happens */
+    agent_hot_prefetch(h, 7 + 4096); /* not its entry: nothing fetched */
+    agent_hot_prefetch(h, 8);        /* empty */
+    addrs[AGENT_HOT_DB] = &db2;
+    agent_hot_note(h, 7 + 4096, addrs);
+    assert_false(agent_hot_current(h, 7, &db1, &st1));
+    assert_true(agent_hot_current(h, 7 + 4096, &db2, &st1));
+    agent_hot_free(h);
+    /* without a table (out of memory at start) every call does nothing */
+    agent_hot_note(NULL, 7, addrs);
+    agent_hot_prefetch(NULL, 7);
+    assert_true(agent_hot_current(NULL, 7, &db1, &st1));
+    agent_hot_free(NULL);
 }
 
 /* A connection's statement cache: queries are prepared once and reused,
@@ -892,6 +956,8 @@ int main(void)
         T(read_only_streams_refuse_every_write),
         cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
         cmocka_unit_test(statement_cache_entries_wait_for_their_taken_statements),
+        cmocka_unit_test(statement_cache_names_its_last_statement_while_it_holds_it),
+        cmocka_unit_test(prefetch_hints_answer_for_their_own_tenant_only),
         cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
         cmocka_unit_test(streamed_cursors_have_no_size_cap_and_may_fail_after_rows),
         T(a_failing_sink_stops_the_batch_and_the_connection_stays_usable),
