@@ -1830,13 +1830,20 @@ static void on_pipeline(struct api_req *r, void *ud)
     int serve_here = 0, replica_here = 0;
     uint64_t min_txid;
 
+    /* From here to SQLite is checking the token and parsing the body: time
+     * for the tenant's connection and statement to come into the CPU's cache
+     * (hot.h). The tenant named in the path is as yet unchecked: a bad name
+     * only finds no entry. */
+    size_t named_len;
+    const char *named = api_req_param(r, "tenant", &named_len);
+    if (named != NULL)
+        agent_hot_prefetch(a->hot, api_hash_str(named, named_len));
     if (api_dp_authorize(r, a->pk, a->cfg.tenant_domain, &auth, &err) != API_OK) {
         reply_dp_error(r, &err);
         return;
     }
-    /* from here to SQLite is parsing and checking: time for the tenant's
-     * connection and statement to come into the CPU's cache (hot.h) */
-    agent_hot_prefetch(a->hot, tenant_key(auth.tenant));
+    if (named == NULL) /* named by its host name, a header or its token */
+        agent_hot_prefetch(a->hot, tenant_key(auth.tenant));
     /* Our own record first: a tenant this agent leads needs nothing from
      * the cluster view (a 1.5 KB copy and two lookups under its lock). Past
      * its TTL a fence still holds until expire_fences has checked etcd: only
