@@ -2,19 +2,24 @@
 // by request, between agents in different regions, so every slice of the
 // placement window sees the same count from each.
 //   node alternate.mjs SECONDS TOKEN URL...     (URL: an agent's /t/<tenant>)
-// Prints {"ok":N,"failed":N,"by_url":[...]}.
+// Prints {"ok":N,"failed":N,"by_url":[...]}, and the first failure's
+// status and body (or error) as "first_error" when there was one.
 const [secs, token, ...urls] = process.argv.slice(2);
 const end = Date.now() + Number(secs) * 1000;
 const byUrl = urls.map(() => 0);
-let ok = 0, failed = 0;
+let ok = 0, failed = 0, firstError;
 async function write(url, sql) {
   const res = await fetch(`${url}/v2/pipeline`, {
     method: "POST",
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
     body: JSON.stringify({ requests: [{ type: "execute", stmt: { sql } }, { type: "close" }] }),
   });
-  const body = await res.json();
-  return res.status === 200 && body.results[0].type === "ok";
+  const text = await res.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = undefined; }
+  const good = res.status === 200 && body?.results?.[0]?.type === "ok";
+  if (!good && firstError === undefined) firstError = `${url}: ${res.status} ${text.slice(0, 300)}`;
+  return good;
 }
 await write(urls[0], "CREATE TABLE IF NOT EXISTS alt(id INTEGER PRIMARY KEY, at INTEGER)");
 // The table is made through the first URL, so the alternation starts with the
@@ -24,8 +29,9 @@ for (let i = 1; Date.now() < end; i++) {
   const k = i % urls.length;
   try {
     if (await write(urls[k], `INSERT INTO alt(at) VALUES (${Date.now()})`)) { ok++; byUrl[k]++; } else failed++;
-  } catch {
+  } catch (e) {
     failed++;
+    if (firstError === undefined) firstError = `${urls[k]}: ${e.cause?.code ?? e.message}`;
   }
 }
-console.log(JSON.stringify({ ok, failed, by_url: byUrl }));
+console.log(JSON.stringify({ ok, failed, by_url: byUrl, ...(firstError === undefined ? {} : { first_error: firstError }) }));
