@@ -1165,10 +1165,12 @@ static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_st
     sqlite3_stmt *st = agent_stmt_cache_last(stmts);
     if (agent_hot_current(a->hot, key, db, st))
         return;
-    sqlite3_file *file = NULL;
+    sqlite3_file *file = NULL, *wal = NULL;
     if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK)
         file = NULL;
-    const void *addrs[AGENT_HOT_KINDS] = {[AGENT_HOT_DB] = db,           [AGENT_HOT_FILE] = file,
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK)
+        wal = NULL;
+    const void *addrs[AGENT_HOT_KINDS] = {[AGENT_HOT_DB] = db,           [AGENT_HOT_FILE] = file, [AGENT_HOT_WAL] = wal,
                                           [AGENT_HOT_STMT] = st,         [AGENT_HOT_RECORD] = stmts,
                                           [AGENT_HOT_RECORD2] = rec,     [AGENT_HOT_RECORD3] = *rec};
     agent_hot_note(a->hot, key, addrs);

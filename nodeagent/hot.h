@@ -29,6 +29,7 @@
 enum agent_hot_kind {
     AGENT_HOT_DB,     /* a sqlite3 connection */
     AGENT_HOT_FILE,   /* its main file handle: the pager's state lies just before it */
+    AGENT_HOT_WAL,    /* its WAL's file handle: the WAL's state lies just before it */
     AGENT_HOT_STMT,   /* the prepared statement the read ran */
     AGENT_HOT_RECORD, /* a small record of the agent's (statement cache, slot entry, replication record) */
     AGENT_HOT_RECORD2,
