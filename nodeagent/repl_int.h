@@ -20,24 +20,27 @@ struct pgidx {
 };
 
 struct rt {
-    char id[64];
-    struct agent_repl *r;
+    /* First what every read checks (agent_repl_ready_txid): its first two
+     * cache lines, which a read's prefetch hint fetches (hot.h). */
     pthread_mutex_t mu; /* guards the [mu] fields and the log pointer */
+    enum agent_role want;   /* [mu] declared by the controller */
+    enum agent_role loaded; /* [mu] mode the files are in; NONE = not loaded */
+    uint64_t txid, ck;      /* [mu] position */
+    int broken;             /* [mu] */
+    struct agent_repl *r;
+    char id[64];
     /* [mu] declared by the controller */
-    enum agent_role want;
     int64_t epoch;
     char upstream[64];
     char upstream_url[160];
     /* [mu] position */
-    enum agent_role loaded; /* mode the files are in; NONE = not loaded */
     struct agent_log *log;
-    uint64_t txid, ck;
     uint64_t head_txid;
     int64_t behind_since_ms;
     uint64_t remote_durable;
     uint64_t max_epoch_seen;
     int quorum; /* [mu] the tenant's writes wait for a replica: its records carry AGENT_REC_F_SYNC */
-    int need_snapshot, broken, load_requested;
+    int need_snapshot, load_requested;
     /* [mu] new here and never used: no file, no log, position (0, the
      * empty database's checksum). The files are born on first use (a
      * request, or a record to apply), so creating a tenant creates none. */

@@ -20,13 +20,15 @@ struct entry {
     uint64_t used;    /* last take or give, for LRU */
 };
 
+/* The counts and the user before the entries: a lookup reads them and the
+ * first entries, all in the first lines (what a prefetch hint fetches). */
 struct agent_stmt_cache {
-    struct entry e[STMT_CACHE_MAX];
     size_t n, cap;
     uint64_t clock;
     void *user;
     int hooked;
     sqlite3_stmt *last; /* the statement last given back */
+    struct entry e[STMT_CACHE_MAX];
 };
 
 struct agent_stmt_cache *agent_stmt_cache_new(size_t cap)
