@@ -33,11 +33,14 @@ struct agent_store {
     void *owned_ud;
 };
 
+/* The tag first: its address, the one agent_store_conn_if_open gives out,
+ * is the entry's (a prefetch hint fetches the entry from there: hot.h). */
 struct cached {
-    struct cached *prev, *next; /* LRU: head = most recent */
+    void *tag; /* agent_store_conn_if_open's caller's */
     sqlite3 *db;
     struct agent_stmt_cache *stmts; /* created on first use; freed before db closes */
-    void *tag;                      /* agent_store_conn_if_open's caller's */
+    int used;                       /* read since eviction last passed (CLOCK's reference bit) */
+    struct cached *prev, *next;     /* head = most recently opened or given a second chance */
     char tenant[64];
 };
 
@@ -292,11 +295,14 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     return agent_store_conn_stmts(st, tenant, out, NULL, err);
 }
 
-/* E, found in C: most recently used now; its connection and statements out. */
+/* E, found in C: marked as used; its connection and statements out. Only
+ * a mark, no move to the list's front: a move writes to the entries on
+ * either side, two more cache misses per read over a thousand tenants. */
 static void use_cached(struct conn_cache *c, struct cached *e, sqlite3 **out, struct agent_stmt_cache **stmts)
 {
-    cache_unlink(c, e);
-    cache_push_front(c, e);
+    (void)c;
+    if (!e->used)
+        e->used = 1;
     if (stmts != NULL) {
         if (e->stmts == NULL)
             e->stmts = agent_stmt_cache_new(STORE_STMTS_PER_CONN); /* NULL (OOM) only means no reuse */
@@ -316,6 +322,28 @@ int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3
     use_cached(c, e, out, stmts);
     *tag = &e->tag;
     return 1;
+}
+
+/* Over budget, slot C closes its own connections not used lately (CLOCK,
+ * an approximation of least recently used): from the list's end, one used
+ * since the last pass loses its mark and goes to the front (a second
+ * chance), the first one unmarked closes. KEEP, just opened, stays: a slot
+ * holding only KEEP may overshoot by one, at most one per slot. */
+static void evict_over_budget(struct conn_cache *c, struct cached *keep)
+{
+    /* every entry loses its mark in one pass: two find an unmarked one */
+    size_t moves = 0, limit = 2 * c->n;
+    while (atomic_load(&c->st->open_total) > c->st->max_open && c->n > 1 && moves < limit) {
+        struct cached *e = c->tail;
+        if (e == keep || e->used) {
+            e->used = 0;
+            cache_unlink(c, e);
+            cache_push_front(c, e);
+            moves++;
+        } else {
+            cache_drop(c, e);
+        }
+    }
 }
 
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
@@ -356,11 +384,8 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
     }
     cache_push_front(c, e);
     c->n++;
-    /* over budget: this slot gives back its own least recently used (a
-     * slot holding only E may overshoot by one: at most one per slot) */
     atomic_fetch_add(&st->open_total, 1);
-    while (atomic_load(&st->open_total) > st->max_open && c->tail != NULL && c->tail != e)
-        cache_drop(c, c->tail);
+    evict_over_budget(c, e);
     use_cached(c, e, out, stmts);
     return API_OK;
 }

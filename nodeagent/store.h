@@ -6,10 +6,11 @@
  * of the ID, so no directory holds more than 1/256 of the tenants. IDs are
  * validated before they reach a path.
  *
- * Connections: each worker thread keeps its own cache of open connections
- * (LRU, capped), because a tenant's work always runs on the same worker
- * (api/workq.h keys by tenant). No locks, and nothing per tenant on a timer:
- * a connection closes when it falls off its thread's LRU.
+ * Connections: each worker slot keeps its own cache of open connections
+ * (capped; the least recently used close first, by CLOCK's approximation),
+ * because a tenant's work always runs on the same slot (api/workq.h keys
+ * by tenant). No locks, and nothing per tenant on a timer: a connection
+ * closes when its slot needs room and it was not used since last asked.
  */
 #ifndef SHOAL_NODEAGENT_STORE_H
 #define SHOAL_NODEAGENT_STORE_H
@@ -24,7 +25,7 @@ struct agent_store;
 
 struct agent_store_config {
     const char *data_dir;
-    size_t max_open;            /* cached connections in all threads together (LRU per thread) */
+    size_t max_open;            /* cached connections in all slots together (each evicts its own) */
     int cache_kib;              /* SQLite page cache per open tenant */
 };
 

@@ -1,6 +1,6 @@
 /*
  * Unit tests for the canonical empty database new tenants are born from
- * (nodeagent/store.c) and for the replication log's unsynced birth
+ * and the connection cache's eviction (nodeagent/store.c), and for the replication log's unsynced birth
  * (nodeagent/repl_log.c), on files in a temporary directory.
  */
 #include <setjmp.h>
@@ -298,6 +298,50 @@ static void appends_land_on_zeros_written_ahead(void **state)
     agent_log_free(log);
 }
 
+/* Past max_open, a thread's connection cache closes one not used since
+ * eviction last passed (CLOCK): a connection read since then gets a second
+ * chance, the one opened just now always stays, and the cache never holds
+ * more than max_open. */
+static void connections_past_the_cap_close_those_not_used_lately(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    char id[16];
+    sqlite3 *db, *first;
+    struct agent_stmt_cache *stmts;
+    void **tag;
+
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "c%d", i);
+        assert_int_equal(agent_store_create(f->st, id, 1, 0, &err), API_OK);
+    }
+    assert_int_equal(agent_store_conn(f->st, "c0", &first, &err), API_OK);
+    for (int i = 1; i < 8; i++) {
+        snprintf(id, sizeof(id), "c%d", i);
+        assert_int_equal(agent_store_conn(f->st, id, &db, &err), API_OK);
+    }
+    assert_int_equal(agent_store_thread_open(), 8);
+    /* all eight were used once: each loses its mark, then the oldest closes */
+    assert_int_equal(agent_store_conn(f->st, "c8", &db, &err), API_OK);
+    assert_int_equal(agent_store_thread_open(), 8);
+    assert_int_equal(agent_store_conn_if_open(f->st, "c0", &db, &stmts, &tag), 0);
+    assert_int_equal(agent_store_conn_if_open(f->st, "c8", &db, &stmts, &tag), 1);
+    /* c1 is read again (marked); c2, unmarked, is the next to go */
+    assert_int_equal(agent_store_conn_if_open(f->st, "c1", &db, &stmts, &tag), 1);
+    assert_non_null(tag);
+    assert_int_equal(agent_store_conn(f->st, "c9", &db, &err), API_OK);
+    assert_int_equal(agent_store_thread_open(), 8);
+    assert_int_equal(agent_store_conn_if_open(f->st, "c1", &db, &stmts, &tag), 1);
+    assert_int_equal(agent_store_conn_if_open(f->st, "c2", &db, &stmts, &tag), 0);
+    assert_int_equal(agent_store_conn_if_open(f->st, "c9", &db, &stmts, &tag), 1);
+    /* a closed one opens again on use, with a new connection that works */
+    assert_int_equal(agent_store_conn(f->st, "c0", &db, &err), API_OK);
+    assert_int_equal(agent_store_thread_open(), 8);
+    char *one = query1(db, "SELECT 1");
+    assert_string_equal(one, "1");
+    free(one);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -308,6 +352,7 @@ int main(void)
         T(a_torn_new_log_is_created_again),
         T(logs_past_the_cap_close_and_reopen_on_use),
         T(appends_land_on_zeros_written_ahead),
+        T(connections_past_the_cap_close_those_not_used_lately),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
