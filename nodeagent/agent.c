@@ -73,6 +73,14 @@ struct route_ctx {
     int cursor; /* /v3/cursor: a batch in, newline-delimited entries out */
 };
 
+/* Per-request counters, one cache line per thread: the event loops count
+ * every request, and one shared counter moved its cache line from core to
+ * core on nearly each (threads beyond COUNT_SLOTS share entries). */
+#define COUNT_SLOTS 16
+struct request_counts {
+    atomic_ullong pipelines, reads_in_place;
+} __attribute__((aligned(64)));
+
 struct agent {
     struct agent_config cfg;
     char url[API_URL_MAX];
@@ -102,13 +110,17 @@ struct agent {
     int dirty_all;
     int stopping;
 
-    atomic_ullong pipelines, forwarded, replays_sent, lease_acquisitions, lease_adoptions;
-    atomic_ullong reads_in_place, reads_in_place_declined;
+    atomic_ullong forwarded, replays_sent, lease_acquisitions, lease_adoptions;
+    atomic_ullong reads_in_place_declined;
+    /* counted on every request: per thread (count_slot), summed for /metrics */
+    struct request_counts counts[COUNT_SLOTS];
 };
 
 static __thread struct api_http_client *tl_http;
 /* reads run in place in the calling event loop's current turn (--inline-reads) */
 static __thread uint64_t tl_in_place_turn;
+/* this thread's entry in struct agent's counts (count_slot), -1 until its first count */
+static __thread int tl_count_slot = -1;
 static __thread size_t tl_in_place_count;
 
 void agent_config_init(struct agent_config *cfg)
@@ -678,6 +690,18 @@ static int ends_with_close(const struct api_jv *requests)
 
 /* Sends RESP with the tenant's position: `shoal-txid` always, the cookie
  * after a write; under quorum durability a write waits for a replica. */
+/* One pipeline answered (IN_PLACE: on its event loop), in this thread's counters. */
+static void count_pipeline(struct agent *a, int in_place)
+{
+    static atomic_int next_slot;
+    if (tl_count_slot < 0)
+        tl_count_slot = atomic_fetch_add(&next_slot, 1) % COUNT_SLOTS;
+    struct request_counts *c = &a->counts[tl_count_slot];
+    atomic_fetch_add_explicit(&c->pipelines, 1, memory_order_relaxed);
+    if (in_place)
+        atomic_fetch_add_explicit(&c->reads_in_place, 1, memory_order_relaxed);
+}
+
 static void finish_with_position(struct agent *a, struct pipeline_job *j, struct api_resp *resp,
                                  const struct agent_repl_pos *before, const struct agent_repl_pos *after)
 {
@@ -1085,14 +1109,14 @@ static void pipeline_job(void *arg)
         if (out != NULL)
             cursor_stream_end(out, rc, &err);
         if (rc == API_OK)
-            atomic_fetch_add(&a->pipelines, 1);
+            count_pipeline(a, 0);
         api_jw_free(&results);
         pipeline_job_free(j);
         return;
     }
     if (rc != API_OK)
         goto fail;
-    atomic_fetch_add(&a->pipelines, 1);
+    count_pipeline(a, 0);
     agent_repl_position(a->repl, j->tenant, &after);
     if (!j->replica && after.txid > before.txid)
         agent_traffic_add(a->traffic, j->tenant, j->client_region, after.txid - before.txid);
@@ -1273,8 +1297,7 @@ static int try_read_in_place(struct agent *a, struct pipeline_job *j)
     struct in_place run = {.j = j};
     if (!api_workq_try_run(a->workers, j->key, in_place_read, &run) || !run.answered)
         return 0;
-    atomic_fetch_add(&a->pipelines, 1);
-    atomic_fetch_add(&a->reads_in_place, 1);
+    count_pipeline(a, 1);
     api_pending_direct(1);
     finish_with_position(a, j, run.resp, &run.pos, &run.pos);
     api_pending_direct(0);
@@ -2067,6 +2090,11 @@ static void on_metrics(struct api_req *r, void *ud)
     api_map_foreach(a->local, count_holding, &primaries);
     pthread_mutex_unlock(&a->mu);
     api_server_metrics(a->server, "shoal_agent", buf, sizeof(buf), &len);
+    unsigned long long pipelines = 0, in_place = 0;
+    for (size_t i = 0; i < COUNT_SLOTS; i++) {
+        pipelines += atomic_load_explicit(&a->counts[i].pipelines, memory_order_relaxed);
+        in_place += atomic_load_explicit(&a->counts[i].reads_in_place, memory_order_relaxed);
+    }
     int n = snprintf(buf + len, sizeof(buf) - len,
                      "# TYPE shoal_agent_tenants gauge\nshoal_agent_tenants %zu\n"
                      "# TYPE shoal_agent_primaries gauge\nshoal_agent_primaries %zu\n"
@@ -2081,9 +2109,9 @@ static void on_metrics(struct api_req *r, void *ud)
                      "# TYPE shoal_agent_lease_adoptions_total counter\n"
                      "shoal_agent_lease_adoptions_total %llu\n"
                      "# TYPE shoal_agent_session_writable gauge\nshoal_agent_session_writable %d\n",
-                     tenants, primaries, (unsigned long long)atomic_load(&a->pipelines),
+                     tenants, primaries, (unsigned long long)pipelines,
                      (unsigned long long)atomic_load(&a->forwarded), (unsigned long long)atomic_load(&a->replays_sent),
-                     (unsigned long long)atomic_load(&a->reads_in_place),
+                     (unsigned long long)in_place,
                      (unsigned long long)atomic_load(&a->reads_in_place_declined),
                      (unsigned long long)atomic_load(&a->lease_acquisitions),
                      (unsigned long long)atomic_load(&a->lease_adoptions), agent_session_writable(a->session));
@@ -2229,7 +2257,8 @@ static int add_routes(struct agent *a, struct api_err *err)
 
 int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err *err)
 {
-    struct agent *a = calloc(1, sizeof(*a));
+    /* aligned for its per-thread counters (struct request_counts) */
+    struct agent *a = aligned_alloc(_Alignof(struct agent), (sizeof(struct agent) + 63) / 64 * 64);
     struct api_server_config scfg = {.listen = cfg->listen, .max_body = cfg->max_body, .cors = 1};
     struct agent_store_config stcfg = {.data_dir = cfg->data_dir, .cache_kib = cfg->cache_kib};
     char *itok = NULL;
@@ -2237,6 +2266,7 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
 
     if (a == NULL)
         return api_err_set(err, API_ENOMEM, "out of memory");
+    memset(a, 0, sizeof(*a));
     a->cfg = *cfg;
     a->lock_fd = -1;
     a->v2.a = a->v3.a = a->cursor.a = a;
