@@ -112,16 +112,16 @@ struct agent {
 
     atomic_ullong forwarded, replays_sent, lease_acquisitions, lease_adoptions;
     atomic_ullong reads_in_place_declined;
-    /* counted on every request: per thread (count_slot), summed for /metrics */
+    /* counted on every request: per thread (count_pipeline), summed for /metrics */
     struct request_counts counts[COUNT_SLOTS];
 };
 
 static __thread struct api_http_client *tl_http;
 /* reads run in place in the calling event loop's current turn (--inline-reads) */
 static __thread uint64_t tl_in_place_turn;
-/* this thread's entry in struct agent's counts (count_slot), -1 until its first count */
-static __thread int tl_count_slot = -1;
 static __thread size_t tl_in_place_count;
+/* this thread's entry in struct agent's counts (count_pipeline), -1 until its first count */
+static __thread int tl_count_slot = -1;
 
 void agent_config_init(struct agent_config *cfg)
 {
@@ -688,8 +688,6 @@ static int ends_with_close(const struct api_jv *requests)
     return type != NULL && strcmp(type, "close") == 0;
 }
 
-/* Sends RESP with the tenant's position: `shoal-txid` always, the cookie
- * after a write; under quorum durability a write waits for a replica. */
 /* One pipeline answered (IN_PLACE: on its event loop), in this thread's counters. */
 static void count_pipeline(struct agent *a, int in_place)
 {
@@ -702,6 +700,8 @@ static void count_pipeline(struct agent *a, int in_place)
         atomic_fetch_add_explicit(&c->reads_in_place, 1, memory_order_relaxed);
 }
 
+/* Sends RESP with the tenant's position: `shoal-txid` always, the cookie
+ * after a write; under quorum durability a write waits for a replica. */
 static void finish_with_position(struct agent *a, struct pipeline_job *j, struct api_resp *resp,
                                  const struct agent_repl_pos *before, const struct agent_repl_pos *after)
 {
@@ -1179,11 +1179,10 @@ fail:
 /* a larger body (a long statement, many arguments) is parsed by its worker, not on the loop */
 #define IN_PLACE_MAX_BODY (64u << 10)
 
-/* What a read in place leaves for its loop to send once the slot is
- * released: the reply and the position the read saw. */
 /* Where this read found the tenant's data, for the next request's prefetch
- * (hot.h): its connection, its pager (the file handle's neighbour), the
- * statement it ran, and the agent's records it went through. */
+ * (hot.h): its connection, its pager and WAL (their file handles'
+ * neighbours), the statement it ran, and the agent's records it went
+ * through. */
 static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_stmt_cache *stmts, void **rec)
 {
     sqlite3_stmt *st = agent_stmt_cache_last(stmts);
@@ -1194,12 +1193,16 @@ static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_st
         file = NULL;
     if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK)
         wal = NULL;
-    const void *addrs[AGENT_HOT_KINDS] = {[AGENT_HOT_DB] = db,           [AGENT_HOT_FILE] = file, [AGENT_HOT_WAL] = wal,
-                                          [AGENT_HOT_STMT] = st,         [AGENT_HOT_RECORD] = stmts,
-                                          [AGENT_HOT_RECORD2] = rec,     [AGENT_HOT_RECORD3] = *rec};
+    const void *addrs[AGENT_HOT_KINDS] = {
+        [AGENT_HOT_DB] = db,          [AGENT_HOT_FILE] = file,     [AGENT_HOT_WAL] = wal,
+        [AGENT_HOT_STMT] = st,        [AGENT_HOT_RECORD] = stmts,  [AGENT_HOT_RECORD2] = rec,
+        [AGENT_HOT_RECORD3] = *rec,
+    };
     agent_hot_note(a->hot, key, addrs);
 }
 
+/* What a read in place leaves for its loop to send once the slot is
+ * released: the reply and the position the read saw. */
 struct in_place {
     struct pipeline_job *j;
     int answered;
