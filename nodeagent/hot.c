@@ -5,7 +5,7 @@
 #include <stdlib.h>
 
 /* 4,096 entries of one cache line each: 256 KiB. With more tenants than
- * entries, the recent reads of a set keep it. */
+ * entries, an entry holds the last tenant read of those sharing it. */
 #define HOT_SETS 4096
 #define LINE 64
 

@@ -34,8 +34,9 @@ sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql,
 /* Gives ST, prepared from SQL, back to the cache, or finalizes it when it can
  * write or cannot be kept. The least recently used entry makes room. */
 void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t len, sqlite3_stmt *st);
-/* The statement last given back (and still held), or NULL: only an
- * address, for prefetch hints (hot.h). Accepts NULL. */
+/* The statement last given back, or NULL: only an address, for prefetch
+ * hints (hot.h), never to be used as a statement (taken out again, it may
+ * have been finalized since). Accepts NULL. */
 sqlite3_stmt *agent_stmt_cache_last(const struct agent_stmt_cache *c);
 /* The connection's current user (the Hrana stream running on it), for hooks
  * installed once per connection with C as their argument: installing an

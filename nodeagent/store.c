@@ -295,12 +295,11 @@ int agent_store_conn(struct agent_store *st, const char *tenant, sqlite3 **out, 
     return agent_store_conn_stmts(st, tenant, out, NULL, err);
 }
 
-/* E, found in C: marked as used; its connection and statements out. Only
+/* E, a cached entry: marked as used; its connection and statements out. Only
  * a mark, no move to the list's front: a move writes to the entries on
  * either side, two more cache misses per read over a thousand tenants. */
-static void use_cached(struct conn_cache *c, struct cached *e, sqlite3 **out, struct agent_stmt_cache **stmts)
+static void use_cached(struct cached *e, sqlite3 **out, struct agent_stmt_cache **stmts)
 {
-    (void)c;
     if (!e->used)
         e->used = 1;
     if (stmts != NULL) {
@@ -319,7 +318,7 @@ int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3
     (void)st;
     if (c == NULL || (e = api_map_get(c->by_tenant, tenant)) == NULL)
         return 0;
-    use_cached(c, e, out, stmts);
+    use_cached(e, out, stmts);
     *tag = &e->tag;
     return 1;
 }
@@ -363,7 +362,7 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
         *ref = c;
     }
     if ((e = api_map_get(c->by_tenant, tenant)) != NULL) {
-        use_cached(c, e, out, stmts);
+        use_cached(e, out, stmts);
         return API_OK;
     }
     agent_store_path(st, tenant, path, sizeof(path));
@@ -386,7 +385,7 @@ int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 *
     c->n++;
     atomic_fetch_add(&st->open_total, 1);
     evict_over_budget(c, e);
-    use_cached(c, e, out, stmts);
+    use_cached(e, out, stmts);
     return API_OK;
 }
 
