@@ -466,7 +466,7 @@ static void close_stream_job(void *arg)
 {
     struct close_stream_job *j = arg;
     agent_hrana_stream_free(j->hs);
-    sqlite3_close_v2(j->db); /* rolls back what the idle stream left open */
+    agent_store_close(j->db); /* rolls back what the idle stream left open */
     free(j);
 }
 
@@ -1063,13 +1063,13 @@ static void pipeline_job(void *arg)
         if (agent_store_open(a->store, j->tenant, &db, &err) != API_OK)
             goto fail;
         if ((hs = agent_hrana_stream_new(db, &limits)) == NULL) {
-            sqlite3_close_v2(db);
+            agent_store_close(db);
             api_err_set(&err, API_ENOMEM, "out of memory");
             goto fail;
         }
         if (agent_streams_add(a->streams, j->tenant, j->token, strlen(j->token), db, hs, &st, &err) != API_OK) {
             agent_hrana_stream_free(hs);
-            sqlite3_close_v2(db);
+            agent_store_close(db);
             goto fail;
         }
     }

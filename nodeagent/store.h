@@ -46,9 +46,12 @@ void agent_store_set_on_open(struct agent_store *st, void (*fn)(void *, const ch
  * exclusive lock on the file and its connections lock among themselves in
  * memory, with the WAL index on the heap. A point read then makes no
  * fcntl calls (the "unix" VFS makes two, the WAL read lock and its
- * release: a tenth of the agent's time per read). Other processes cannot
- * read such a file while the agent has it open; replicas stay on "unix",
- * so outside readers still see their applies whole. Set before use. */
+ * release: a tenth of the agent's time per read). The connection its
+ * worker slot caches also locks in exclusive mode while no stream has one
+ * (agent_store_open): then a read takes no WAL lock at all. Other
+ * processes cannot read such a file while the agent has it open; replicas
+ * stay on "unix", so outside readers still see their applies whole. Set
+ * before use. */
 void agent_store_set_owned(struct agent_store *st, int (*fn)(void *, const char *), void *ud);
 void agent_store_free(struct agent_store *st);
 
@@ -102,10 +105,15 @@ int agent_store_conn_if_open(struct agent_store *st, const char *tenant, sqlite3
  * statements (nodeagent/stmtcache.h), with the same lifetime. */
 int agent_store_conn_stmts(struct agent_store *st, const char *tenant, sqlite3 **out, struct agent_stmt_cache **stmts,
                            struct api_err *err);
-/* A new connection to TENANT owned by the caller (sqlite3_close_v2 it), for
- * a Hrana stream that holds a transaction across requests. Use it only on
- * the tenant's worker thread. */
+/* A new connection to TENANT owned by the caller, for a Hrana stream that
+ * holds a transaction across requests (or a cursor). Use it only on the
+ * tenant's worker slot: it closes that slot's cached connection if it locks
+ * exclusively (a primary's, see store.c), and until agent_store_close the
+ * cached one reopens in normal locking mode, so both can read. */
 int agent_store_open(struct agent_store *st, const char *tenant, sqlite3 **out, struct api_err *err);
+/* Closes a connection of agent_store_open (its statements finalized
+ * first), on any thread. NULL is ignored. */
+void agent_store_close(sqlite3 *db);
 /* Closes the calling slot's (or thread's) cached connection to TENANT, if any. */
 void agent_store_evict(const char *tenant);
 /* Closes every connection cached by the calling slot, or by the calling

@@ -10,6 +10,7 @@
 
 #include "api/cluster.h"
 #include "api/map.h"
+#include "nodeagent/store.h"
 
 #define MAC_BYTES 16
 #define EXPIRED_REMEMBERED 4096 /* ids of expired streams kept to say "expired", not "invalid" */
@@ -61,7 +62,7 @@ static void stream_free(struct agent_stream *st)
     if (st == NULL)
         return;
     agent_hrana_stream_free(st->hs);
-    sqlite3_close_v2(st->db);
+    agent_store_close(st->db);
     free(st);
 }
 

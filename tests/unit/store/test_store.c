@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "api/err.h"
+#include "api/workq.h"
 #include "nodeagent/repl_log.h"
 #include "nodeagent/repl_sum.h"
 #include "nodeagent/store.h"
@@ -342,6 +343,142 @@ static void connections_past_the_cap_close_those_not_used_lately(void **state)
     free(one);
 }
 
+/* Primaries ("p..." here) are owned; one job of a worker slot. */
+static int owns_p(void *ud, const char *tenant)
+{
+    (void)ud;
+    return tenant[0] == 'p';
+}
+
+struct slot_step {
+    struct fx *f;
+    const char *tenant;
+    const char *exec;    /* run first on the cached connection (no rows), NULL: none */
+    const char *sql;     /* then this, on it, NULL: none */
+    char mode[16];       /* its PRAGMA locking_mode afterwards */
+    char *answer;        /* first column of SQL's first row */
+    int open_before;     /* agent_store_conn_if_open before the step */
+    sqlite3 *stream;     /* set: agent_store_open into it first */
+    int evict;           /* agent_store_evict first */
+    int exit;            /* agent_store_thread_exit, nothing else */
+};
+
+static void slot_step_job(void *arg)
+{
+    struct slot_step *s = arg;
+    struct api_err err;
+    struct agent_stmt_cache *stmts;
+    void **tag;
+    sqlite3 *db;
+
+    if (s->exit) {
+        agent_store_thread_exit();
+        return;
+    }
+    if (s->evict)
+        agent_store_evict(s->tenant);
+    if (s->stream != NULL || s->sql == NULL) {
+        s->open_before = agent_store_conn_if_open(s->f->st, s->tenant, &db, &stmts, &tag);
+        if (s->sql == NULL && s->stream == NULL)
+            return;
+    }
+    if (s->stream != NULL) {
+        assert_int_equal(agent_store_open(s->f->st, s->tenant, &s->stream, &err), API_OK);
+        return;
+    }
+    assert_int_equal(agent_store_conn(s->f->st, s->tenant, &db, &err), API_OK);
+    if (s->exec != NULL)
+        assert_int_equal(sqlite3_exec(db, s->exec, NULL, NULL, NULL), SQLITE_OK);
+    s->answer = query1(db, s->sql);
+    char *mode = query1(db, "PRAGMA locking_mode");
+    snprintf(s->mode, sizeof(s->mode), "%s", mode);
+    free(mode);
+}
+
+static void run_in_slot(struct api_workq *q, struct slot_step *s)
+{
+    assert_int_equal(api_workq_try_run(q, 7, slot_step_job, s), 1);
+}
+
+/* A primary's connection cached by its slot locks the file exclusively
+ * (its WAL index private, no WAL locks per read) while it is the only one;
+ * a stream's connection closes it first and, while the stream is open, the
+ * cached one reopens in normal mode; both read and write the same data. A
+ * replica's, and one cached outside a slot, lock normally. */
+static void a_primary_locks_exclusively_until_a_stream_opens(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    struct api_workq *q;
+    sqlite3 *db;
+
+    agent_store_set_owned(f->st, owns_p, NULL);
+    assert_int_equal(agent_store_create(f->st, "p1", 1, 0, &err), API_OK);
+    assert_int_equal(agent_store_create(f->st, "p2", 1, 0, &err), API_OK);
+    assert_int_equal(agent_store_create(f->st, "r1", 0, 0, &err), API_OK);
+    assert_int_equal(api_workq_new(1, 1, NULL, &q, &err), API_OK);
+
+    struct slot_step s = {.f = f, .tenant = "p1", .sql = "SELECT 1"};
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "exclusive");
+    free(s.answer);
+    s = (struct slot_step){.f = f, .tenant = "p1", .exec = "CREATE TABLE t(a); INSERT INTO t VALUES (1)",
+                           .sql = "SELECT count(*) FROM t"};
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "exclusive");
+    assert_string_equal(s.answer, "1");
+    free(s.answer);
+
+    /* a stream opens: the exclusive cached connection goes first */
+    s = (struct slot_step){.f = f, .tenant = "p1", .stream = (sqlite3 *)1};
+    run_in_slot(q, &s);
+    assert_int_equal(s.open_before, 1);
+    sqlite3 *stream = s.stream;
+    s = (struct slot_step){.f = f, .tenant = "p1"};
+    run_in_slot(q, &s);
+    assert_int_equal(s.open_before, 0);
+    char *n = query1(stream, "SELECT count(*) FROM t");
+    assert_string_equal(n, "1");
+    free(n);
+    /* the cached one reopens in normal mode and sees the stream's commit */
+    s = (struct slot_step){.f = f, .tenant = "p1", .sql = "SELECT count(*) FROM t"};
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "normal");
+    assert_string_equal(s.answer, "1");
+    free(s.answer);
+    assert_int_equal(sqlite3_exec(stream, "BEGIN; INSERT INTO t VALUES (2); COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    s.sql = "SELECT sum(a) FROM t";
+    run_in_slot(q, &s);
+    assert_string_equal(s.answer, "3");
+    free(s.answer);
+    /* the stream closes: the normal one stays; once evicted, exclusive again */
+    agent_store_close(stream);
+    s = (struct slot_step){.f = f, .tenant = "p1", .sql = "SELECT sum(a) FROM t"};
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "normal");
+    free(s.answer);
+    s.evict = 1;
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "exclusive");
+    assert_string_equal(s.answer, "3");
+    free(s.answer);
+
+    /* a replica locks normally */
+    s = (struct slot_step){.f = f, .tenant = "r1", .sql = "SELECT 1"};
+    run_in_slot(q, &s);
+    assert_string_equal(s.mode, "normal");
+    free(s.answer);
+    /* and so does a primary's connection cached outside any slot */
+    assert_int_equal(agent_store_conn(f->st, "p2", &db, &err), API_OK);
+    char *mode = query1(db, "PRAGMA locking_mode");
+    assert_string_equal(mode, "normal");
+    free(mode);
+
+    s = (struct slot_step){.f = f, .exit = 1};
+    run_in_slot(q, &s);
+    api_workq_free(q);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -353,6 +490,7 @@ int main(void)
         T(logs_past_the_cap_close_and_reopen_on_use),
         T(appends_land_on_zeros_written_ahead),
         T(connections_past_the_cap_close_those_not_used_lately),
+        T(a_primary_locks_exclusively_until_a_stream_opens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
