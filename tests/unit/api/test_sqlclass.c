@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -74,6 +75,37 @@ static void anything_that_may_write_is_not_a_read(void **state)
         if (api_sql_reads_only(*s))
             fail_msg("'%s' should not count as read-only", *s);
     assert_false(api_sql_reads_only(NULL));
+}
+
+/* Each thread remembers its last answers by the whole text: asked again, in
+ * any order, with texts one byte apart and past the remembered length, it
+ * answers as the first time. */
+static void remembered_answers_are_the_lexers(void **state)
+{
+    char texts[400][200];
+    int first[400];
+    size_t n = 0;
+    (void)state;
+    for (int i = 0; i < 100; i++) {
+        snprintf(texts[n++], sizeof(texts[0]), "select %d", i);
+        snprintf(texts[n++], sizeof(texts[0]), "delete %d", i); /* same length, one verb apart */
+        snprintf(texts[n++], sizeof(texts[0]), "select * from t%d where x = ?; delete from t", i);
+        /* longer than a memo's text: lexed every time */
+        snprintf(texts[n++], sizeof(texts[0]), "%s -- %0140d", i % 2 ? "select 1" : "insert into t values (1)", i);
+    }
+    for (size_t i = 0; i < n; i++)
+        first[i] = api_sql_reads_only(texts[i]);
+    for (size_t round = 0; round < 3; round++)
+        for (size_t k = 0; k < n; k++) {
+            size_t i = (k * 7 + round * 13) % n;
+            if (api_sql_reads_only(texts[i]) != first[i])
+                fail_msg("'%s' answered %d, then %d", texts[i], first[i], !first[i]);
+        }
+    assert_true(first[0]);
+    assert_false(first[1]);
+    assert_false(first[2]);
+    assert_false(first[4 * 0 + 3]);
+    assert_true(first[4 * 1 + 3]);
 }
 
 static int all_read(void *ud, const char *sql)
@@ -189,6 +221,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(statements_that_only_read_are_recognised),
         cmocka_unit_test(anything_that_may_write_is_not_a_read),
+        cmocka_unit_test(remembered_answers_are_the_lexers),
         cmocka_unit_test(the_pipeline_walk_refuses_stream_bound_requests),
         cmocka_unit_test(inspect_finds_baton_node_close_and_reads),
         cmocka_unit_test(the_fast_inspection_agrees_with_the_full_parse),
