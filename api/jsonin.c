@@ -114,11 +114,21 @@ static int settle(struct parser *ps, size_t count, size_t *first)
     return 0;
 }
 
-static int room_for_chars(struct parser *ps, size_t more)
+static int grow_chars(struct parser *ps, size_t more);
+
+/* Room for MORE chars; the common case inline (a small text's chars were
+ * sized for it by new_doc), growing apart. */
+static inline int room_for_chars(struct parser *ps, size_t more)
+{
+    const struct api_jdoc *d = ps->doc;
+    if (__builtin_expect(d->nchars + more <= d->ccap, 1))
+        return 0;
+    return grow_chars(ps, more);
+}
+
+static int grow_chars(struct parser *ps, size_t more)
 {
     struct api_jdoc *d = ps->doc;
-    if (d->nchars + more <= d->ccap)
-        return 0;
     size_t cap = d->ccap ? d->ccap : 64;
     while (cap < d->nchars + more)
         cap *= 2;
@@ -171,6 +181,18 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
     return len;
 }
 
+/* 1 for the bytes a string holds as they are: printable ASCII but '"' and '\\' */
+static const unsigned char plain_char[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
 /* A string at P (its opening quote) into the document's chars. */
 static int parse_string(struct parser *ps, struct api_jv *out)
 {
@@ -181,9 +203,10 @@ static int parse_string(struct parser *ps, struct api_jv *out)
     d = ps->doc;
     off = d->nchars;
     for (;;) {
-        const unsigned char *run = ps->p;
-        while (ps->p < ps->end && *ps->p >= 0x20 && *ps->p < 0x80 && *ps->p != '"' && *ps->p != '\\')
-            ps->p++;
+        const unsigned char *run = ps->p, *p = ps->p, *end = ps->end;
+        while (p < end && plain_char[*p])
+            p++;
+        ps->p = p;
         if (room_for_chars(ps, (size_t)(ps->p - run) + 5) != 0)
             return -1;
         memcpy(d->chars + d->nchars, run, (size_t)(ps->p - run));
