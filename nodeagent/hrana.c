@@ -230,6 +230,15 @@ static int authorize_current(void *arg, int op, const char *a, const char *b, co
     return s == NULL ? SQLITE_OK : authorize(s, op, a, b, dbname, trigger);
 }
 
+/* Its progress handler, the same way: setting and clearing a handler per
+ * request wrote to a line of the connection that nothing else of a point
+ * read touches (two cache misses per read over 1,000 tenants). */
+static int on_progress_current(void *arg)
+{
+    struct agent_hrana_stream *s = agent_stmt_cache_user(arg);
+    return s == NULL ? 0 : on_progress(s);
+}
+
 struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const struct agent_hrana_limits *limits,
                                                          struct agent_stmt_cache *stmts)
 {
@@ -243,12 +252,14 @@ struct agent_hrana_stream *agent_hrana_stream_new_cached(sqlite3 *db, const stru
         s->limits = *limits;
     if (s->limits.budget_us > 0)
         s->budget_end_us = now_us() + s->limits.budget_us;
-    if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
-        sqlite3_progress_handler(db, 1000, on_progress, s);
-    if (stmts == NULL)
+    if (stmts == NULL) {
+        if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
+            sqlite3_progress_handler(db, 1000, on_progress, s);
         sqlite3_set_authorizer(db, authorize, s);
-    else if (agent_stmt_cache_set_user(stmts, s))
+    } else if (agent_stmt_cache_set_user(stmts, s)) {
         sqlite3_set_authorizer(db, authorize_current, stmts);
+        sqlite3_progress_handler(db, 1000, on_progress_current, stmts);
+    }
     return s;
 }
 
@@ -266,12 +277,13 @@ void agent_hrana_stream_free(struct agent_hrana_stream *s)
 {
     if (s == NULL)
         return;
-    if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
-        sqlite3_progress_handler(s->db, 0, NULL, NULL);
-    if (s->stmts != NULL)
-        agent_stmt_cache_set_user(s->stmts, NULL); /* the hook stays; it allows all without a stream */
-    else
+    if (s->stmts != NULL) {
+        agent_stmt_cache_set_user(s->stmts, NULL); /* the hooks stay; without a stream they allow all */
+    } else {
+        if (s->limits.stmt_timeout_ms > 0 || s->limits.budget_us > 0)
+            sqlite3_progress_handler(s->db, 0, NULL, NULL);
         sqlite3_set_authorizer(s->db, NULL, NULL);
+    }
     for (size_t i = 0; i < s->nstored; i++)
         free(s->stored[i].sql);
     free(s);
