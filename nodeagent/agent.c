@@ -1181,12 +1181,13 @@ fail:
 
 /* Where this read found the tenant's data, for the next request's prefetch
  * (hot.h): its connection, its pager and WAL (their file handles'
- * neighbours), the statement it ran, and the agent's records it went
- * through. */
-static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_stmt_cache *stmts, void **rec)
+ * neighbours), the statement it ran, the agent's records it went through,
+ * and the first two pages it fetched (PAGES: page 1 and the table's root). */
+static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_stmt_cache *stmts, void **rec,
+                     const void *const pages[2])
 {
     sqlite3_stmt *st = agent_stmt_cache_last(stmts);
-    if (agent_hot_current(a->hot, key, db, st))
+    if (agent_hot_current(a->hot, key, db, st, pages[0]))
         return;
     sqlite3_file *file = NULL, *wal = NULL;
     if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK)
@@ -1196,7 +1197,7 @@ static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_st
     const void *addrs[AGENT_HOT_KINDS] = {
         [AGENT_HOT_DB] = db,          [AGENT_HOT_FILE] = file,     [AGENT_HOT_WAL] = wal,
         [AGENT_HOT_STMT] = st,        [AGENT_HOT_RECORD] = stmts,  [AGENT_HOT_RECORD2] = rec,
-        [AGENT_HOT_RECORD3] = *rec,
+        [AGENT_HOT_RECORD3] = *rec,   [AGENT_HOT_PAGE] = pages[0], [AGENT_HOT_PAGE2] = pages[1],
     };
     agent_hot_note(a->hot, key, addrs);
 }
@@ -1247,7 +1248,10 @@ static void in_place_read(void *arg)
     sqlite3_busy_timeout(db, 0); /* a lock held elsewhere: a worker waits for it, not the loop */
     memset(&outcome, 0, sizeof(outcome));
     api_err_clear(&err);
+    const void *pages[2];
+    agent_store_pages_watch();
     int rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
+    agent_store_pages_seen(pages);
     sqlite3_busy_timeout(db, AGENT_STORE_BUSY_MS);
     if (!sqlite3_get_autocommit(db))
         exec_pragma(db, "ROLLBACK");
@@ -1271,7 +1275,7 @@ static void in_place_read(void *arg)
     run->resp = resp;
     run->pos = pos;
     run->answered = 1;
-    note_hot(a, j->key, db, stmts, rec);
+    note_hot(a, j->key, db, stmts, rec, pages);
 }
 
 /* On the loop, for a request J deferred for its tenant's worker: 1 if it

@@ -35,6 +35,9 @@ enum agent_hot_kind {
     AGENT_HOT_RECORD, /* a small record of the agent's (statement cache, slot entry, replication record) */
     AGENT_HOT_RECORD2,
     AGENT_HOT_RECORD3,
+    AGENT_HOT_PAGE,  /* the buffer of the read's first page (page 1): SQLite's page cache keeps its
+                      * header just after it */
+    AGENT_HOT_PAGE2, /* the buffer of its second (the table's root) */
     AGENT_HOT_KINDS
 };
 
@@ -43,9 +46,9 @@ struct agent_hot;
 /* An empty table. NULL on OOM (then callers pass NULL: every call accepts it). */
 struct agent_hot *agent_hot_new(void);
 void agent_hot_free(struct agent_hot *h);
-/* 1 when the entry for KEY already holds DB and STMT, or there is no table:
- * then noting would change nothing worth its cost. */
-int agent_hot_current(const struct agent_hot *h, uint64_t key, const void *db, const void *stmt);
+/* 1 when the entry for KEY already holds DB, STMT and PAGE, or there is no
+ * table: then noting would change nothing worth its cost. */
+int agent_hot_current(const struct agent_hot *h, uint64_t key, const void *db, const void *stmt, const void *page);
 /* Records ADDRS (one per kind, NULL: none) as KEY's. */
 void agent_hot_note(struct agent_hot *h, uint64_t key, const void *const addrs[AGENT_HOT_KINDS]);
 /* Prefetches what was noted for KEY, if its entry is KEY's. */

@@ -103,9 +103,47 @@ static struct conn_cache **cache_ref(void)
     return local != NULL ? (struct conn_cache **)local : &tl_cache;
 }
 
+/* SQLite's own page cache, and ours: the same but for xFetch, which also
+ * notes the pages it hands out while the thread watches. */
+static sqlite3_pcache_methods2 pcache_inner, pcache_watched;
+static __thread int tl_watching;
+static __thread const void *tl_pages[2];
+
+static sqlite3_pcache_page *watched_fetch(sqlite3_pcache *cache, unsigned key, int create)
+{
+    sqlite3_pcache_page *pg = pcache_inner.xFetch(cache, key, create);
+    if (tl_watching && pg != NULL) {
+        if (tl_pages[0] == NULL)
+            tl_pages[0] = pg->pBuf;
+        else if (tl_pages[1] == NULL && tl_pages[0] != pg->pBuf)
+            tl_pages[1] = pg->pBuf;
+    }
+    return pg;
+}
+
 void agent_store_process_init(void)
 {
     (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); /* SQLITE_MISUSE once SQLite runs: then as it was */
+    if (pcache_inner.xFetch == NULL && sqlite3_config(SQLITE_CONFIG_GETPCACHE2, &pcache_inner) == SQLITE_OK &&
+        pcache_inner.xFetch != NULL) {
+        pcache_watched = pcache_inner;
+        pcache_watched.xFetch = watched_fetch;
+        if (sqlite3_config(SQLITE_CONFIG_PCACHE2, &pcache_watched) != SQLITE_OK)
+            memset(&pcache_inner, 0, sizeof(pcache_inner)); /* SQLite runs already: as it was */
+    }
+}
+
+void agent_store_pages_watch(void)
+{
+    tl_pages[0] = tl_pages[1] = NULL;
+    tl_watching = 1;
+}
+
+void agent_store_pages_seen(const void *pages[2])
+{
+    tl_watching = 0;
+    pages[0] = tl_pages[0];
+    pages[1] = tl_pages[1];
 }
 
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err)

@@ -615,25 +615,25 @@ static void prefetch_hints_answer_for_their_own_tenant_only(void **state)
 
     assert_non_null(h);
     assert_non_null(gone);
-    assert_false(agent_hot_current(h, 7, &db1, &st1));
+    assert_false(agent_hot_current(h, 7, &db1, &st1, NULL));
     agent_hot_note(h, 7, addrs);
-    assert_true(agent_hot_current(h, 7, &db1, &st1));
-    assert_false(agent_hot_current(h, 7, &db2, &st1)); /* another connection since */
-    assert_false(agent_hot_current(h, 7, &db1, NULL));
-    assert_false(agent_hot_current(h, 7 + 4096, &db1, &st1)); /* same entry, another tenant */
+    assert_true(agent_hot_current(h, 7, &db1, &st1, NULL));
+    assert_false(agent_hot_current(h, 7, &db2, &st1, NULL)); /* another connection since */
+    assert_false(agent_hot_current(h, 7, &db1, NULL, NULL));
+    assert_false(agent_hot_current(h, 7 + 4096, &db1, &st1, NULL)); /* same entry, another tenant */
     free(gone);
     agent_hot_prefetch(h, 7);        /* freed and unmapped addresses: nothing happens */
     agent_hot_prefetch(h, 7 + 4096); /* not its entry: nothing fetched */
     agent_hot_prefetch(h, 8);        /* empty */
     addrs[AGENT_HOT_DB] = &db2;
     agent_hot_note(h, 7 + 4096, addrs);
-    assert_false(agent_hot_current(h, 7, &db1, &st1));
-    assert_true(agent_hot_current(h, 7 + 4096, &db2, &st1));
+    assert_false(agent_hot_current(h, 7, &db1, &st1, NULL));
+    assert_true(agent_hot_current(h, 7 + 4096, &db2, &st1, NULL));
     agent_hot_free(h);
     /* without a table (out of memory at start) every call does nothing */
     agent_hot_note(NULL, 7, addrs);
     agent_hot_prefetch(NULL, 7);
-    assert_true(agent_hot_current(NULL, 7, &db1, &st1));
+    assert_true(agent_hot_current(NULL, 7, &db1, &st1, NULL));
     agent_hot_free(NULL);
 }
 

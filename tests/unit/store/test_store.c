@@ -479,8 +479,41 @@ static void a_primary_locks_exclusively_until_a_stream_opens(void **state)
     api_workq_free(q);
 }
 
+/* The page cache notes, for prefetch hints, which page buffers a read on
+ * the calling thread fetched first: page 1 (the database header), then the
+ * table's root; nothing while not watching. */
+static void a_watched_read_names_page_one_and_the_root(void **state)
+{
+    struct fx *f = *state;
+    struct api_err err;
+    sqlite3 *db;
+    const void *pages[2];
+
+    assert_int_equal(agent_store_create(f->st, "w1", 1, 0, &err), API_OK);
+    assert_int_equal(agent_store_conn(f->st, "w1", &db, &err), API_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE t(a); INSERT INTO t VALUES (42)", NULL, NULL, NULL), SQLITE_OK);
+    agent_store_pages_watch();
+    char *v = query1(db, "SELECT a FROM t");
+    agent_store_pages_seen(pages);
+    assert_string_equal(v, "42");
+    free(v);
+    assert_non_null(pages[0]);
+    assert_non_null(pages[1]);
+    assert_ptr_not_equal(pages[0], pages[1]);
+    assert_memory_equal(pages[0], "SQLite format 3", 16); /* still cached: the test may look */
+    assert_int_equal(((const unsigned char *)pages[1])[0], 0x0d); /* a table b-tree leaf: t's root */
+    /* not watching: nothing noted */
+    v = query1(db, "SELECT a FROM t");
+    free(v);
+    agent_store_pages_watch();
+    agent_store_pages_seen(pages);
+    assert_null(pages[0]);
+    assert_null(pages[1]);
+}
+
 int main(void)
 {
+    agent_store_process_init(); /* before SQLite starts: installs the page cache that notes pages */
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(empty_image_is_what_sqlite_writes_for_a_new_wal_database),
@@ -491,6 +524,7 @@ int main(void)
         T(appends_land_on_zeros_written_ahead),
         T(connections_past_the_cap_close_those_not_used_lately),
         T(a_primary_locks_exclusively_until_a_stream_opens),
+        T(a_watched_read_names_page_one_and_the_root),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
