@@ -1182,9 +1182,10 @@ fail:
 /* Where this read found the tenant's data, for the next request's prefetch
  * (hot.h): its connection, its pager and WAL (their file handles'
  * neighbours), the statement it ran, the agent's records it went through,
- * and the first two pages it fetched (PAGES: page 1 and the table's root). */
+ * and the first two pages it fetched (PAGES: page 1 and the table's root)
+ * with their page cache. */
 static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_stmt_cache *stmts, void **rec,
-                     const void *const pages[2])
+                     const void *const pages[3])
 {
     sqlite3_stmt *st = agent_stmt_cache_last(stmts);
     if (agent_hot_current(a->hot, key, db, st, pages[0]))
@@ -1198,6 +1199,7 @@ static void note_hot(struct agent *a, uint64_t key, sqlite3 *db, struct agent_st
         [AGENT_HOT_DB] = db,          [AGENT_HOT_FILE] = file,     [AGENT_HOT_WAL] = wal,
         [AGENT_HOT_STMT] = st,        [AGENT_HOT_RECORD] = stmts,  [AGENT_HOT_RECORD2] = rec,
         [AGENT_HOT_RECORD3] = *rec,   [AGENT_HOT_PAGE] = pages[0], [AGENT_HOT_PAGE2] = pages[1],
+        [AGENT_HOT_PCACHE] = pages[2],
     };
     agent_hot_note(a->hot, key, addrs);
 }
@@ -1248,7 +1250,7 @@ static void in_place_read(void *arg)
     sqlite3_busy_timeout(db, 0); /* a lock held elsewhere: a worker waits for it, not the loop */
     memset(&outcome, 0, sizeof(outcome));
     api_err_clear(&err);
-    const void *pages[2];
+    const void *pages[3];
     agent_store_pages_watch();
     int rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
     agent_store_pages_seen(pages);

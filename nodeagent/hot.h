@@ -38,6 +38,7 @@ enum agent_hot_kind {
     AGENT_HOT_PAGE,  /* the buffer of the read's first page (page 1): SQLite's page cache keeps its
                       * header just after it */
     AGENT_HOT_PAGE2, /* the buffer of its second (the table's root) */
+    AGENT_HOT_PCACHE, /* the connection's page cache (SQLite's own, as the page watch saw it) */
     AGENT_HOT_KINDS
 };
 

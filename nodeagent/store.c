@@ -107,14 +107,16 @@ static struct conn_cache **cache_ref(void)
  * notes the pages it hands out while the thread watches. */
 static sqlite3_pcache_methods2 pcache_inner, pcache_watched;
 static __thread int tl_watching;
-static __thread const void *tl_pages[2];
+static __thread const void *tl_pages[3]; /* page 1, the next page, page 1's cache */
 
 static sqlite3_pcache_page *watched_fetch(sqlite3_pcache *cache, unsigned key, int create)
 {
     sqlite3_pcache_page *pg = pcache_inner.xFetch(cache, key, create);
     if (tl_watching && pg != NULL) {
-        if (tl_pages[0] == NULL)
+        if (tl_pages[0] == NULL) {
             tl_pages[0] = pg->pBuf;
+            tl_pages[2] = cache;
+        }
         else if (tl_pages[1] == NULL && tl_pages[0] != pg->pBuf)
             tl_pages[1] = pg->pBuf;
     }
@@ -135,15 +137,16 @@ void agent_store_process_init(void)
 
 void agent_store_pages_watch(void)
 {
-    tl_pages[0] = tl_pages[1] = NULL;
+    tl_pages[0] = tl_pages[1] = tl_pages[2] = NULL;
     tl_watching = 1;
 }
 
-void agent_store_pages_seen(const void *pages[2])
+void agent_store_pages_seen(const void *pages[3])
 {
     tl_watching = 0;
     pages[0] = tl_pages[0];
     pages[1] = tl_pages[1];
+    pages[2] = tl_pages[2];
 }
 
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err)

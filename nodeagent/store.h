@@ -38,10 +38,11 @@ void agent_store_process_init(void);
 
 /* Which page buffers SQLite fetches on the calling thread, for prefetch
  * hints (hot.h): after agent_store_pages_watch, the first two distinct
- * pages fetched, until agent_store_pages_seen returns them (NULL for none;
- * also when agent_store_process_init was not called). Never read through. */
+ * pages fetched and, third, the page cache they came from, until
+ * agent_store_pages_seen returns them (NULL for none; also when
+ * agent_store_process_init was not called). Never read through. */
 void agent_store_pages_watch(void);
-void agent_store_pages_seen(const void *pages[2]);
+void agent_store_pages_seen(const void *pages[3]);
 
 int agent_store_new(const struct agent_store_config *cfg, struct agent_store **out, struct api_err *err);
 /* FN(UD, tenant, db) runs on every connection the store opens, after its

@@ -487,7 +487,7 @@ static void a_watched_read_names_page_one_and_the_root(void **state)
     struct fx *f = *state;
     struct api_err err;
     sqlite3 *db;
-    const void *pages[2];
+    const void *pages[3];
 
     assert_int_equal(agent_store_create(f->st, "w1", 1, 0, &err), API_OK);
     assert_int_equal(agent_store_conn(f->st, "w1", &db, &err), API_OK);
@@ -500,6 +500,7 @@ static void a_watched_read_names_page_one_and_the_root(void **state)
     assert_non_null(pages[0]);
     assert_non_null(pages[1]);
     assert_ptr_not_equal(pages[0], pages[1]);
+    assert_non_null(pages[2]);
     assert_memory_equal(pages[0], "SQLite format 3", 16); /* still cached: the test may look */
     assert_int_equal(((const unsigned char *)pages[1])[0], 0x0d); /* a table b-tree leaf: t's root */
     /* not watching: nothing noted */
@@ -509,6 +510,7 @@ static void a_watched_read_names_page_one_and_the_root(void **state)
     agent_store_pages_seen(pages);
     assert_null(pages[0]);
     assert_null(pages[1]);
+    assert_null(pages[2]);
 }
 
 int main(void)
