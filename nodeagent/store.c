@@ -107,7 +107,7 @@ static struct conn_cache **cache_ref(void)
  * notes the pages it hands out while the thread watches. */
 static sqlite3_pcache_methods2 pcache_inner, pcache_watched;
 static __thread int tl_watching;
-static __thread const void *tl_pages[3]; /* page 1, the next page, page 1's cache */
+static __thread const void *tl_pages[3]; /* the first page, the next, the first's page cache */
 
 static sqlite3_pcache_page *watched_fetch(sqlite3_pcache *cache, unsigned key, int create)
 {
@@ -116,9 +116,9 @@ static sqlite3_pcache_page *watched_fetch(sqlite3_pcache *cache, unsigned key, i
         if (tl_pages[0] == NULL) {
             tl_pages[0] = pg->pBuf;
             tl_pages[2] = cache;
-        }
-        else if (tl_pages[1] == NULL && tl_pages[0] != pg->pBuf)
+        } else if (tl_pages[1] == NULL && tl_pages[0] != pg->pBuf) {
             tl_pages[1] = pg->pBuf;
+        }
     }
     return pg;
 }
