@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "api/names.h"
+#include "api/workq.h"
 
 enum stmt_kind { KIND_EMPTY, KIND_READ, KIND_WRITE };
 
@@ -204,10 +205,8 @@ int api_sql_reads_only(const char *sql)
     size_t len = strnlen(sql, MEMO_TEXT + 1);
     if (len == 0 || len > MEMO_TEXT)
         return lex_reads_only(sql);
-    uint32_t h = 2166136261u; /* FNV-1a: placement only */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)sql[i]) * 16777619u;
-    struct memo *m = &tl_memo[(h ^ (h >> 16)) % MEMO_SETS];
+    uint64_t h = api_hash_str(sql, len); /* placement only: FNV's low bits mix poorly, the set takes high ones too */
+    struct memo *m = &tl_memo[(h ^ (h >> 29)) % MEMO_SETS];
     if (m->len == len && memcmp(m->text, sql, len) == 0)
         return (int)m->reads;
     int reads = lex_reads_only(sql);

@@ -79,9 +79,9 @@ static int streams_add(const char *file, int delta)
 {
     int oom = 0;
     pthread_mutex_lock(&streams_mu);
-    if (streams_open == NULL && (streams_open = api_map_new()) == NULL)
+    if (streams_open == NULL && delta > 0 && (streams_open = api_map_new()) == NULL)
         oom = 1;
-    if (!oom) {
+    if (!oom && streams_open != NULL) { /* none counted: nothing to count down */
         size_t n = (size_t)(uintptr_t)api_map_get(streams_open, file);
         n = delta > 0 ? n + 1 : n > 0 ? n - 1 : 0;
         if (n > 0)
