@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,8 +65,11 @@ static int fail(struct parser *ps, const char *fmt, ...)
     return -1;
 }
 
-static void skip_ws(struct parser *ps)
+static inline void skip_ws(struct parser *ps)
 {
+    /* compact JSON has none: one test for the usual case */
+    if (ps->p < ps->end && *ps->p > ' ')
+        return;
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
         ps->p++;
 }
@@ -193,94 +197,123 @@ static const unsigned char plain_char[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
-/* A string at P (its opening quote) into the document's chars. */
+/* The bytes of X (eight, in memory order) that are not plain_char: below
+ * 0x20, with the high bit, '"' or '\\'. Each such byte's high bit is set;
+ * bytes above the first may be flagged too (a borrow), so only the lowest
+ * flag is exact, and it is all a caller uses. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "special_bytes reads the first byte in memory as the lowest"
+#endif
+static inline uint64_t special_bytes(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | x) & highs;
+}
+
+/* A string at P (its opening quote) into the document's chars. Its text
+ * is never longer than the rest of the input (an escape decodes shorter
+ * than it is written), so room is made once, up front, and the bytes are
+ * copied as they are scanned: most strings are a few plain bytes, where a
+ * memcpy call per run cost more than the copy. */
 static int parse_string(struct parser *ps, struct api_jv *out)
 {
-    struct api_jdoc *d;
-    size_t off;
+    struct api_jdoc *d = ps->doc;
+    const unsigned char *p = ps->p + 1, *end = ps->end;
+    size_t off = d->nchars;
 
-    ps->p++;
-    d = ps->doc;
-    off = d->nchars;
+    if (room_for_chars(ps, (size_t)(end - p) + 5) != 0)
+        return -1;
+    char *o = d->chars + off;
     for (;;) {
-        const unsigned char *run = ps->p, *p = ps->p, *end = ps->end;
+        /* eight bytes at a time, copied whole (the room allows it: the text
+         * so far is no longer than its source, and eight more bytes of
+         * source follow) and kept up to the first special one */
+        while (end - p >= 8) {
+            uint64_t x, special;
+            memcpy(&x, p, 8);
+            memcpy(o, &x, 8);
+            if ((special = special_bytes(x)) != 0) {
+                size_t plain = (size_t)__builtin_ctzll(special) >> 3;
+                o += plain;
+                p += plain;
+                break;
+            }
+            o += 8;
+            p += 8;
+        }
         while (p < end && plain_char[*p])
-            p++;
-        ps->p = p;
-        if (room_for_chars(ps, (size_t)(ps->p - run) + 5) != 0)
-            return -1;
-        memcpy(d->chars + d->nchars, run, (size_t)(ps->p - run));
-        d->nchars += (size_t)(ps->p - run);
-        if (ps->p >= ps->end)
+            *o++ = (char)*p++;
+        if (p >= end) {
+            ps->p = p;
             return fail(ps, "premature end of input in a string");
-        unsigned char c = *ps->p;
+        }
+        unsigned char c = *p;
         if (c == '"') {
-            ps->p++;
+            p++;
             break;
         }
+        ps->p = p; /* for an error's position */
         if (c < 0x20)
             return fail(ps, "control character 0x%x in a string", c);
         if (c >= 0x80) {
-            size_t n = utf8_len(ps->p, ps->end);
+            size_t n = utf8_len(p, end);
             if (n == 0)
                 return fail(ps, "invalid UTF-8 in a string");
-            memcpy(d->chars + d->nchars, ps->p, n);
-            d->nchars += n;
-            ps->p += n;
+            memcpy(o, p, n);
+            o += n;
+            p += n;
             continue;
         }
         /* an escape */
-        if (ps->end - ps->p < 2)
+        if (end - p < 2)
             return fail(ps, "premature end of input in a string");
-        c = ps->p[1];
-        ps->p += 2;
+        c = p[1];
+        p += 2;
+        ps->p = p;
         const char *simple = strchr("\"\\/bfnrt", c);
         if (c != '\0' && simple != NULL) {
             static const char decoded[] = "\"\\/\b\f\n\r\t";
-            d->chars[d->nchars++] = decoded[simple - "\"\\/bfnrt"];
+            *o++ = decoded[simple - "\"\\/bfnrt"];
             continue;
         }
         if (c != 'u')
             return fail(ps, "invalid escape '\\%c' in a string", c >= 0x20 && c < 0x7f ? c : '?');
         unsigned cp, lo;
-        if (ps->end - ps->p < 4 || hex4(ps->p, &cp) != 0)
+        if (end - p < 4 || hex4(p, &cp) != 0)
             return fail(ps, "invalid \\u escape in a string");
-        ps->p += 4;
+        p += 4;
+        ps->p = p;
         if (cp >= 0xdc00 && cp <= 0xdfff)
             return fail(ps, "invalid Unicode '\\u%04X' (a low surrogate alone)", cp);
         if (cp >= 0xd800 && cp <= 0xdbff) {
-            if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' || hex4(ps->p + 2, &lo) != 0 ||
-                lo < 0xdc00 || lo > 0xdfff)
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) != 0 || lo < 0xdc00 || lo > 0xdfff)
                 return fail(ps, "invalid Unicode '\\u%04X' (a high surrogate alone)", cp);
-            ps->p += 6;
+            p += 6;
+            ps->p = p;
             cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
         }
         if (cp == 0)
             return fail(ps, "\\u0000 is not allowed in a string");
-        char *o = d->chars + d->nchars;
         if (cp < 0x80) {
-            o[0] = (char)cp;
-            d->nchars += 1;
+            *o++ = (char)cp;
         } else if (cp < 0x800) {
-            o[0] = (char)(0xc0 | cp >> 6);
-            o[1] = (char)(0x80 | (cp & 0x3f));
-            d->nchars += 2;
+            *o++ = (char)(0xc0 | cp >> 6);
+            *o++ = (char)(0x80 | (cp & 0x3f));
         } else if (cp < 0x10000) {
-            o[0] = (char)(0xe0 | cp >> 12);
-            o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-            o[2] = (char)(0x80 | (cp & 0x3f));
-            d->nchars += 3;
+            *o++ = (char)(0xe0 | cp >> 12);
+            *o++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+            *o++ = (char)(0x80 | (cp & 0x3f));
         } else {
-            o[0] = (char)(0xf0 | cp >> 18);
-            o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-            o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-            o[3] = (char)(0x80 | (cp & 0x3f));
-            d->nchars += 4;
+            *o++ = (char)(0xf0 | cp >> 18);
+            *o++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+            *o++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+            *o++ = (char)(0x80 | (cp & 0x3f));
         }
     }
-    if (room_for_chars(ps, 1) != 0)
-        return -1;
-    d->chars[d->nchars++] = '\0';
+    *o++ = '\0';
+    ps->p = p;
+    d->nchars = (size_t)(o - d->chars);
     out->type = API_JV_STRING;
     out->n = d->nchars - 1 - off;
     out->u.at = off;
@@ -542,14 +575,14 @@ int api_jv_is_boolean(const struct api_jv *v)
     return v != NULL && (v->type == API_JV_TRUE || v->type == API_JV_FALSE);
 }
 
-const struct api_jv *api_jv_get(const struct api_jv *obj, const char *key)
+const struct api_jv *api_jv_getn(const struct api_jv *obj, const char *key, size_t klen)
 {
     if (obj == NULL || obj->type != API_JV_OBJECT)
         return NULL;
-    size_t klen = strlen(key);
     for (size_t i = obj->n; i-- > 0;) {
         const struct api_jv *k = &obj->u.kids[2 * i];
-        if (k->n == klen && memcmp(k->u.s, key, klen) == 0)
+        /* the first byte before a memcmp call: most members differ there */
+        if (k->n == klen && (klen == 0 || (k->u.s[0] == key[0] && memcmp(k->u.s, key, klen) == 0)))
             return k + 1;
     }
     return NULL;

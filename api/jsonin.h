@@ -24,6 +24,7 @@
 #define SHOAL_API_JSONIN_H
 
 #include <stddef.h>
+#include <string.h>
 
 struct api_jdoc;
 struct api_jv; /* a value inside a document; lives as long as its document */
@@ -50,8 +51,15 @@ const struct api_jv *api_jdoc_root(const struct api_jdoc *doc);
 int api_jv_is(const struct api_jv *v, enum api_jv_type type);
 int api_jv_is_number(const struct api_jv *v); /* integer or real */
 int api_jv_is_boolean(const struct api_jv *v);
-/* OBJ's member KEY (the last of duplicates); NULL if OBJ is no object or lacks it. */
-const struct api_jv *api_jv_get(const struct api_jv *obj, const char *key);
+/* OBJ's member KEY (KLEN bytes; the last of duplicates); NULL if OBJ is no
+ * object or lacks it. */
+const struct api_jv *api_jv_getn(const struct api_jv *obj, const char *key, size_t klen);
+/* The same for a NUL-terminated KEY; inline, so a literal's length is
+ * known when compiling (lookups by literal keys are most of a request's). */
+static inline const struct api_jv *api_jv_get(const struct api_jv *obj, const char *key)
+{
+    return api_jv_getn(obj, key, strlen(key));
+}
 /* Member I of OBJ in document order (duplicates included): its key, and its
  * value in *VALUE; NULL past the end or if OBJ is no object. */
 const char *api_jv_member(const struct api_jv *obj, size_t i, const struct api_jv **value);

@@ -8,17 +8,10 @@
 
 #define JSONOUT_MAX_DEPTH 2048
 
-static int grow(struct api_jw *w, size_t more);
+#define reserve api_jw_room_
+#define before_value api_jw_before_value_
 
-/* Room for MORE bytes and a NUL; the common case inline, growing apart. */
-static inline int reserve(struct api_jw *w, size_t more)
-{
-    if (__builtin_expect(!w->failed && w->len + more + 1 <= w->cap, 1))
-        return 0;
-    return grow(w, more);
-}
-
-static int grow(struct api_jw *w, size_t more)
+int api_jw_grow_(struct api_jw *w, size_t more)
 {
     if (w->failed)
         return -1;
@@ -35,7 +28,7 @@ static int grow(struct api_jw *w, size_t more)
     return 0;
 }
 
-static void put(struct api_jw *w, const char *s, size_t n)
+static inline void put(struct api_jw *w, const char *s, size_t n)
 {
     if (reserve(w, n) == 0) {
         memcpy(w->p + w->len, s, n);
@@ -43,7 +36,7 @@ static void put(struct api_jw *w, const char *s, size_t n)
     }
 }
 
-static void put_char(struct api_jw *w, char c)
+static inline void put_char(struct api_jw *w, char c)
 {
     if (reserve(w, 1) == 0)
         w->p[w->len++] = c;
@@ -51,15 +44,48 @@ static void put_char(struct api_jw *w, char c)
 
 /* As jansson: '"' and '\\' escaped, control characters as \b \f \n \r \t or
  * \u00XX, everything else (including '/' and UTF-8) as is. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "escaped_bytes reads the first byte in memory as the lowest"
+#endif
+/* The bytes of X (eight, in memory order) a JSON string escapes: below
+ * 0x20, '"' and '\\' (UTF-8 goes out as it is). Each such byte's high bit
+ * is set; bytes above the first may be flagged too (a borrow), so only
+ * "none" and the lowest flag are exact. */
+static inline uint64_t escaped_bytes(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) & highs;
+}
+
 static void put_string(struct api_jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF"; /* as jansson */
-    size_t run = 0;
+    size_t run = 0, i = 0;
 
     if (reserve(w, n + 2) != 0)
         return;
-    w->p[w->len++] = '"';
-    for (size_t i = 0; i < n; i++) {
+    char *o = w->p + w->len + 1;
+    o[-1] = '"';
+    /* eight bytes at a time while none needs an escape, then byte by byte
+     * (room: n + 2) */
+    for (uint64_t x; i + 8 <= n && (memcpy(&x, s + i, 8), escaped_bytes(x) == 0); i += 8)
+        memcpy(o + i, &x, 8);
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\')
+            break;
+        o[i] = (char)c;
+    }
+    if (i == n) {
+        o[n] = '"';
+        w->len += n + 2;
+        return;
+    }
+    /* from the first byte that needs an escape on */
+    w->len += 1 + i;
+    run = i;
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
@@ -205,43 +231,6 @@ static void put_value(struct api_jw *w, const json_t *v, int depth)
 /* ------------------------------------------------------------------ */
 /* the writer                                                          */
 
-/* Before a value: its comma, unless it is the first item or a key's value. */
-static void before_value(struct api_jw *w)
-{
-    if (w->after_key) {
-        w->after_key = 0;
-        return;
-    }
-    if (w->depth == 0)
-        return;
-    uint64_t bit = 1ULL << (w->depth - 1);
-    if (w->has_items & bit)
-        put_char(w, ',');
-    w->has_items |= bit;
-}
-
-static void open_container(struct api_jw *w, char c)
-{
-    before_value(w);
-    if (w->depth >= API_JW_MAX_DEPTH) {
-        w->failed = 1;
-        return;
-    }
-    put_char(w, c);
-    w->depth++;
-    w->has_items &= ~(1ULL << (w->depth - 1));
-}
-
-static void close_container(struct api_jw *w, char c)
-{
-    if (w->depth == 0) {
-        w->failed = 1;
-        return;
-    }
-    put_char(w, c);
-    w->depth--;
-}
-
 void api_jw_reset(struct api_jw *w)
 {
     w->len = 0;
@@ -272,51 +261,10 @@ char *api_jw_finish(struct api_jw *w, size_t *len)
     return text;
 }
 
-void api_jw_object(struct api_jw *w)
-{
-    open_container(w, '{');
-}
-
-void api_jw_object_end(struct api_jw *w)
-{
-    close_container(w, '}');
-}
-
-void api_jw_array(struct api_jw *w)
-{
-    open_container(w, '[');
-}
-
-void api_jw_array_end(struct api_jw *w)
-{
-    close_container(w, ']');
-}
-
-void api_jw_keyn(struct api_jw *w, const char *key, size_t n)
-{
-    before_value(w);
-    if (reserve(w, n + 3) != 0)
-        return;
-    w->p[w->len++] = '"';
-    memcpy(w->p + w->len, key, n);
-    w->len += n;
-    w->p[w->len++] = '"';
-    w->p[w->len++] = ':';
-    w->after_key = 1;
-}
-
 void api_jw_string(struct api_jw *w, const char *s, size_t n)
 {
     before_value(w);
     put_string(w, s, n);
-}
-
-void api_jw_cstring(struct api_jw *w, const char *s)
-{
-    if (s == NULL)
-        api_jw_null(w);
-    else
-        api_jw_string(w, s, strlen(s));
 }
 
 void api_jw_int(struct api_jw *w, long long v)

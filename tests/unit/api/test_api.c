@@ -793,6 +793,25 @@ static void json_writer_matches_jansson_and_rewinds(void **state)
         json_decref(doc);
         json_decref(raw);
     }
+    /* strings are scanned eight bytes at a time: each kind of byte at each
+     * place of strings up to 40 bytes long */
+    static const char *const kinds[] = {"\"", "\\", "\x01", "\x1f", "\n", " ", "~", "\x7f", "\xc3\xa9", "\xe2\x82\xac"};
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+        for (size_t len = 0; len <= 40; len++)
+            for (size_t at = 0; at <= len; at++) {
+                char text[64];
+                int n = snprintf(text, sizeof(text), "%.*s%s%.*s", (int)at, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+                                 kinds[k], (int)(len - at), "ijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP");
+                struct api_jw w = API_JW_INIT;
+                api_jw_string(&w, text, (size_t)n);
+                json_t *str = json_stringn(text, (size_t)n);
+                char *want = json_dumps(str, JSON_COMPACT | JSON_ENCODE_ANY), *got = api_jw_finish(&w, NULL);
+                assert_non_null(got);
+                assert_string_equal(got, want);
+                free(want);
+                free(got);
+                json_decref(str);
+            }
     /* integral reals take a path of their own: the same text as %.17g */
     static const double reals[] = {0.0, -0.0, 1.0, -1.0, 42.0, 999999999999999.0, -999999999999999.0,
                                    1e15, 123456789012345.0, 0.5, 1e16, 4503599627370496.0};
@@ -939,6 +958,19 @@ static void json_parser_agrees_with_jansson(void **state)
         snprintf(text, sizeof(text), "[%s]", numbers[i]);
         parse_like_jansson(text, strlen(text));
     }
+    /* strings read eight bytes at a time: each kind of byte at each place
+     * of strings up to 40 bytes long, and cut short there */
+    static const char *const kinds[] = {"\\\"", "\\\\", "\\u00e9", "\x01", "\x1f", " ", "~", "\x7f",
+                                        "\xc3\xa9", "\xff", "\"", "\\", "\xe2\x82\xac"};
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+        for (size_t len = 0; len <= 40; len++)
+            for (size_t at = 0; at <= len; at++) {
+                char text[128];
+                int n = snprintf(text, sizeof(text), "[\"%.*s%s%.*s\"]", (int)at, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+                                 kinds[k], (int)(len - at), "ijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP");
+                parse_like_jansson(text, (size_t)n);
+                parse_like_jansson(text, (size_t)n - 2); /* no closing quote */
+            }
     /* a NUL byte inside the text */
     parse_like_jansson("[\"a\0b\"]", 6);
     parse_like_jansson("[1]\0", 4);
