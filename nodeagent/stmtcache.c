@@ -28,6 +28,7 @@ struct agent_stmt_cache {
     void *user;
     int hooked;
     sqlite3_stmt *last; /* the statement last given back */
+    size_t taken;       /* 1 + the index of the entry last taken, 0: none */
     struct entry e[STMT_CACHE_MAX];
 };
 
@@ -67,6 +68,7 @@ sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql,
             sqlite3_stmt *st = e->st;
             e->st = NULL;
             e->used = ++c->clock;
+            c->taken = i + 1;
             return st;
         }
     }
@@ -84,7 +86,15 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
         return;
     }
     sqlite3_clear_bindings(st);
-    /* taken from here: the entry whose text it was prepared from waits for it */
+    /* taken from here: the entry whose text it was prepared from waits for
+     * it, most often the one taken last (found without hashing the text) */
+    struct entry *t = c->taken > 0 && c->taken <= c->n ? &c->e[c->taken - 1] : NULL;
+    c->taken = 0;
+    if (t != NULL && t->st == NULL && t->len == len && memcmp(t->sql, sql, len) == 0) {
+        t->st = st;
+        c->last = st;
+        return;
+    }
     uint64_t h = api_hash_str(sql, len);
     for (size_t i = 0; i < c->n; i++) {
         struct entry *e = &c->e[i];
