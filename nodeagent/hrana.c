@@ -1361,9 +1361,6 @@ int agent_hrana_execute(struct agent_hrana_stream *s, const struct api_jv *reque
 /* 1 if executing STMT_OBJ cannot raise a protocol error: what execute_stmt,
  * stmt_sql, bind_args and bind_value check as they go, checked here for
  * every argument whether or not the statement would use it. */
-/* 1 if executing STMT_OBJ cannot raise a protocol error: what execute_stmt,
- * stmt_sql, bind_args and bind_value check as they go, checked here for
- * every argument whether or not the statement would use it. */
 static int stmt_well_formed(struct agent_hrana_stream *s, const struct api_jv *stmt_obj)
 {
     const struct api_jv *want = api_jv_get(stmt_obj, "want_rows");
