@@ -167,10 +167,31 @@ struct pending_link {
 
 struct api_resp *api_resp_new(int status)
 {
-    struct api_resp *resp = calloc(1, sizeof(*resp));
-    if (resp != NULL)
+    struct api_resp *resp = malloc(sizeof(*resp));
+    if (resp != NULL) {
+        memset(resp, 0, offsetof(struct api_resp, inline_text));
         resp->status = status;
+    }
     return resp;
+}
+
+/* A copy of S kept with RESP: in its inline text if it fits, else malloc'd. */
+static char *resp_keep(struct api_resp *resp, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    if (n <= sizeof(resp->inline_text) - resp->inline_used) {
+        char *at = resp->inline_text + resp->inline_used;
+        memcpy(at, s, n);
+        resp->inline_used += n;
+        return at;
+    }
+    return strdup(s);
+}
+
+static void resp_drop(struct api_resp *resp, char *s)
+{
+    if (s != NULL && (s < resp->inline_text || s >= resp->inline_text + sizeof(resp->inline_text)))
+        free(s);
 }
 
 void api_resp_free(struct api_resp *resp)
@@ -178,10 +199,10 @@ void api_resp_free(struct api_resp *resp)
     if (resp == NULL)
         return;
     for (size_t i = 0; i < resp->nheaders; i++) {
-        free(resp->header_names[i]);
-        free(resp->header_values[i]);
+        resp_drop(resp, resp->header_names[i]);
+        resp_drop(resp, resp->header_values[i]);
     }
-    free(resp->content_type);
+    resp_drop(resp, resp->content_type);
     free(resp->body);
     free(resp);
 }
@@ -204,10 +225,12 @@ int api_resp_set_body(struct api_resp *resp, const char *content_type, const voi
 
 int api_resp_take_body(struct api_resp *resp, const char *content_type, char *body, size_t len)
 {
-    char *ct = strdup(content_type);
+    char *ct = resp->content_type != NULL && strcmp(resp->content_type, content_type) == 0 ? resp->content_type
+                                                                                         : resp_keep(resp, content_type);
     if (ct == NULL)
         return API_ENOMEM;
-    free(resp->content_type);
+    if (ct != resp->content_type)
+        resp_drop(resp, resp->content_type);
     free(resp->body);
     resp->content_type = ct;
     resp->body = body;
@@ -258,10 +281,10 @@ void api_resp_add_header(struct api_resp *resp, const char *name, const char *va
 {
     if (resp->nheaders >= API_RESP_MAX_HEADERS)
         return;
-    char *n = strdup(name), *v = strdup(value);
+    char *n = resp_keep(resp, name), *v = resp_keep(resp, value);
     if (n == NULL || v == NULL) {
-        free(n);
-        free(v);
+        resp_drop(resp, n);
+        resp_drop(resp, v);
         return;
     }
     resp->header_names[resp->nheaders] = n;

@@ -43,6 +43,11 @@ struct api_resp {
     size_t nheaders;
     char *body;
     size_t body_len;
+    /* short strings above (content type, header names and values) live
+     * here instead of an allocation each: a reply is built and freed per
+     * request */
+    size_t inline_used;
+    char inline_text[192];
 };
 
 struct api_server_config {

@@ -658,9 +658,7 @@ static void pipeline_job_free(struct pipeline_job *j)
 {
     api_jdoc_free(j->doc);
     forward_job_free(j->fwd);
-    free(j->body);
-    free(j->token);
-    free(j);
+    free(j); /* its body and token with it */
 }
 
 /* J's body as a document, parsed on first use and kept with the job; NULL
@@ -906,6 +904,26 @@ static struct api_resp *pipeline_reply(const char *baton, int cursor, struct api
     resp = api_resp_new(200);
     if (text == NULL || resp == NULL ||
         api_resp_take_body(resp, cursor ? "text/plain" : "application/json", text, len) != API_OK) {
+        free(text);
+        api_resp_free(resp);
+        return NULL;
+    }
+    return resp;
+}
+
+/* The reply to a pipeline written whole into W: the head (put_baton_head
+ * and the "results" key) before agent_hrana_execute wrote its array after
+ * it, so the results are not copied into a second text; W is emptied. NULL
+ * on OOM. */
+static struct api_resp *pipeline_reply_whole(struct api_jw *w)
+{
+    struct api_resp *resp;
+    size_t len;
+
+    api_jw_object_end(w);
+    char *text = api_jw_finish(w, &len);
+    resp = api_resp_new(200);
+    if (text == NULL || resp == NULL || api_resp_take_body(resp, "application/json", text, len) != API_OK) {
         free(text);
         api_resp_free(resp);
         return NULL;
@@ -1252,6 +1270,8 @@ static void in_place_read(void *arg)
     api_err_clear(&err);
     const void *pages[3];
     agent_store_pages_watch();
+    put_baton_head(&results, ""); /* no baton: the pipeline ends in "close" */
+    api_jw_key(&results, "results");
     int rc = agent_hrana_execute(hs, requests, j->version, &results, &outcome, &err);
     agent_store_pages_seen(pages);
     sqlite3_busy_timeout(db, AGENT_STORE_BUSY_MS);
@@ -1266,7 +1286,7 @@ static void in_place_read(void *arg)
         atomic_fetch_add(&a->reads_in_place_declined, 1);
         return;
     }
-    struct api_resp *resp = pipeline_reply("", 0, &results);
+    struct api_resp *resp = pipeline_reply_whole(&results);
     if (resp == NULL)
         return; /* out of memory: a worker tries */
     /* POS is what the read saw: commits, applies and snapshots of the
@@ -1521,24 +1541,24 @@ static int requested_min_txid(struct api_req *r, uint64_t *out)
 static struct pipeline_job *new_pipeline_job(struct agent *a, struct api_req *r, const struct route_ctx *rc,
                                              const struct api_dp_auth *auth, int quorum)
 {
-    struct pipeline_job *j = calloc(1, sizeof(*j));
     size_t blen, hlen, tlen;
     const char *body = api_req_body(r, &blen);
     const char *h = api_req_header(r, "authorization", &hlen), *tok = NULL;
 
-    if (j == NULL || (j->body = malloc(blen + 1)) == NULL) {
-        free(j);
-        return NULL;
-    }
-    memcpy(j->body, body, blen);
-    j->body_len = blen;
     if (h == NULL || api_bearer_token(h, hlen, &tok, &tlen) != 0)
         tlen = 0;
-    if ((j->token = strndup(tok ? tok : "", tlen)) == NULL) {
-        free(j->body);
-        free(j);
+    /* the job, then its body and token, in one allocation (one free) */
+    struct pipeline_job *j = malloc(sizeof(*j) + blen + 1 + tlen + 1);
+    if (j == NULL)
         return NULL;
-    }
+    memset(j, 0, sizeof(*j));
+    j->body = (char *)(j + 1);
+    memcpy(j->body, body, blen);
+    j->body[blen] = '\0';
+    j->body_len = blen;
+    j->token = j->body + blen + 1;
+    memcpy(j->token, tok ? tok : "", tlen);
+    j->token[tlen] = '\0';
     j->a = a;
     j->version = rc->version;
     j->cursor = rc->cursor;
