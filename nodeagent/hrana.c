@@ -863,8 +863,18 @@ static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_
         return rc;
     }
     int ncols = sqlite3_column_count(st);
+    /* the columns' JSON, kept with a cached statement: their names and
+     * declared types are cold in SQLite's statement */
+    size_t note_len = 0;
+    const char *note = s->stmts != NULL ? agent_stmt_cache_note(s->stmts, st, &note_len) : NULL;
     api_jw_reset(&tl_scratch.cols);
-    put_columns(&tl_scratch.cols, st);
+    if (note != NULL) {
+        api_jw_append(&tl_scratch.cols, note, note_len);
+    } else {
+        put_columns(&tl_scratch.cols, st);
+        if (s->stmts != NULL && !tl_scratch.cols.failed)
+            agent_stmt_cache_set_note(s->stmts, st, tl_scratch.cols.p, tl_scratch.cols.len);
+    }
     struct api_jw *dest = w != NULL ? w : s->lines; /* what an error rewinds (NULL under a sink) */
     if (dest != NULL)
         api_jw_mark(dest, &mark);

@@ -18,6 +18,10 @@ struct entry {
     char *sql;
     sqlite3_stmt *st; /* NULL while taken */
     uint64_t used;    /* last take or give, for LRU */
+    sqlite3_stmt *lent; /* while taken: the statement that went out */
+    char *note;         /* agent_stmt_cache_set_note's text, or NULL */
+    size_t note_len;
+    int note_prepared;  /* the statement's re-prepare count when noted */
 };
 
 /* The counts and the user before the entries: a lookup reads them and the
@@ -47,6 +51,7 @@ static void drop(struct agent_stmt_cache *c, size_t i)
         c->last = NULL;
     sqlite3_finalize(c->e[i].st);
     free(c->e[i].sql);
+    free(c->e[i].note);
     c->e[i] = c->e[--c->n];
 }
 
@@ -67,6 +72,7 @@ sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql,
         if (e->st != NULL && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
             sqlite3_stmt *st = e->st;
             e->st = NULL;
+            e->lent = st;
             e->used = ++c->clock;
             c->taken = i + 1;
             return st;
@@ -119,6 +125,36 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
     }
     c->e[c->n++] = (struct entry){.hash = h, .len = len, .sql = copy, .st = st, .used = ++c->clock};
     c->last = st;
+}
+
+/* The entry ST was last taken from, while it is out. */
+static struct entry *lent_entry(struct agent_stmt_cache *c, sqlite3_stmt *st)
+{
+    struct entry *e = c->taken > 0 && c->taken <= c->n ? &c->e[c->taken - 1] : NULL;
+    return e != NULL && e->st == NULL && e->lent == st ? e : NULL;
+}
+
+const char *agent_stmt_cache_note(struct agent_stmt_cache *c, sqlite3_stmt *st, size_t *len)
+{
+    struct entry *e = lent_entry(c, st);
+    if (e == NULL || e->note == NULL || e->note_prepared != sqlite3_stmt_status(st, SQLITE_STMTSTATUS_REPREPARE, 0))
+        return NULL;
+    *len = e->note_len;
+    return e->note;
+}
+
+void agent_stmt_cache_set_note(struct agent_stmt_cache *c, sqlite3_stmt *st, const char *text, size_t len)
+{
+    struct entry *e = lent_entry(c, st);
+    char *copy;
+    if (e == NULL || (copy = malloc(len + 1)) == NULL)
+        return;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    free(e->note);
+    e->note = copy;
+    e->note_len = len;
+    e->note_prepared = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_REPREPARE, 0);
 }
 
 sqlite3_stmt *agent_stmt_cache_last(const struct agent_stmt_cache *c)

@@ -34,6 +34,12 @@ sqlite3_stmt *agent_stmt_cache_take(struct agent_stmt_cache *c, const char *sql,
 /* Gives ST, prepared from SQL, back to the cache, or finalizes it when it can
  * write or cannot be kept. The least recently used entry makes room. */
 void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t len, sqlite3_stmt *st);
+/* Text the caller derived from ST while it is taken out (a result's
+ * columns as JSON), kept with its entry while SQLite has not re-prepared it
+ * (a schema change can rename columns): NULL if none is kept or it is out
+ * of date. Setting it on a statement not taken from C does nothing. */
+const char *agent_stmt_cache_note(struct agent_stmt_cache *c, sqlite3_stmt *st, size_t *len);
+void agent_stmt_cache_set_note(struct agent_stmt_cache *c, sqlite3_stmt *st, const char *text, size_t len);
 /* The statement last given back, or NULL: only an address, for prefetch
  * hints (hot.h), never to be used as a statement (taken out again, it may
  * have been finalized since). Accepts NULL. */

@@ -575,6 +575,52 @@ static void statement_cache_entries_wait_for_their_taken_statements(void **state
     assert_int_equal(sqlite3_close(db), SQLITE_OK); /* no statement left behind */
 }
 
+/* A note (the columns' JSON) stays with a statement's entry until SQLite
+ * re-prepares the statement after a schema change; only the statement
+ * taken out can be noted. */
+static void statement_cache_keeps_a_note_until_the_statement_is_prepared_again(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    sqlite3_stmt *a, *other;
+    const char *q = "select * from t";
+    size_t len = 0;
+    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+
+    assert_non_null(c);
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "create table t(a)", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
+    assert_null(agent_stmt_cache_note(c, a, &len));
+    assert_int_equal(sqlite3_prepare_v2(db, "select 1", -1, &other, NULL), SQLITE_OK);
+    agent_stmt_cache_set_note(c, other, "x", 1); /* not taken from C: nothing */
+    assert_null(agent_stmt_cache_note(c, other, &len));
+    sqlite3_finalize(other);
+    agent_stmt_cache_set_note(c, a, "[\"a\"]", 5);
+    assert_string_equal(agent_stmt_cache_note(c, a, &len), "[\"a\"]");
+    assert_int_equal(len, 5);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_null(agent_stmt_cache_note(c, a, &len)); /* given back: not out */
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
+    assert_string_equal(agent_stmt_cache_note(c, a, &len), "[\"a\"]");
+    assert_int_equal(sqlite3_step(a), SQLITE_DONE);
+    agent_stmt_cache_give(c, q, strlen(q), a);
+
+    /* a new column: the next run re-prepares the statement, the note is out of date */
+    assert_int_equal(sqlite3_exec(db, "alter table t add column b", NULL, NULL, NULL), SQLITE_OK);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
+    assert_int_equal(sqlite3_step(a), SQLITE_DONE);
+    assert_int_equal(sqlite3_column_count(a), 2);
+    assert_null(agent_stmt_cache_note(c, a, &len));
+    agent_stmt_cache_set_note(c, a, "[\"a\",\"b\"]", 9);
+    assert_string_equal(agent_stmt_cache_note(c, a, &len), "[\"a\",\"b\"]");
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    agent_stmt_cache_free(c); /* frees the note too (ASan) */
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
 /* The statement last given back is only named while the cache holds it. */
 static void statement_cache_names_its_last_statement_while_it_holds_it(void **state)
 {
@@ -956,6 +1002,7 @@ int main(void)
         T(read_only_streams_refuse_every_write),
         cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
         cmocka_unit_test(statement_cache_entries_wait_for_their_taken_statements),
+        cmocka_unit_test(statement_cache_keeps_a_note_until_the_statement_is_prepared_again),
         cmocka_unit_test(statement_cache_names_its_last_statement_while_it_holds_it),
         cmocka_unit_test(prefetch_hints_answer_for_their_own_tenant_only),
         cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
