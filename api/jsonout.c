@@ -8,10 +8,17 @@
 
 #define JSONOUT_MAX_DEPTH 2048
 
-#define reserve api_jw_room_
-#define before_value api_jw_before_value_
+static int grow(struct api_jw *w, size_t more);
 
-int api_jw_grow_(struct api_jw *w, size_t more)
+/* Room for MORE bytes and a NUL; the common case inline, growing apart. */
+static inline int reserve(struct api_jw *w, size_t more)
+{
+    if (__builtin_expect(!w->failed && w->len + more + 1 <= w->cap, 1))
+        return 0;
+    return grow(w, more);
+}
+
+static int grow(struct api_jw *w, size_t more)
 {
     if (w->failed)
         return -1;
@@ -42,8 +49,6 @@ static inline void put_char(struct api_jw *w, char c)
         w->p[w->len++] = c;
 }
 
-/* As jansson: '"' and '\\' escaped, control characters as \b \f \n \r \t or
- * \u00XX, everything else (including '/' and UTF-8) as is. */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "escaped_bytes reads the first byte in memory as the lowest"
 #endif
@@ -58,6 +63,8 @@ static inline uint64_t escaped_bytes(uint64_t x)
     return (((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) & highs;
 }
 
+/* As jansson: '"' and '\\' escaped, control characters as \b \f \n \r \t or
+ * \u00XX, everything else (including '/' and UTF-8) as is. */
 static void put_string(struct api_jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF"; /* as jansson */
@@ -231,6 +238,43 @@ static void put_value(struct api_jw *w, const json_t *v, int depth)
 /* ------------------------------------------------------------------ */
 /* the writer                                                          */
 
+/* Before a value: its comma, unless it is the first item or a key's value. */
+static void before_value(struct api_jw *w)
+{
+    if (w->after_key) {
+        w->after_key = 0;
+        return;
+    }
+    if (w->depth == 0)
+        return;
+    uint64_t bit = 1ULL << (w->depth - 1);
+    if (w->has_items & bit)
+        put_char(w, ',');
+    w->has_items |= bit;
+}
+
+static void open_container(struct api_jw *w, char c)
+{
+    before_value(w);
+    if (w->depth >= API_JW_MAX_DEPTH) {
+        w->failed = 1;
+        return;
+    }
+    put_char(w, c);
+    w->depth++;
+    w->has_items &= ~(1ULL << (w->depth - 1));
+}
+
+static void close_container(struct api_jw *w, char c)
+{
+    if (w->depth == 0) {
+        w->failed = 1;
+        return;
+    }
+    put_char(w, c);
+    w->depth--;
+}
+
 void api_jw_reset(struct api_jw *w)
 {
     w->len = 0;
@@ -261,10 +305,51 @@ char *api_jw_finish(struct api_jw *w, size_t *len)
     return text;
 }
 
+void api_jw_object(struct api_jw *w)
+{
+    open_container(w, '{');
+}
+
+void api_jw_object_end(struct api_jw *w)
+{
+    close_container(w, '}');
+}
+
+void api_jw_array(struct api_jw *w)
+{
+    open_container(w, '[');
+}
+
+void api_jw_array_end(struct api_jw *w)
+{
+    close_container(w, ']');
+}
+
+void api_jw_keyn(struct api_jw *w, const char *key, size_t n)
+{
+    before_value(w);
+    if (reserve(w, n + 3) != 0)
+        return;
+    w->p[w->len++] = '"';
+    memcpy(w->p + w->len, key, n);
+    w->len += n;
+    w->p[w->len++] = '"';
+    w->p[w->len++] = ':';
+    w->after_key = 1;
+}
+
 void api_jw_string(struct api_jw *w, const char *s, size_t n)
 {
     before_value(w);
     put_string(w, s, n);
+}
+
+void api_jw_cstring(struct api_jw *w, const char *s)
+{
+    if (s == NULL)
+        api_jw_null(w);
+    else
+        api_jw_string(w, s, strlen(s));
 }
 
 void api_jw_int(struct api_jw *w, long long v)

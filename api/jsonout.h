@@ -53,86 +53,14 @@ void api_jw_free(struct api_jw *w);
  * W is empty afterwards. NULL if anything failed (W is then freed). */
 char *api_jw_finish(struct api_jw *w, size_t *len);
 
-/* The writer's inline paths, not for use on their own: room for MORE bytes
- * and a NUL (0, or -1 with W failed), and the comma before a value. Inline
- * because a reply is many small calls: out of line, a key's memcpy was a
- * library call and each comma a function call (callgrind: the writer's
- * calls were a tenth of a point read's instructions). */
-int api_jw_grow_(struct api_jw *w, size_t more);
-static inline int api_jw_room_(struct api_jw *w, size_t more)
-{
-    if (__builtin_expect(!w->failed && w->len + more + 1 <= w->cap, 1))
-        return 0;
-    return api_jw_grow_(w, more);
-}
-static inline void api_jw_before_value_(struct api_jw *w)
-{
-    if (w->after_key) {
-        w->after_key = 0;
-        return;
-    }
-    if (w->depth == 0)
-        return;
-    uint64_t bit = 1ULL << (w->depth - 1);
-    if ((w->has_items & bit) && api_jw_room_(w, 1) == 0)
-        w->p[w->len++] = ',';
-    w->has_items |= bit;
-}
-static inline void api_jw_open_(struct api_jw *w, char c)
-{
-    api_jw_before_value_(w);
-    if (w->depth >= API_JW_MAX_DEPTH) {
-        w->failed = 1;
-        return;
-    }
-    if (api_jw_room_(w, 1) == 0)
-        w->p[w->len++] = c;
-    w->depth++;
-    w->has_items &= ~(1ULL << (w->depth - 1));
-}
-static inline void api_jw_close_(struct api_jw *w, char c)
-{
-    if (w->depth == 0) {
-        w->failed = 1;
-        return;
-    }
-    if (api_jw_room_(w, 1) == 0)
-        w->p[w->len++] = c;
-    w->depth--;
-}
-
-static inline void api_jw_object(struct api_jw *w)
-{
-    api_jw_open_(w, '{');
-}
-static inline void api_jw_object_end(struct api_jw *w)
-{
-    api_jw_close_(w, '}');
-}
-static inline void api_jw_array(struct api_jw *w)
-{
-    api_jw_open_(w, '[');
-}
-static inline void api_jw_array_end(struct api_jw *w)
-{
-    api_jw_close_(w, ']');
-}
+void api_jw_object(struct api_jw *w);
+void api_jw_object_end(struct api_jw *w);
+void api_jw_array(struct api_jw *w);
+void api_jw_array_end(struct api_jw *w);
 /* KEY (N bytes) is written as it is: a constant of plain ASCII that needs
  * no escape. api_jw_key takes a NUL-terminated one; inline, so a literal's
- * length is known when compiling and its copy is a few moves. */
-static inline void api_jw_keyn(struct api_jw *w, const char *key, size_t n)
-{
-    api_jw_before_value_(w);
-    if (api_jw_room_(w, n + 3) != 0)
-        return;
-    char *o = w->p + w->len;
-    o[0] = '"';
-    memcpy(o + 1, key, n);
-    o[n + 1] = '"';
-    o[n + 2] = ':';
-    w->len += n + 3;
-    w->after_key = 1;
-}
+ * length is known when compiling. */
+void api_jw_keyn(struct api_jw *w, const char *key, size_t n);
 static inline void api_jw_key(struct api_jw *w, const char *key)
 {
     api_jw_keyn(w, key, strlen(key));
@@ -140,7 +68,8 @@ static inline void api_jw_key(struct api_jw *w, const char *key)
 
 /* S (N bytes, valid UTF-8: the caller checks) as a JSON string. */
 void api_jw_string(struct api_jw *w, const char *s, size_t n);
-
+/* S as a JSON string, or null when S is NULL. */
+void api_jw_cstring(struct api_jw *w, const char *s);
 void api_jw_int(struct api_jw *w, long long v);
 /* V as a JSON string of decimal digits (Hrana's integers). */
 void api_jw_int_string(struct api_jw *w, long long v);
@@ -148,15 +77,6 @@ void api_jw_int_string(struct api_jw *w, long long v);
 void api_jw_real(struct api_jw *w, double v);
 void api_jw_bool(struct api_jw *w, int v);
 void api_jw_null(struct api_jw *w);
-/* S as a JSON string, or null when S is NULL; inline, so a literal's
- * length is known when compiling. */
-static inline void api_jw_cstring(struct api_jw *w, const char *s)
-{
-    if (s == NULL)
-        api_jw_null(w);
-    else
-        api_jw_string(w, s, strlen(s));
-}
 /* V, any jansson value, as one value. */
 void api_jw_json(struct api_jw *w, const json_t *v);
 /* JSON (N bytes of JSON text holding one value, e.g. another writer's) as one value. */
