@@ -133,7 +133,7 @@ void agent_config_init(struct agent_config *cfg)
     cfg->inline_reads = 64;
     cfg->loop_spin_us = -1;
     cfg->worker_spin_us = -1;
-    cfg->workers = 8;
+    cfg->workers = 16;
     cfg->max_open = 1000;
     cfg->cache_kib = 256;
     cfg->max_body = (size_t)8 << 20;
@@ -172,12 +172,14 @@ static void worker_exit(void)
     tl_http = NULL;
 }
 
-/* Worker slots per worker thread (api/workq.h): a tenant's jobs queue
- * behind only its slot's, and two event loops reading different tenants
- * rarely find the same slot busy (with one slot per thread, one read in
- * eight waited for another loop's). Each slot keeps its own connections,
- * so --max-open may be overshot by at most one per slot. */
-#define AGENT_SLOTS_PER_WORKER 8
+/* Worker slots (api/workq.h): at least 64, and four per worker thread. A
+ * tenant's jobs queue behind only its slot's, and two event loops reading
+ * different tenants rarely find the same slot busy (with one slot per
+ * thread, one read in eight waited for another loop's). Each slot keeps
+ * its own connections, so --max-open may be overshot by at most one per
+ * slot. */
+#define AGENT_SLOTS_MIN 64
+#define AGENT_SLOTS_PER_WORKER 4
 
 /* The default spins with two or more cores (--loop-spin-us,
  * --worker-spin-us; api_server_set_spin, api_workq_set_spin). A loop waits
@@ -2313,7 +2315,10 @@ int agent_new(const struct agent_config *cfg, struct agent **out, struct api_err
         (rc = api_token_load_public(cfg->verify_key, a->pk, err)) != API_OK ||
         (rc = load_internal_token(a, &itok, err)) != API_OK ||
         (rc = agent_store_new(&stcfg, &a->store, err)) != API_OK ||
-        (rc = api_workq_new(cfg->workers, AGENT_SLOTS_PER_WORKER * cfg->workers, worker_exit, &a->workers,
+        (rc = api_workq_new(cfg->workers,
+                            cfg->workers * AGENT_SLOTS_PER_WORKER > AGENT_SLOTS_MIN ? cfg->workers * AGENT_SLOTS_PER_WORKER
+                                                                                     : AGENT_SLOTS_MIN,
+                            worker_exit, &a->workers,
                             err)) != API_OK ||
         (rc = api_workq_new(cfg->workers, 0, worker_exit, &a->forwarders, err)) != API_OK)
         goto fail;

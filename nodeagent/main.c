@@ -33,7 +33,7 @@ int main(int argc, char **argv)
     struct agent_config cfg;
     const char *log_level = "info", *catchup = NULL, *tenant_wait = NULL;
     char data_dir[512];
-    int64_t workers = 8, active_workers = 0, inline_reads = 64, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
+    int64_t workers = 16, active_workers = 0, inline_reads = 64, loops = 0, max_open = 1000, cache_kib = 256, stmt_timeout_ms = 5000, max_lag_s = 5,
             quorum_timeout_ms = 5000, pull_wait_ms = 1000, traffic_interval_ms = 10000, loop_spin_us = -1, worker_spin_us = -1;
     struct api_err err;
     int rc;
@@ -50,7 +50,7 @@ int main(int argc, char **argv)
         {"lease-ttl", API_FLAG_INT, &cfg.lease_ttl_s, 0, "session lease TTL in seconds (default 10)", 0},
         {"verify-key", API_FLAG_STRING, &cfg.verify_key, 0, "cluster public key file (default run/secrets/cluster.pub)", 0},
         {"tenant-domain", API_FLAG_STRING, &cfg.tenant_domain, 0, "serve <tenant>.<domain> Host names", 0},
-        {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 8)", 0},
+        {"workers", API_FLAG_INT, &workers, 0, "SQLite worker threads (default 16)", 0},
         {"active-workers", API_FLAG_INT, &active_workers, 0,
          "of those, how many run at once outside disk and network waits (default: one per core)", 0},
         {"loops", API_FLAG_INT, &loops, 0,
