@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/jsonword.h"
 #include "api/names.h"
 
 #define JSONIN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
@@ -197,18 +198,12 @@ static const unsigned char plain_char[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
-/* The bytes of X (eight, in memory order) that are not plain_char: below
- * 0x20, with the high bit, '"' or '\\'. Each such byte's high bit is set;
- * bytes above the first may be flagged too (a borrow), so only the lowest
- * flag is exact, and it is all a caller uses. */
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "special_bytes reads the first byte in memory as the lowest"
-#endif
+/* The bytes of X (eight, loaded from memory) that are not plain_char: the
+ * escaped ones and those with the high bit (UTF-8, checked byte by byte);
+ * only the lowest flag is exact. */
 static inline uint64_t special_bytes(uint64_t x)
 {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
-    return (((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | x) & highs;
+    return api_json_escaped_bytes(x) | (x & API_JSON_WORD_HIGHS);
 }
 
 /* A string at P (its opening quote) into the document's chars. Its text

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/jsonword.h"
+
 #define JSONOUT_MAX_DEPTH 2048
 
 static int grow(struct api_jw *w, size_t more);
@@ -49,20 +51,6 @@ static inline void put_char(struct api_jw *w, char c)
         w->p[w->len++] = c;
 }
 
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "escaped_bytes reads the first byte in memory as the lowest"
-#endif
-/* The bytes of X (eight, in memory order) a JSON string escapes: below
- * 0x20, '"' and '\\' (UTF-8 goes out as it is). Each such byte's high bit
- * is set; bytes above the first may be flagged too (a borrow), so only
- * "none" and the lowest flag are exact. */
-static inline uint64_t escaped_bytes(uint64_t x)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
-    return (((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) & highs;
-}
-
 /* As jansson: '"' and '\\' escaped, control characters as \b \f \n \r \t or
  * \u00XX, everything else (including '/' and UTF-8) as is. */
 static void put_string(struct api_jw *w, const char *s, size_t n)
@@ -76,7 +64,7 @@ static void put_string(struct api_jw *w, const char *s, size_t n)
     o[-1] = '"';
     /* eight bytes at a time while none needs an escape, then byte by byte
      * (room: n + 2) */
-    for (uint64_t x; i + 8 <= n && (memcpy(&x, s + i, 8), escaped_bytes(x) == 0); i += 8)
+    for (uint64_t x; i + 8 <= n && (memcpy(&x, s + i, 8), api_json_escaped_bytes(x) == 0); i += 8)
         memcpy(o + i, &x, 8);
     for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
