@@ -96,7 +96,7 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
      * it, most often the one taken last (found without hashing the text) */
     struct entry *t = c->taken > 0 && c->taken <= c->n ? &c->e[c->taken - 1] : NULL;
     c->taken = 0;
-    if (t != NULL && t->st == NULL && t->len == len && memcmp(t->sql, sql, len) == 0) {
+    if (t != NULL && t->st == NULL && t->lent == st && t->len == len && memcmp(t->sql, sql, len) == 0) {
         t->st = st;
         c->last = st;
         return;
@@ -105,6 +105,10 @@ void agent_stmt_cache_give(struct agent_stmt_cache *c, const char *sql, size_t l
     for (size_t i = 0; i < c->n; i++) {
         struct entry *e = &c->e[i];
         if (e->st == NULL && e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
+            if (e->lent != st) { /* another statement of the same text: the note was its */
+                free(e->note);
+                e->note = NULL;
+            }
             e->st = st;
             c->last = st;
             return;
