@@ -616,7 +616,17 @@ static void statement_cache_keeps_a_note_until_the_statement_is_prepared_again(v
     assert_null(agent_stmt_cache_note(c, a, &len));
     agent_stmt_cache_set_note(c, a, "[\"a\",\"b\"]", 9);
     assert_string_equal(agent_stmt_cache_note(c, a, &len), "[\"a\",\"b\"]");
-    agent_stmt_cache_give(c, q, strlen(q), a);
+
+    /* another statement of the same text fills A's entry while A is out:
+     * the note was A's and goes */
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &other, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), other);
+    agent_stmt_cache_give(c, q, strlen(q), a); /* a second entry */
+    assert_int_equal(agent_stmt_cache_size(c), 2);
+    sqlite3_stmt *first = agent_stmt_cache_take(c, q, strlen(q));
+    assert_ptr_equal(first, other);
+    assert_null(agent_stmt_cache_note(c, other, &len));
+    agent_stmt_cache_give(c, q, strlen(q), other);
     agent_stmt_cache_free(c); /* frees the note too (ASan) */
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
