@@ -616,18 +616,36 @@ static void statement_cache_keeps_a_note_until_the_statement_is_prepared_again(v
     assert_null(agent_stmt_cache_note(c, a, &len));
     agent_stmt_cache_set_note(c, a, "[\"a\",\"b\"]", 9);
     assert_string_equal(agent_stmt_cache_note(c, a, &len), "[\"a\",\"b\"]");
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    agent_stmt_cache_free(c); /* frees the note too (ASan) */
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
 
-    /* another statement of the same text fills A's entry while A is out:
-     * the note was A's and goes */
+/* Another statement of the same text fills an entry while its own
+ * statement is out: the note was that statement's and goes. */
+static void statement_cache_note_stays_with_its_statement(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    sqlite3_stmt *a, *other;
+    const char *q = "select 1 as x";
+    size_t len = 0;
+    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+
+    assert_non_null(c);
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, q, -1, &other, NULL), SQLITE_OK);
-    agent_stmt_cache_give(c, q, strlen(q), other);
-    agent_stmt_cache_give(c, q, strlen(q), a); /* a second entry */
+    agent_stmt_cache_give(c, q, strlen(q), a);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
+    agent_stmt_cache_set_note(c, a, "[\"x\"]", 5);
+    agent_stmt_cache_give(c, q, strlen(q), other); /* into A's entry, A being out */
+    agent_stmt_cache_give(c, q, strlen(q), a);     /* a second entry */
     assert_int_equal(agent_stmt_cache_size(c), 2);
-    sqlite3_stmt *first = agent_stmt_cache_take(c, q, strlen(q));
-    assert_ptr_equal(first, other);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), other);
     assert_null(agent_stmt_cache_note(c, other, &len));
     agent_stmt_cache_give(c, q, strlen(q), other);
-    agent_stmt_cache_free(c); /* frees the note too (ASan) */
+    agent_stmt_cache_free(c);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
@@ -1013,6 +1031,7 @@ int main(void)
         cmocka_unit_test(cached_queries_are_reused_and_never_bypass_the_authorizer),
         cmocka_unit_test(statement_cache_entries_wait_for_their_taken_statements),
         cmocka_unit_test(statement_cache_keeps_a_note_until_the_statement_is_prepared_again),
+        cmocka_unit_test(statement_cache_note_stays_with_its_statement),
         cmocka_unit_test(statement_cache_names_its_last_statement_while_it_holds_it),
         cmocka_unit_test(prefetch_hints_answer_for_their_own_tenant_only),
         cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
