@@ -575,6 +575,20 @@ static void statement_cache_entries_wait_for_their_taken_statements(void **state
     assert_int_equal(sqlite3_close(db), SQLITE_OK); /* no statement left behind */
 }
 
+/* A cache on a new in-memory database (SETUP run first) holding Q, which
+ * is then taken out into *A. */
+static struct agent_stmt_cache *cache_with_taken(sqlite3 **db, const char *setup, const char *q, sqlite3_stmt **a)
+{
+    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+    assert_non_null(c);
+    assert_int_equal(sqlite3_open(":memory:", db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(*db, setup, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(*db, q, -1, a, NULL), SQLITE_OK);
+    agent_stmt_cache_give(c, q, strlen(q), *a);
+    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), *a);
+    return c;
+}
+
 /* A note (the columns' JSON) stays with a statement's entry until SQLite
  * re-prepares the statement after a schema change; only the statement
  * taken out can be noted. */
@@ -585,14 +599,8 @@ static void statement_cache_keeps_a_note_until_the_statement_is_prepared_again(v
     sqlite3_stmt *a, *other;
     const char *q = "select * from t";
     size_t len = 0;
-    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+    struct agent_stmt_cache *c = cache_with_taken(&db, "create table t(a)", q, &a);
 
-    assert_non_null(c);
-    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "create table t(a)", NULL, NULL, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
-    agent_stmt_cache_give(c, q, strlen(q), a);
-    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
     assert_null(agent_stmt_cache_note(c, a, &len));
     assert_int_equal(sqlite3_prepare_v2(db, "select 1", -1, &other, NULL), SQLITE_OK);
     agent_stmt_cache_set_note(c, other, "x", 1); /* not taken from C: nothing */
@@ -630,14 +638,9 @@ static void statement_cache_note_stays_with_its_statement(void **state)
     sqlite3_stmt *a, *other;
     const char *q = "select 1 as x";
     size_t len = 0;
-    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+    struct agent_stmt_cache *c = cache_with_taken(&db, "", q, &a);
 
-    assert_non_null(c);
-    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &a, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, q, -1, &other, NULL), SQLITE_OK);
-    agent_stmt_cache_give(c, q, strlen(q), a);
-    assert_ptr_equal(agent_stmt_cache_take(c, q, strlen(q)), a);
     agent_stmt_cache_set_note(c, a, "[\"x\"]", 5);
     agent_stmt_cache_give(c, q, strlen(q), other); /* into A's entry, A being out */
     agent_stmt_cache_give(c, q, strlen(q), a);     /* a second entry */
