@@ -837,6 +837,23 @@ struct stmt_done {
  * drops its step_begin and rows too, a streamed one has sent them. The
  * response size cap applies except under a sink, whose error (and a
  * protocol error) is returned. */
+/* ST's result columns as JSON into tl_scratch.cols: kept with a cached
+ * statement (their names and declared types are cold in SQLite's
+ * statement) until SQLite re-prepares it. */
+static void columns_json(struct agent_hrana_stream *s, sqlite3_stmt *st)
+{
+    size_t note_len = 0;
+    const char *note = s->stmts != NULL ? agent_stmt_cache_note(s->stmts, st, &note_len) : NULL;
+    api_jw_reset(&tl_scratch.cols);
+    if (note != NULL) {
+        api_jw_append(&tl_scratch.cols, note, note_len);
+        return;
+    }
+    put_columns(&tl_scratch.cols, st);
+    if (s->stmts != NULL && !tl_scratch.cols.failed)
+        agent_stmt_cache_set_note(s->stmts, st, tl_scratch.cols.p, tl_scratch.cols.len);
+}
+
 static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_obj, struct api_jw *w,
                         struct api_jw *ew, struct stmt_done *done, struct agent_hrana_outcome *out,
                         struct api_err *err)
@@ -862,36 +879,35 @@ static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_
         sqlite3_finalize(st);
         return rc;
     }
-    int ncols = sqlite3_column_count(st);
-    /* the columns' JSON, kept with a cached statement: their names and
-     * declared types are cold in SQLite's statement */
-    size_t note_len = 0;
-    const char *note = s->stmts != NULL ? agent_stmt_cache_note(s->stmts, st, &note_len) : NULL;
-    api_jw_reset(&tl_scratch.cols);
-    if (note != NULL) {
-        api_jw_append(&tl_scratch.cols, note, note_len);
-    } else {
-        put_columns(&tl_scratch.cols, st);
-        if (s->stmts != NULL && !tl_scratch.cols.failed)
-            agent_stmt_cache_set_note(s->stmts, st, tl_scratch.cols.p, tl_scratch.cols.len);
-    }
     struct api_jw *dest = w != NULL ? w : s->lines; /* what an error rewinds (NULL under a sink) */
     if (dest != NULL)
         api_jw_mark(dest, &mark);
-    if (w != NULL) {
-        api_jw_object(w);
-        api_jw_key(w, "cols");
-        put_writer(w, &tl_scratch.cols);
-        api_jw_key(w, "rows");
-        api_jw_array(w);
-    }
     sqlite3_int64 changes_before = sqlite3_total_changes64(s->db);
     uint64_t nrows = 0;
-    int begun = 0, sink_rc = API_OK;
+    int begun = 0, sink_rc = API_OK, ncols = 0, first = 1;
     int capped = s->sink == NULL && s->limits.max_response_bytes > 0;
     s->timed_out = 0;
     stmt_clock_start(s);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    for (;;) {
+        rc = sqlite3_step(st);
+        if (first) {
+            /* the columns after the first step: SQLite re-prepares a
+             * statement whose schema changed there, and its columns may
+             * have changed with it (before, a read right after an ALTER
+             * TABLE named the old ones) */
+            first = 0;
+            ncols = sqlite3_column_count(st);
+            columns_json(s, st);
+            if (w != NULL) {
+                api_jw_object(w);
+                api_jw_key(w, "cols");
+                put_writer(w, &tl_scratch.cols);
+                api_jw_key(w, "rows");
+                api_jw_array(w);
+            }
+        }
+        if (rc != SQLITE_ROW)
+            break;
         nrows++;
         if (w == NULL && !begun) {
             begun = 1;
