@@ -47,10 +47,6 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Runs REQUESTS (JSON text) and returns the results array; fails the test on
- * a protocol error. */
-/* agent_hrana_execute on S, its results read back as JSON (which also
- * checks that the text it wrote is valid JSON). */
 /* TEXT as a request document (the agent's parser, api/jsonin.h); NULL if it
  * does not parse. */
 static struct api_jdoc *jdoc(const char *text)
@@ -61,6 +57,8 @@ static struct api_jdoc *jdoc(const char *text)
 
 #define JV(d) api_jdoc_root(d)
 
+/* agent_hrana_execute on S, its results read back as JSON (which also
+ * checks that the text it wrote is valid JSON). */
 static int execute_json(struct agent_hrana_stream *s, const struct api_jv *req, int version, json_t **res,
                         struct agent_hrana_outcome *out, struct api_err *err)
 {
@@ -78,6 +76,8 @@ static int execute_json(struct agent_hrana_stream *s, const struct api_jv *req, 
     return rc;
 }
 
+/* Runs REQUESTS (JSON text) and returns the results array; fails the test on
+ * a protocol error. */
 static json_t *run(struct fx *f, int version, const char *requests)
 {
     struct api_jdoc *req = jdoc(requests);
@@ -652,6 +652,45 @@ static void statement_cache_note_stays_with_its_statement(void **state)
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
+/* A cached statement read right after its table changed answers with the
+ * new columns (SQLite re-prepares it at its first step), and the columns'
+ * JSON kept with it follows. */
+static void cached_statement_names_new_columns_after_a_schema_change(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    struct agent_stmt_cache *c = agent_stmt_cache_new(4);
+    const char *sel = "[{\"type\":\"execute\",\"stmt\":{\"sql\":\"select * from t\"}}]";
+    struct agent_hrana_outcome out;
+    struct api_err err;
+    json_t *res;
+
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "create table t(a int); insert into t values (1)", NULL, NULL, NULL), SQLITE_OK);
+    for (int round = 0; round < 4; round++) {
+        if (round == 2)
+            assert_int_equal(sqlite3_exec(db, "alter table t add column b text default 'x'", NULL, NULL, NULL),
+                             SQLITE_OK);
+        struct agent_hrana_stream *s = agent_hrana_stream_new_cached(db, NULL, c);
+        struct api_jdoc *req = jdoc(sel);
+        if (execute_json(s, JV(req), 2, &res, &out, &err) != API_OK)
+            fail_msg("round %d: %s", round, err.msg);
+        json_t *result = json_object_get(json_object_get(json_array_get(res, 0), "response"), "result");
+        if (round < 2)
+            assert_json(json_object_get(result, "cols"), "[{\"name\":\"a\",\"decltype\":\"INT\"}]");
+        else
+            assert_json(json_object_get(result, "cols"),
+                        "[{\"name\":\"a\",\"decltype\":\"INT\"},{\"name\":\"b\",\"decltype\":\"TEXT\"}]");
+        assert_int_equal(json_array_size(json_array_get(json_object_get(result, "rows"), 0)), round < 2 ? 1 : 2);
+        json_decref(res);
+        api_jdoc_free(req);
+        agent_hrana_stream_free(s);
+    }
+    assert_int_equal(agent_stmt_cache_size(c), 1); /* the same statement all along */
+    agent_stmt_cache_free(c);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
 /* The statement last given back is only named while the cache holds it. */
 static void statement_cache_names_its_last_statement_while_it_holds_it(void **state)
 {
@@ -1035,6 +1074,7 @@ int main(void)
         cmocka_unit_test(statement_cache_entries_wait_for_their_taken_statements),
         cmocka_unit_test(statement_cache_keeps_a_note_until_the_statement_is_prepared_again),
         cmocka_unit_test(statement_cache_note_stays_with_its_statement),
+        cmocka_unit_test(cached_statement_names_new_columns_after_a_schema_change),
         cmocka_unit_test(statement_cache_names_its_last_statement_while_it_holds_it),
         cmocka_unit_test(prefetch_hints_answer_for_their_own_tenant_only),
         cmocka_unit_test(streamed_cursor_entries_match_the_buffered_cursor),
