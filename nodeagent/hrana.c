@@ -830,13 +830,6 @@ struct stmt_done {
     long long rowid;
 };
 
-/* Runs one Stmt. With W (a pipeline's execute, a batch step) its result
- * object goes to W; in a cursor (W NULL) step_begin and each row go out as
- * entries (emit_line) as SQLite produces them. An in-band error goes to EW
- * (DONE->ok 0), and nothing of the statement stays in W; a buffered cursor
- * drops its step_begin and rows too, a streamed one has sent them. The
- * response size cap applies except under a sink, whose error (and a
- * protocol error) is returned. */
 /* ST's result columns as JSON into tl_scratch.cols: kept with a cached
  * statement (their names and declared types are cold in SQLite's
  * statement) until SQLite re-prepares it. */
@@ -854,6 +847,13 @@ static void columns_json(struct agent_hrana_stream *s, sqlite3_stmt *st)
         agent_stmt_cache_set_note(s->stmts, st, tl_scratch.cols.p, tl_scratch.cols.len);
 }
 
+/* Runs one Stmt. With W (a pipeline's execute, a batch step) its result
+ * object goes to W; in a cursor (W NULL) step_begin and each row go out as
+ * entries (emit_line) as SQLite produces them. An in-band error goes to EW
+ * (DONE->ok 0), and nothing of the statement stays in W; a buffered cursor
+ * drops its step_begin and rows too, a streamed one has sent them. The
+ * response size cap applies except under a sink, whose error (and a
+ * protocol error) is returned. */
 static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_obj, struct api_jw *w,
                         struct api_jw *ew, struct stmt_done *done, struct agent_hrana_outcome *out,
                         struct api_err *err)
@@ -884,30 +884,24 @@ static int execute_stmt(struct agent_hrana_stream *s, const struct api_jv *stmt_
         api_jw_mark(dest, &mark);
     sqlite3_int64 changes_before = sqlite3_total_changes64(s->db);
     uint64_t nrows = 0;
-    int begun = 0, sink_rc = API_OK, ncols = 0, first = 1;
+    int begun = 0, sink_rc = API_OK;
     int capped = s->sink == NULL && s->limits.max_response_bytes > 0;
     s->timed_out = 0;
     stmt_clock_start(s);
-    for (;;) {
-        rc = sqlite3_step(st);
-        if (first) {
-            /* the columns after the first step: SQLite re-prepares a
-             * statement whose schema changed there, and its columns may
-             * have changed with it (before, a read right after an ALTER
-             * TABLE named the old ones) */
-            first = 0;
-            ncols = sqlite3_column_count(st);
-            columns_json(s, st);
-            if (w != NULL) {
-                api_jw_object(w);
-                api_jw_key(w, "cols");
-                put_writer(w, &tl_scratch.cols);
-                api_jw_key(w, "rows");
-                api_jw_array(w);
-            }
-        }
-        if (rc != SQLITE_ROW)
-            break;
+    rc = sqlite3_step(st);
+    /* the columns after the first step: SQLite re-prepares a statement
+     * whose schema changed there, and its columns may have changed with it
+     * (before, a read right after an ALTER TABLE named the old ones) */
+    int ncols = sqlite3_column_count(st);
+    columns_json(s, st);
+    if (w != NULL) {
+        api_jw_object(w);
+        api_jw_key(w, "cols");
+        put_writer(w, &tl_scratch.cols);
+        api_jw_key(w, "rows");
+        api_jw_array(w);
+    }
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         nrows++;
         if (w == NULL && !begun) {
             begun = 1;
