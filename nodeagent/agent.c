@@ -880,6 +880,20 @@ static void put_baton_head(struct api_jw *w, const char *baton)
     api_jw_null(w);
 }
 
+/* W's text as a 200 reply of CONTENT_TYPE; W is emptied. NULL on OOM. */
+static struct api_resp *reply_of(struct api_jw *w, const char *content_type)
+{
+    size_t len;
+    char *text = api_jw_finish(w, &len);
+    struct api_resp *resp = api_resp_new(200);
+    if (text == NULL || resp == NULL || api_resp_take_body(resp, content_type, text, len) != API_OK) {
+        free(text);
+        api_resp_free(resp);
+        return NULL;
+    }
+    return resp;
+}
+
 /* The reply to a pipeline whose RESULTS (agent_hrana_execute's array)
  * are written, freed here: {"baton":..,"base_url":null,"results":[..]};
  * for a cursor (RESULTS: its entry lines) text/plain, the baton line first.
@@ -887,9 +901,6 @@ static void put_baton_head(struct api_jw *w, const char *baton)
 static struct api_resp *pipeline_reply(const char *baton, int cursor, struct api_jw *results)
 {
     struct api_jw body = API_JW_INIT;
-    struct api_resp *resp;
-    size_t len;
-    char *text;
 
     put_baton_head(&body, baton);
     if (cursor) {
@@ -902,15 +913,7 @@ static struct api_resp *pipeline_reply(const char *baton, int cursor, struct api
         api_jw_object_end(&body);
     }
     api_jw_free(results);
-    text = api_jw_finish(&body, &len);
-    resp = api_resp_new(200);
-    if (text == NULL || resp == NULL ||
-        api_resp_take_body(resp, cursor ? "text/plain" : "application/json", text, len) != API_OK) {
-        free(text);
-        api_resp_free(resp);
-        return NULL;
-    }
-    return resp;
+    return reply_of(&body, cursor ? "text/plain" : "application/json");
 }
 
 /* The reply to a pipeline written whole into W: the head (put_baton_head
@@ -919,18 +922,8 @@ static struct api_resp *pipeline_reply(const char *baton, int cursor, struct api
  * on OOM. */
 static struct api_resp *pipeline_reply_whole(struct api_jw *w)
 {
-    struct api_resp *resp;
-    size_t len;
-
     api_jw_object_end(w);
-    char *text = api_jw_finish(w, &len);
-    resp = api_resp_new(200);
-    if (text == NULL || resp == NULL || api_resp_take_body(resp, "application/json", text, len) != API_OK) {
-        free(text);
-        api_resp_free(resp);
-        return NULL;
-    }
-    return resp;
+    return reply_of(w, "application/json");
 }
 
 /* 1 if J's cursor BATCH may stream on DB (see above). */
