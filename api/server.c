@@ -48,6 +48,8 @@
 #define SERVER_DEFAULT_MAX_BODY ((size_t)8 << 20)
 #define SERVER_DRAIN_MS 3000
 #define SERVER_MAX_PARAMS 8
+/* distinct calls one loop turn may ask to run at its end (api_server_end_of_turn) */
+#define SERVER_TURN_END_MAX 4
 #define SERVER_MAX_SEGMENTS 16
 
 /* One h2o timeout list per distinct duration (h2o 2.2.5 timeouts have a
@@ -121,6 +123,13 @@ struct api_server {
     size_t awaiting;    /* api_pending_soon replies the loop has not taken */
     uint64_t deferrals; /* api_pending_soon calls so far */
     uint64_t posted;
+    /* api_server_end_of_turn: loop thread only */
+    h2o_timeout_entry_t turn_end;
+    struct {
+        api_post_fn fn;
+        void *arg;
+    } turn_end_calls[SERVER_TURN_END_MAX];
+    size_t nturn_end;
 };
 
 /* The server whose loop runs on this thread, if any. */
@@ -626,6 +635,50 @@ void api_pending_reply_parts(struct api_pending *p, int status, const char *cont
 int api_pending_gone(const struct api_pending *p)
 {
     return p->req == NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the end of a turn                                                  */
+
+/* The zero-length timeout fires in the same h2o_evloop_run that handled
+ * the turn's requests, after them (h2o runs timeouts after the sockets'
+ * callbacks), or, linked later in that run, at the start of the next one,
+ * which then does not wait (h2o waits no longer than its nearest timeout). */
+static void on_turn_end(h2o_timeout_entry_t *entry)
+{
+    struct api_server *s = H2O_STRUCT_FROM_MEMBER(struct api_server, turn_end, entry);
+    size_t n = s->nturn_end;
+    api_post_fn fns[SERVER_TURN_END_MAX];
+    void *args[SERVER_TURN_END_MAX];
+
+    /* taken first: a call may ask again, for what reaches it meanwhile */
+    for (size_t i = 0; i < n; i++) {
+        fns[i] = s->turn_end_calls[i].fn;
+        args[i] = s->turn_end_calls[i].arg;
+    }
+    s->nturn_end = 0;
+    for (size_t i = 0; i < n; i++)
+        fns[i](args[i]);
+}
+
+void api_server_end_of_turn(struct api_req *r, api_post_fn fn, void *arg)
+{
+    struct api_server *s = r->server;
+
+    for (size_t i = 0; i < s->nturn_end; i++)
+        if (s->turn_end_calls[i].fn == fn && s->turn_end_calls[i].arg == arg)
+            return;
+    if (s->nturn_end == SERVER_TURN_END_MAX)
+        h2o_fatal("api_server_end_of_turn: more than SERVER_TURN_END_MAX calls in one turn");
+    if (!h2o_timeout_is_linked(&s->turn_end)) {
+        h2o_timeout_t *now = api_server_timeout(s, 0);
+        if (now == NULL)
+            h2o_fatal("out of memory");
+        h2o_timeout_link(s->loop, now, &s->turn_end);
+    }
+    s->turn_end_calls[s->nturn_end].fn = fn;
+    s->turn_end_calls[s->nturn_end].arg = arg;
+    s->nturn_end++;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1144,6 +1197,7 @@ static void loop_init(struct api_server *s)
     h2o_linklist_init_anchor(&s->streams);
     s->queue = h2o_multithread_create_queue(s->loop);
     h2o_multithread_register_receiver(s->queue, &s->receiver, on_messages);
+    s->turn_end.cb = on_turn_end;
 }
 
 int api_server_new(const struct api_server_config *cfg, struct api_server **out, struct api_err *err)

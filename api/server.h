@@ -173,6 +173,14 @@ void api_pending_direct(int on);
 /* Counts the calling loop's turns (one epoll wait and what it delivered): handlers
  * see the same number for every request that arrived together. */
 uint64_t api_server_turn(const struct api_server *s);
+/* FN(ARG) runs once on R's loop when the requests it read with R have all
+ * been handed to their handlers, in the same loop turn (or, for a request
+ * a reply of that turn set going, right at the start of the next): for
+ * handlers that do some of their requests' work together, one stage for all
+ * of them at a time (the agent's reads in place). Asking again in the same
+ * turn for the same FN and ARG changes nothing; a turn takes at most four
+ * distinct calls. Loop thread. */
+void api_server_end_of_turn(struct api_req *r, api_post_fn fn, void *arg);
 /* One header of api_pending_reply_parts: borrowed, not NUL-terminated. */
 struct api_hdr_view {
     const char *name; /* lower-case */

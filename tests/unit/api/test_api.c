@@ -292,6 +292,56 @@ static void on_whoami(struct api_req *r, void *ud)
     api_reply_json(r, 200, json_pack("{s:s}", "thread", id));
 }
 
+/* Requests gathered over a loop's turn and answered together at its end
+ * (api_server_end_of_turn), on that loop's thread. */
+struct gathered {
+    struct gathered *next;
+    struct api_pending *p;
+    char word[32];
+    uint64_t turn;
+};
+static __thread struct gathered *tl_gathered;
+static atomic_int gather_runs, gather_runs_empty, gathered_answers;
+
+static void answer_gathered(void *arg)
+{
+    struct fixture *f = arg;
+    struct gathered *g = tl_gathered, *next;
+    int together = 0;
+
+    tl_gathered = NULL;
+    for (struct gathered *x = g; x != NULL; x = x->next)
+        together++;
+    atomic_fetch_add(&gather_runs, 1);
+    if (together == 0)
+        atomic_fetch_add(&gather_runs_empty, 1); /* asked for twice in one turn */
+    for (; g != NULL; g = next) {
+        next = g->next;
+        struct api_resp *resp = api_resp_new(200);
+        api_resp_set_json(resp, 200,
+                          json_pack("{s:s,s:i,s:b}", "word", g->word, "together", together, "same_turn",
+                                    g->turn == api_server_turn(f->server)));
+        api_pending_reply(g->p, resp);
+        atomic_fetch_add(&gathered_answers, 1);
+        free(g);
+    }
+}
+
+static void on_gather(struct api_req *r, void *ud)
+{
+    struct fixture *f = ud;
+    struct gathered *g = calloc(1, sizeof(*g));
+    size_t len;
+    const char *w = api_req_param(r, "word", &len);
+    snprintf(g->word, sizeof(g->word), "%.*s", (int)len, w);
+    g->turn = api_server_turn(f->server);
+    g->p = api_req_defer(r);
+    g->next = tl_gathered;
+    tl_gathered = g;
+    api_server_end_of_turn(r, answer_gathered, f);
+    api_server_end_of_turn(r, answer_gathered, f); /* asked twice in one turn: runs once */
+}
+
 static void *run_loop(void *arg)
 {
     api_server_run(arg);
@@ -311,6 +361,7 @@ static int setup_server_with_loops(void **state, size_t loops, int64_t spin_us)
     api_server_route(f->server, "POST", "/echo", on_echo_json, f);
     api_server_route(f->server, "GET", "/stream/{mode}", on_stream, f);
     api_server_route(f->server, "GET", "/whoami", on_whoami, f);
+    api_server_route(f->server, "GET", "/gather/{word}", on_gather, f);
     api_server_set_loops(f->server, loops, NULL);
     api_server_set_spin(f->server, spin_us);
     api_workq_set_spin(f->workers, spin_us);
@@ -621,6 +672,38 @@ static void server_spreads_connections_over_its_loops(void **state)
     m[len < sizeof(m) ? len : sizeof(m) - 1] = '\0';
     assert_non_null(strstr(m, "t_http_requests_total 6\n"));
     assert_non_null(strstr(m, "t_http_responses_total{class=\"2xx\"} 6\n"));
+}
+
+/* Every request a handler gathered is answered by the one call it asked
+ * for at the end of its loop's turn: in that same turn, once per turn
+ * however often it was asked, on the loop that read the request. */
+static void server_runs_end_of_turn_calls_after_the_turns_requests(void **state)
+{
+    struct fixture *f = *state;
+    enum { CONNS = 12 };
+    int fds[CONNS];
+    char path[64], body[256], want[64];
+
+    atomic_store(&gather_runs, 0);
+    atomic_store(&gather_runs_empty, 0);
+    atomic_store(&gathered_answers, 0);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < CONNS; i++) { /* all sent before any is read: turns may take several */
+            snprintf(path, sizeof(path), "/gather/w%d-%d", round, i);
+            fds[i] = raw_request(f, path);
+        }
+        for (int i = 0; i < CONNS; i++) {
+            read_reply_body(fds[i], body, sizeof(body));
+            close(fds[i]);
+            snprintf(want, sizeof(want), "\"word\":\"w%d-%d\"", round, i);
+            assert_non_null(strstr(body, want));
+            assert_non_null(strstr(body, "\"same_turn\":true"));
+        }
+    }
+    assert_int_equal(atomic_load(&gathered_answers), 3 * CONNS);
+    int runs = atomic_load(&gather_runs);
+    assert_true(runs >= 1 && runs <= 3 * CONNS);
+    assert_int_equal(atomic_load(&gather_runs_empty), 0);
 }
 
 static void server_answers_cors_preflight(void **state)
@@ -1057,6 +1140,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(server_sends_replies_finished_on_worker_threads, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_answers_cors_preflight, setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(server_runs_end_of_turn_calls_after_the_turns_requests, setup_server,
+                                        teardown_server),
+        cmocka_unit_test_setup_teardown(server_runs_end_of_turn_calls_after_the_turns_requests, setup_server_3_loops,
+                                        teardown_server),
         cmocka_unit_test_setup_teardown(server_streams_replies_written_on_worker_threads, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(server_stream_abort_truncates_the_reply, setup_server, teardown_server),
