@@ -80,6 +80,37 @@ static uint64_t token_hash(const char *tok, size_t len)
     return h ^ (h >> 29); /* FNV's low bits mix poorly: the set index takes them */
 }
 
+void api_dp_prefetch(const struct api_req *r, int step)
+{
+    const struct token_cache *c = tl_tokens;
+    const char *v, *tok;
+    size_t len, tok_len;
+
+    if (c == NULL || (v = api_req_header(r, "authorization", &len)) == NULL ||
+        api_bearer_token(v, len, &tok, &tok_len) != 0 || tok_len > TOKEN_CACHE_MAX_LEN)
+        return;
+    uint64_t h = token_hash(tok, tok_len);
+    size_t si = (size_t)(h % TOKEN_CACHE_SETS);
+    const struct token_set *set = &c->sets[si];
+    if (step == 0) {
+        __builtin_prefetch(set, 0, 3);
+        return;
+    }
+    /* the slot the set's tags point at: its head and the token's bytes, as
+     * api_dp_verify_cached compares them */
+    uint32_t tag = (uint32_t)(h >> 32) | 1;
+    for (int w = 0; w < TOKEN_CACHE_WAYS; w++) {
+        if (set->tag[w] != tag)
+            continue;
+        const char *slot = (const char *)&c->slots[si][w];
+        const char *end = c->slots[si][w].tok + tok_len;
+        for (const char *p = slot; p < end; p += 64)
+            __builtin_prefetch(p, 0, 3);
+        __builtin_prefetch(end - 1, 0, 3);
+        return;
+    }
+}
+
 int api_dp_verify_cached(const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tok, size_t len, int64_t now,
                          struct api_token_claims *out, struct api_err *err)
 {

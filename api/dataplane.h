@@ -30,6 +30,13 @@ struct api_dp_auth {
  * 403 (token for another tenant), 400 when no tenant can be determined. */
 int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tenant_domain,
                      struct api_dp_auth *out, struct api_err *err);
+/* Asks the CPU early for what api_dp_authorize will read of this thread's
+ * token cache for R: STEP 0 the cache set of R's token, STEP 1 (once that
+ * set has arrived) the slot it names. A loop that holds several requests
+ * calls each step for all of them, so that their misses overlap instead
+ * of following one another. Reads nothing but the request and the set;
+ * never fails (a request without a token prefetches nothing). */
+void api_dp_prefetch(const struct api_req *r, int step);
 /* Frees the calling thread's cache of verified tokens (a thread that called
  * api_dp_authorize, as it ends). */
 void api_dp_thread_exit(void);
