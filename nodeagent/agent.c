@@ -1934,9 +1934,23 @@ static void expire_fences(struct agent *a)
     api_names_free(&c.expired);
 }
 
-static void on_pipeline(struct api_req *r, void *ud)
+/* The tenant named in R's path, prefetched (hot.h): from here to SQLite
+ * is checking the token and parsing the body, time for the tenant's
+ * connection and statement to come into the CPU's cache. As yet unchecked:
+ * a bad name only finds no entry. Returns the name (NULL: none). */
+static const char *prefetch_named_tenant(struct agent *a, const struct api_req *r)
 {
-    struct route_ctx *rc = ud;
+    size_t named_len;
+    const char *named = api_req_param(r, "tenant", &named_len);
+    if (named != NULL)
+        agent_hot_prefetch(a->hot, api_hash_str(named, named_len));
+    return named;
+}
+
+/* A pipeline request, its tenant's data prefetched (PREFETCHED: already,
+ * by run_arrivals). */
+static void handle_pipeline(struct api_req *r, struct route_ctx *rc, int prefetched)
+{
     struct agent *a = rc->a;
     struct api_dp_auth auth;
     struct api_cluster_tenant t;
@@ -1945,15 +1959,9 @@ static void on_pipeline(struct api_req *r, void *ud)
     struct pipeline_job *j;
     int serve_here = 0, replica_here = 0;
     uint64_t min_txid;
-
-    /* From here to SQLite is checking the token and parsing the body: time
-     * for the tenant's connection and statement to come into the CPU's cache
-     * (hot.h). The tenant named in the path is as yet unchecked: a bad name
-     * only finds no entry. */
     size_t named_len;
-    const char *named = api_req_param(r, "tenant", &named_len);
-    if (named != NULL)
-        agent_hot_prefetch(a->hot, api_hash_str(named, named_len));
+    const char *named = prefetched ? api_req_param(r, "tenant", &named_len) : prefetch_named_tenant(a, r);
+
     if (api_dp_authorize(r, a->pk, a->cfg.tenant_domain, &auth, &err) != API_OK) {
         reply_dp_error(r, &err);
         return;
@@ -2051,6 +2059,59 @@ static void on_pipeline(struct api_req *r, void *ud)
         return;
     }
     forward(a, r, auth.tenant, t.holder_url);
+}
+
+/* Pipeline requests a loop read in its current turn, handled together at
+ * the turn's end (run_arrivals). */
+#define ARRIVALS_MAX 256
+struct arrival {
+    struct api_req *r;
+    struct route_ctx *rc;
+};
+static __thread struct arrival tl_arrivals[ARRIVALS_MAX];
+static __thread size_t tl_narrivals;
+
+/*
+ * At the end of a loop's turn, the pipeline requests it read: first their
+ * tenants' data (hot.h) and their token cache sets are asked for, then the
+ * token cache slots those sets name, then each request is handled (and its
+ * reads in place gathered for run_read_batch). Handled one at a time as
+ * they arrived, each request's token check waited on a chain of cache
+ * misses (set, slot, token: 3.6 us of a read's time over 1,000 tenants);
+ * asked for together, the turn's requests' misses overlap.
+ */
+static void run_arrivals(void *arg)
+{
+    struct agent *a = arg;
+    struct arrival batch[ARRIVALS_MAX];
+    size_t n = tl_narrivals;
+
+    memcpy(batch, tl_arrivals, n * sizeof(batch[0]));
+    tl_narrivals = 0; /* what reaches us meanwhile is another turn's */
+    for (size_t i = 0; i < n; i++) {
+        prefetch_named_tenant(a, batch[i].r);
+        api_dp_prefetch(batch[i].r, 0);
+    }
+    for (size_t i = 0; i < n; i++)
+        api_dp_prefetch(batch[i].r, 1);
+    for (size_t i = 0; i < n; i++)
+        handle_pipeline(batch[i].r, batch[i].rc, 1);
+}
+
+static void on_pipeline(struct api_req *r, void *ud)
+{
+    struct route_ctx *rc = ud;
+    struct agent *a = rc->a;
+
+    /* with reads in place off there is nothing to gather for */
+    if (a->cfg.inline_reads == 0 || tl_narrivals == ARRIVALS_MAX) {
+        handle_pipeline(r, rc, 0);
+        return;
+    }
+    tl_arrivals[tl_narrivals].r = r;
+    tl_arrivals[tl_narrivals].rc = rc;
+    tl_narrivals++;
+    api_server_end_of_turn(r, run_arrivals, a);
 }
 
 static void on_version_probe(struct api_req *r, void *ud)
