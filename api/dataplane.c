@@ -80,31 +80,38 @@ static uint64_t token_hash(const char *tok, size_t len)
     return h ^ (h >> 29); /* FNV's low bits mix poorly: the set index takes them */
 }
 
-void api_dp_prefetch(const struct api_req *r, int step)
+void api_dp_prefetch_set(const struct api_req *r, struct api_dp_hint *h)
 {
     const struct token_cache *c = tl_tokens;
     const char *v, *tok;
     size_t len, tok_len;
 
+    h->set = NULL;
     if (c == NULL || (v = api_req_header(r, "authorization", &len)) == NULL ||
         api_bearer_token(v, len, &tok, &tok_len) != 0 || tok_len > TOKEN_CACHE_MAX_LEN)
         return;
-    uint64_t h = token_hash(tok, tok_len);
-    size_t si = (size_t)(h % TOKEN_CACHE_SETS);
-    const struct token_set *set = &c->sets[si];
-    if (step == 0) {
-        __builtin_prefetch(set, 0, 3);
+    uint64_t hash = token_hash(tok, tok_len);
+    size_t si = (size_t)(hash % TOKEN_CACHE_SETS);
+    h->set = &c->sets[si];
+    h->slots = c->slots[si];
+    h->tag = (uint32_t)(hash >> 32) | 1;
+    h->tok_len = tok_len;
+    __builtin_prefetch(h->set, 0, 3);
+}
+
+void api_dp_prefetch_slot(const struct api_dp_hint *h)
+{
+    const struct token_set *set = h->set;
+    if (set == NULL)
         return;
-    }
     /* the slot the set's tags point at: its head and the token's bytes, as
      * api_dp_verify_cached compares them */
-    uint32_t tag = (uint32_t)(h >> 32) | 1;
     for (int w = 0; w < TOKEN_CACHE_WAYS; w++) {
-        if (set->tag[w] != tag)
+        if (set->tag[w] != h->tag)
             continue;
-        const char *slot = (const char *)&c->slots[si][w];
-        const char *end = c->slots[si][w].tok + tok_len;
-        for (const char *p = slot; p < end; p += 64)
+        const struct token_slot *slot = (const struct token_slot *)h->slots + w;
+        const char *end = slot->tok + h->tok_len;
+        for (const char *p = (const char *)slot; p < end; p += 64)
             __builtin_prefetch(p, 0, 3);
         __builtin_prefetch(end - 1, 0, 3);
         return;

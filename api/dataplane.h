@@ -13,6 +13,7 @@
 #define SHOAL_API_DATAPLANE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "api/err.h"
 #include "api/server.h"
@@ -30,13 +31,21 @@ struct api_dp_auth {
  * 403 (token for another tenant), 400 when no tenant can be determined. */
 int api_dp_authorize(struct api_req *r, const unsigned char pk[API_TOKEN_PUBLIC_BYTES], const char *tenant_domain,
                      struct api_dp_auth *out, struct api_err *err);
-/* Asks the CPU early for what api_dp_authorize will read of this thread's
- * token cache for R: STEP 0 the cache set of R's token, STEP 1 (once that
- * set has arrived) the slot it names. A loop that holds several requests
- * calls each step for all of them, so that their misses overlap instead
- * of following one another. Reads nothing but the request and the set;
- * never fails (a request without a token prefetches nothing). */
-void api_dp_prefetch(const struct api_req *r, int step);
+/* Where a request's token lies in this thread's token cache, for asking
+ * the CPU early for what api_dp_authorize will read there. */
+struct api_dp_hint {
+    const void *set; /* NULL: nothing to fetch (no cache yet, no token, too long) */
+    const void *slots;
+    uint32_t tag;
+    size_t tok_len;
+};
+/* Fills H for R and prefetches the token's cache set; then
+ * api_dp_prefetch_slot (once that set has arrived) prefetches the slot it
+ * names. A loop that holds several requests calls each for all of them, so
+ * that their misses overlap instead of following one another. Reads
+ * nothing but the request and the set; never fails. */
+void api_dp_prefetch_set(const struct api_req *r, struct api_dp_hint *h);
+void api_dp_prefetch_slot(const struct api_dp_hint *h);
 /* Frees the calling thread's cache of verified tokens (a thread that called
  * api_dp_authorize, as it ends). */
 void api_dp_thread_exit(void);

@@ -2067,6 +2067,7 @@ static void handle_pipeline(struct api_req *r, struct route_ctx *rc, int prefetc
 struct arrival {
     struct api_req *r;
     struct route_ctx *rc;
+    struct api_dp_hint token;
 };
 static __thread struct arrival tl_arrivals[ARRIVALS_MAX];
 static __thread size_t tl_narrivals;
@@ -2090,10 +2091,10 @@ static void run_arrivals(void *arg)
     tl_narrivals = 0; /* what reaches us meanwhile is another turn's */
     for (size_t i = 0; i < n; i++) {
         prefetch_named_tenant(a, batch[i].r);
-        api_dp_prefetch(batch[i].r, 0);
+        api_dp_prefetch_set(batch[i].r, &batch[i].token);
     }
     for (size_t i = 0; i < n; i++)
-        api_dp_prefetch(batch[i].r, 1);
+        api_dp_prefetch_slot(&batch[i].token);
     for (size_t i = 0; i < n; i++)
         handle_pipeline(batch[i].r, batch[i].rc, 1);
 }
