@@ -1325,6 +1325,21 @@ static int read_in_place_fits(struct pipeline_job *j)
     return info.parsed && !info.has_baton && info.ends_with_close && info.reads_only;
 }
 
+/* 1 (and counted) if one more read may run in place in the calling loop's
+ * turn: --inline-reads counts the reads, not the other requests of the turn. */
+static int in_place_allowed(struct agent *a)
+{
+    uint64_t turn = api_server_turn(a->server);
+    if (turn != tl_in_place_turn) {
+        tl_in_place_turn = turn;
+        tl_in_place_count = 0;
+    }
+    if (tl_in_place_count >= a->cfg.inline_reads)
+        return 0;
+    tl_in_place_count++;
+    return 1;
+}
+
 /* The reads in place a loop gathered over its turn (queue_read_in_place),
  * in arrival order. */
 static __thread struct pipeline_job *tl_batch_first, *tl_batch_last;
@@ -1347,7 +1362,7 @@ static void run_read_batch(void *arg)
 
     tl_batch_first = tl_batch_last = NULL; /* what reaches us meanwhile is another batch */
     for (j = first; j != NULL; j = j->batch_next)
-        j->in_place.tried = !api_pending_gone(j->pending) && read_in_place_fits(j);
+        j->in_place.tried = !api_pending_gone(j->pending) && read_in_place_fits(j) && in_place_allowed(a);
     for (j = first; j != NULL; j = j->batch_next)
         if (j->in_place.tried)
             (void)api_workq_try_run(a->workers, j->key, in_place_read, j); /* a busy slot: not answered */
@@ -1374,17 +1389,8 @@ static void run_read_batch(void *arg)
  * (run_read_batch), 0 if it goes to its worker now. */
 static int queue_read_in_place(struct agent *a, struct api_req *r, struct pipeline_job *j, int serve_here)
 {
-    uint64_t turn = api_server_turn(a->server);
-
     if (a->cfg.inline_reads == 0 || j->cursor || j->recheck || j->body_len > IN_PLACE_MAX_BODY)
         return 0;
-    if (turn != tl_in_place_turn) {
-        tl_in_place_turn = turn;
-        tl_in_place_count = 0;
-    }
-    if (tl_in_place_count >= a->cfg.inline_reads)
-        return 0;
-    tl_in_place_count++;
     j->req = r;
     j->serve_here = serve_here;
     if (tl_batch_last != NULL)
